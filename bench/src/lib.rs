@@ -1,0 +1,1 @@
+//! Confab benchmarks: criterion microbenchmarks live in `benches/`, results in `RESULTS.md`.

@@ -1,0 +1,1 @@
+pub enum CloseCode { ProtocolError, InvalidPayload, MessageTooBig }
