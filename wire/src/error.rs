@@ -19,6 +19,9 @@ pub enum WireError {
     /// A JSON frame could not be decoded into the schema.
     #[error("bad JSON frame: {0}")]
     Json(String),
+    /// We tried to send on a connection that cannot take it.
+    #[error("cannot send: {0}")]
+    Send(#[from] SendError),
     /// The opening handshake was not acceptable.
     #[error("websocket handshake rejected: {0}")]
     Handshake(#[from] HandshakeError),
@@ -32,6 +35,7 @@ impl WireError {
             | WireError::Protocol(ProtocolError::InvalidCloseReason) => CloseCode::InvalidPayload,
             WireError::Protocol(_) | WireError::Handshake(_) => CloseCode::ProtocolError,
             WireError::Capacity(_) => CloseCode::MessageTooBig,
+            WireError::Send(_) => CloseCode::InternalError,
             // A well-framed WebSocket message whose content is not a valid Confab frame:
             // the payload is inconsistent with the type of message (1007).
             WireError::Verify(_) | WireError::Json(_) => CloseCode::InvalidPayload,
@@ -83,9 +87,17 @@ pub enum CapacityError {
     #[error("message split into more than {max} fragments")]
     TooManyFragments { max: usize },
     #[error("field `{field}` of {size} bytes exceeds the limit of {max}")]
-    FieldTooLarge { field: &'static str, size: usize, max: usize },
+    FieldTooLarge {
+        field: &'static str,
+        size: usize,
+        max: usize,
+    },
     #[error("field `{field}` has {count} items, more than the limit of {max}")]
-    TooManyItems { field: &'static str, count: usize, max: usize },
+    TooManyItems {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
 /// Why an opening handshake was refused; each maps to an HTTP status.
@@ -125,4 +137,13 @@ impl HandshakeError {
             _ => 400,
         }
     }
+}
+
+/// Misuse of the sending side of a codec (our bug or a race with the close handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the connection is closing or closed")]
+    Closed,
+    #[error("control frame payload of {0} bytes exceeds 125")]
+    ControlPayloadTooLong(usize),
 }

@@ -12,8 +12,23 @@
 //!   machine — for both the server and the client side.
 //!
 //! The on-wire format is documented in `PROTOCOL.md` next to this crate.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
+mod buffer;
 pub mod error;
 pub mod limits;
 pub mod tcp_frame;

@@ -1,0 +1,280 @@
+//! The WebSocket opening handshake (RFC 6455 §4), both sides, sans-IO.
+//!
+//! Server: `parse_request` (or `validate_upgrade` on a request the HTTP layer already
+//! parsed with httparse) → `write_accept` or `write_reject`. Client: `ClientHandshake::new`
+//! writes the request, `parse_response` checks the answer. Both parsers return `Ok(None)`
+//! while the head is incomplete, and refuse heads over `HANDSHAKE_REQUEST_BYTES_MAX`.
+//!
+//! Confab requires a subprotocol: `confab.v1` (binary FlatBuffers frames) or
+//! `confab.v1.json` (the same schema as JSON text frames). The server picks the first one
+//! in the client's order of preference that it speaks.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+use crate::error::HandshakeError;
+use crate::limits::{
+    HANDSHAKE_HEADERS_MAX, HANDSHAKE_REQUEST_BYTES_MAX, HANDSHAKE_SUBPROTOCOLS_MAX,
+};
+
+/// The GUID every Sec-WebSocket-Accept is derived with (RFC 6455 §1.3).
+const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The WebSocket subprotocols Confab speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subprotocol {
+    /// `confab.v1`: one FlatBuffers `Frame` per binary message.
+    Binary,
+    /// `confab.v1.json`: one JSON `Frame` per text message.
+    Json,
+}
+
+impl Subprotocol {
+    pub const ALL: [Subprotocol; 2] = [Subprotocol::Binary, Subprotocol::Json];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subprotocol::Binary => "confab.v1",
+            Subprotocol::Json => "confab.v1.json",
+        }
+    }
+
+    pub fn from_token(token: &str) -> Option<Subprotocol> {
+        Subprotocol::ALL.into_iter().find(|p| p.as_str() == token)
+    }
+}
+
+/// A validated upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    /// Request target, including any query string.
+    pub path: String,
+    pub host: String,
+    pub origin: Option<String>,
+    /// The client's Sec-WebSocket-Key (24 base64 characters).
+    pub key: String,
+    pub subprotocol: Subprotocol,
+}
+
+/// Parse and validate an upgrade request at the start of `buf`. Returns the request and
+/// the length of its head; bytes after it already belong to the WebSocket stream.
+pub fn parse_request(buf: &[u8]) -> Result<Option<(UpgradeRequest, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; HANDSHAKE_HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= HANDSHAKE_REQUEST_BYTES_MAX => {
+            Ok(Some((validate_upgrade(&request)?, len)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() <= HANDSHAKE_REQUEST_BYTES_MAX => Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => Err(HandshakeError::RequestTooLarge {
+            max: HANDSHAKE_REQUEST_BYTES_MAX,
+        }),
+        Err(_) => Err(HandshakeError::MalformedHttp),
+    }
+}
+
+/// Validate a parsed HTTP request as a WebSocket upgrade for Confab.
+pub fn validate_upgrade(request: &httparse::Request) -> Result<UpgradeRequest, HandshakeError> {
+    if request.method != Some("GET") {
+        return Err(HandshakeError::MethodNotGet);
+    }
+    if request.version != Some(1) {
+        return Err(HandshakeError::HttpVersion);
+    }
+    let headers = &*request.headers;
+    let host = header_str(headers, "Host").ok_or(HandshakeError::MissingHeader("Host"))?;
+    if !header_has_token(headers, "Upgrade", "websocket") {
+        return Err(HandshakeError::MissingHeader("Upgrade"));
+    }
+    if !header_has_token(headers, "Connection", "upgrade") {
+        return Err(HandshakeError::MissingHeader("Connection"));
+    }
+    match header_str(headers, "Sec-WebSocket-Version") {
+        Some("13") => {}
+        Some(_) => return Err(HandshakeError::UnsupportedVersion),
+        None => return Err(HandshakeError::MissingHeader("Sec-WebSocket-Version")),
+    }
+    let key = header_str(headers, "Sec-WebSocket-Key")
+        .ok_or(HandshakeError::MissingHeader("Sec-WebSocket-Key"))?;
+    match BASE64.decode(key) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => return Err(HandshakeError::InvalidKey),
+    }
+    let subprotocol = choose_subprotocol(headers)?;
+    Ok(UpgradeRequest {
+        path: request.path.unwrap_or("/").to_string(),
+        host: host.to_string(),
+        origin: header_str(headers, "Origin").map(str::to_string),
+        key: key.to_string(),
+        subprotocol,
+    })
+}
+
+/// The first subprotocol, in the client's order, that Confab speaks.
+fn choose_subprotocol(headers: &[httparse::Header]) -> Result<Subprotocol, HandshakeError> {
+    let offered = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Sec-WebSocket-Protocol"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .take(HANDSHAKE_SUBPROTOCOLS_MAX);
+    for token in offered {
+        if let Some(protocol) = Subprotocol::from_token(token) {
+            return Ok(protocol);
+        }
+    }
+    Err(HandshakeError::NoSubprotocol)
+}
+
+/// Sec-WebSocket-Accept for a client key: base64(SHA-1(key + GUID)).
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(ACCEPT_GUID.as_bytes());
+    BASE64.encode(sha.finalize())
+}
+
+/// Append the 101 response that completes the handshake.
+pub fn write_accept(request: &UpgradeRequest, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+    push_header(out, "Sec-WebSocket-Accept", &accept_key(&request.key));
+    push_header(out, "Sec-WebSocket-Protocol", request.subprotocol.as_str());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append a 4xx response explaining why the handshake was refused; the caller then
+/// closes the connection.
+pub fn write_reject(error: &HandshakeError, out: &mut Vec<u8>) {
+    let status = error.http_status();
+    let body = format!("{error}\n");
+    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
+    if status == 426 {
+        // RFC 6455 §4.4: tell the client which versions we speak.
+        push_header(out, "Sec-WebSocket-Version", "13");
+        out.extend_from_slice(b"Upgrade: websocket\r\n");
+    }
+    push_header(out, "Content-Type", "text/plain; charset=utf-8");
+    push_header(out, "Content-Length", &body.len().to_string());
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    }
+}
+
+/// The client side of the handshake.
+#[derive(Debug, Clone)]
+pub struct ClientHandshake {
+    key: String,
+    offered: Vec<Subprotocol>,
+}
+
+impl ClientHandshake {
+    /// Append an upgrade request for `path` on `host`, offering `protocols` in order of
+    /// preference, with a fresh random key.
+    pub fn new(host: &str, path: &str, protocols: &[Subprotocol], out: &mut Vec<u8>) -> Self {
+        let mut raw = [0u8; 16];
+        // A failure leaves a zero key: still a valid handshake, only less unpredictable.
+        let _ = getrandom::fill(&mut raw);
+        ClientHandshake::with_key(host, path, protocols, &BASE64.encode(raw), out)
+    }
+
+    /// As `new`, with a given key (tests).
+    pub fn with_key(
+        host: &str,
+        path: &str,
+        protocols: &[Subprotocol],
+        key: &str,
+        out: &mut Vec<u8>,
+    ) -> Self {
+        out.extend_from_slice(format!("GET {path} HTTP/1.1\r\n").as_bytes());
+        push_header(out, "Host", host);
+        out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+        push_header(out, "Sec-WebSocket-Key", key);
+        push_header(out, "Sec-WebSocket-Version", "13");
+        let offered: Vec<&str> = protocols.iter().map(|p| p.as_str()).collect();
+        push_header(out, "Sec-WebSocket-Protocol", &offered.join(", "));
+        out.extend_from_slice(b"\r\n");
+        ClientHandshake {
+            key: key.to_string(),
+            offered: protocols.to_vec(),
+        }
+    }
+
+    /// Check the server's response at the start of `buf`: the chosen subprotocol and the
+    /// length of the response head, or `Ok(None)` if incomplete.
+    pub fn parse_response(
+        &self,
+        buf: &[u8],
+    ) -> Result<Option<(Subprotocol, usize)>, HandshakeError> {
+        let mut headers = [httparse::EMPTY_HEADER; HANDSHAKE_HEADERS_MAX];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) if len <= HANDSHAKE_REQUEST_BYTES_MAX => len,
+            Ok(httparse::Status::Partial) if buf.len() <= HANDSHAKE_REQUEST_BYTES_MAX => {
+                return Ok(None)
+            }
+            Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+                return Err(HandshakeError::RequestTooLarge {
+                    max: HANDSHAKE_REQUEST_BYTES_MAX,
+                })
+            }
+            Err(_) => return Err(HandshakeError::MalformedHttp),
+        };
+        let code = response.code.unwrap_or(0);
+        if code != 101 {
+            return Err(HandshakeError::NotSwitching(code));
+        }
+        let headers = &*response.headers;
+        if !header_has_token(headers, "Upgrade", "websocket") {
+            return Err(HandshakeError::MissingHeader("Upgrade"));
+        }
+        if !header_has_token(headers, "Connection", "upgrade") {
+            return Err(HandshakeError::MissingHeader("Connection"));
+        }
+        if header_str(headers, "Sec-WebSocket-Accept") != Some(accept_key(&self.key).as_str()) {
+            return Err(HandshakeError::AcceptMismatch);
+        }
+        let chosen = header_str(headers, "Sec-WebSocket-Protocol")
+            .and_then(Subprotocol::from_token)
+            .filter(|p| self.offered.contains(p))
+            .ok_or(HandshakeError::UnexpectedSubprotocol)?;
+        Ok(Some((chosen, len)))
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The value of the first header called `name` (case-insensitive), trimmed.
+fn header_str<'h>(headers: &'h [httparse::Header], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+}
+
+/// Whether any header called `name` lists `token` (comma-separated, case-insensitive).
+fn header_has_token(headers: &[httparse::Header], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
