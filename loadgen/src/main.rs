@@ -4,6 +4,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    eprintln!("loadgen {}: not built yet (issue #7).", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "loadgen {}: not built yet (issue #7).",
+        env!("CARGO_PKG_VERSION")
+    );
     std::process::exit(2);
 }

@@ -48,6 +48,7 @@ pub mod ws;
     unused_imports
 )]
 #[path = "generated/confab_generated.rs"]
+#[rustfmt::skip]
 mod generated;
 
 /// The generated FlatBuffers types of protocol v1 (`namespace confab.v1`).
