@@ -278,3 +278,215 @@ fn header_has_token(headers: &[httparse::Header], name: &str, token: &str) -> bo
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn request(extra: &str) -> String {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\n\
+             Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"
+        )
+    }
+
+    fn with_defaults(extra: &str) -> String {
+        request(&format!(
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: confab.v1\r\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn rfc_accept_key_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(accept_key(KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn valid_request_is_accepted_and_trailing_bytes_are_left() {
+        let mut bytes = with_defaults("Origin: http://x\r\n").into_bytes();
+        let head_len = bytes.len();
+        bytes.extend_from_slice(&[0x81, 0x80]);
+        let (req, used) = parse_request(&bytes).unwrap().unwrap();
+        assert_eq!(used, head_len);
+        assert_eq!(req.path, "/ws");
+        assert_eq!(req.host, "chat.example");
+        assert_eq!(req.origin.as_deref(), Some("http://x"));
+        assert_eq!(req.subprotocol, Subprotocol::Binary);
+        let mut out = Vec::new();
+        write_accept(&req, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.contains("Sec-WebSocket-Protocol: confab.v1\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn partial_request_needs_more_bytes() {
+        let bytes = with_defaults("").into_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(parse_request(&bytes[..cut]), Ok(None), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn header_names_and_tokens_are_case_insensitive() {
+        let text = "GET / HTTP/1.1\r\nhost: h\r\nupgrade: WebSocket\r\nconnection: UPGRADE\r\n\
+                    sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\
+                    sec-websocket-protocol: foo, confab.v1.json\r\n\r\n";
+        let (req, _) = parse_request(text.as_bytes()).unwrap().unwrap();
+        assert_eq!(req.subprotocol, Subprotocol::Json);
+    }
+
+    #[test]
+    fn client_preference_order_decides_the_subprotocol() {
+        let text = request(
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\
+             Sec-WebSocket-Protocol: confab.v1.json, confab.v1\r\n",
+        );
+        let (req, _) = parse_request(text.as_bytes()).unwrap().unwrap();
+        assert_eq!(req.subprotocol, Subprotocol::Json);
+    }
+
+    #[test]
+    fn refusals_carry_the_right_status() {
+        let cases: Vec<(String, HandshakeError, u16)> = vec![
+            (
+                with_defaults("").replacen("GET", "POST", 1),
+                HandshakeError::MethodNotGet,
+                405,
+            ),
+            (
+                with_defaults("").replacen("HTTP/1.1", "HTTP/1.0", 1),
+                HandshakeError::HttpVersion,
+                400,
+            ),
+            (
+                request("Sec-WebSocket-Version: 8\r\nSec-WebSocket-Protocol: confab.v1\r\n"),
+                HandshakeError::UnsupportedVersion,
+                426,
+            ),
+            (
+                request("Sec-WebSocket-Protocol: confab.v1\r\n"),
+                HandshakeError::MissingHeader("Sec-WebSocket-Version"),
+                400,
+            ),
+            (
+                with_defaults("").replace(KEY, "c2hvcnQ="),
+                HandshakeError::InvalidKey,
+                400,
+            ),
+            (
+                with_defaults("").replace("Upgrade: websocket\r\n", ""),
+                HandshakeError::MissingHeader("Upgrade"),
+                400,
+            ),
+            (
+                with_defaults("").replace("keep-alive, Upgrade", "keep-alive"),
+                HandshakeError::MissingHeader("Connection"),
+                400,
+            ),
+            (
+                with_defaults("").replace("Host: chat.example\r\n", ""),
+                HandshakeError::MissingHeader("Host"),
+                400,
+            ),
+            (
+                request("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n"),
+                HandshakeError::NoSubprotocol,
+                400,
+            ),
+        ];
+        for (text, expected, status) in cases {
+            let err = parse_request(text.as_bytes()).unwrap_err();
+            assert_eq!(err, expected, "{text}");
+            assert_eq!(err.http_status(), status);
+            let mut out = Vec::new();
+            write_reject(&err, &mut out);
+            let response = String::from_utf8(out).unwrap();
+            assert!(
+                response.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{response}"
+            );
+            assert_eq!(
+                response.contains("Sec-WebSocket-Version: 13"),
+                status == 426
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_or_garbage_heads_are_refused() {
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n",
+            "a".repeat(HANDSHAKE_REQUEST_BYTES_MAX)
+        );
+        assert_eq!(
+            parse_request(huge.as_bytes()),
+            Err(HandshakeError::RequestTooLarge {
+                max: HANDSHAKE_REQUEST_BYTES_MAX
+            })
+        );
+        let many: String = (0..HANDSHAKE_HEADERS_MAX + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(
+            parse_request(text.as_bytes()),
+            Err(HandshakeError::RequestTooLarge { .. })
+        ));
+        assert_eq!(
+            parse_request(b"\x16\x03\x01\x02\x00"),
+            Err(HandshakeError::MalformedHttp)
+        );
+    }
+
+    #[test]
+    fn client_handshake_round_trip_and_checks() {
+        let mut out = Vec::new();
+        let hs = ClientHandshake::with_key("h:1", "/ws", &Subprotocol::ALL, KEY, &mut out);
+        let (req, _) = parse_request(&out).unwrap().unwrap();
+        let mut response = Vec::new();
+        write_accept(&req, &mut response);
+        let len = response.len();
+        assert_eq!(
+            hs.parse_response(&response),
+            Ok(Some((Subprotocol::Binary, len)))
+        );
+        assert_eq!(hs.parse_response(&response[..len - 1]), Ok(None));
+
+        let bad_accept = String::from_utf8(response.clone())
+            .unwrap()
+            .replace("s3pP", "AAAA");
+        assert_eq!(
+            hs.parse_response(bad_accept.as_bytes()),
+            Err(HandshakeError::AcceptMismatch)
+        );
+        let other_proto = String::from_utf8(response.clone())
+            .unwrap()
+            .replace("confab.v1\r\n", "chat\r\n");
+        assert_eq!(
+            hs.parse_response(other_proto.as_bytes()),
+            Err(HandshakeError::UnexpectedSubprotocol)
+        );
+        let mut refused = Vec::new();
+        write_reject(&HandshakeError::NoSubprotocol, &mut refused);
+        assert_eq!(
+            hs.parse_response(&refused),
+            Err(HandshakeError::NotSwitching(400))
+        );
+    }
+
+    #[test]
+    fn random_client_keys_are_valid_and_differ() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        ClientHandshake::new("h", "/ws", &[Subprotocol::Binary], &mut a);
+        ClientHandshake::new("h", "/ws", &[Subprotocol::Binary], &mut b);
+        let (ra, _) = parse_request(&a).unwrap().unwrap();
+        let (rb, _) = parse_request(&b).unwrap().unwrap();
+        assert_ne!(ra.key, rb.key);
+    }
+}
