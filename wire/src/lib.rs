@@ -30,7 +30,9 @@
 
 mod buffer;
 pub mod error;
+pub mod json;
 pub mod limits;
+pub mod message;
 pub mod tcp_frame;
 pub mod ws;
 
@@ -55,3 +57,4 @@ mod generated;
 pub use generated::confab::v_1 as fb;
 
 pub use error::{CapacityError, HandshakeError, ProtocolError, WireError};
+pub use message::{Body, Frame};
