@@ -1,3 +1,74 @@
-//! Append-only segmented log keyed by conversation, with group commit, recovery and retention.
+//! Append-only segmented log keyed by conversation: group commit, per-conversation
+//! index, idempotency, recovery, checkpoints, metadata state, retention.
 //!
-//! Not built yet: this crate lands with the log-engine issue (#3).
+//! # Layout
+//!
+//! - `FORMAT.md` (beside `Cargo.toml`): the on-disk format, crash cases, version log.
+//! - [`format`]: pure encode/decode of segment headers and records.
+//! - [`limits`], [`error`], [`config`]: named limits, the error type, options.
+//! - [`storage`]: the `Storage` trait and `FsStorage`; [`sim`]: `SimStorage`, which
+//!   simulates crashes that lose or tear unsynced writes.
+//! - [`segment`]: segment creation (preallocated, zero-filled) and the segment table.
+//! - [`writer`]: sans-IO group commit (tickets, batches, watermarks).
+//! - [`index`]: conversation → sequence → offset; [`dedupe`]: idempotency keys.
+//! - [`reader`]: reads by offset (tail cache, active file, mmap of sealed segments).
+//! - [`recovery`]: the decision table run on open; [`checkpoint`]: checkpoint file.
+//! - [`meta`]: the `StateMachine` hook for metadata records; [`retention`].
+//! - [`log`]: `Log`, the synchronous driver tying them together.
+//!
+//! ```
+//! use log_engine::{AppendRequest, Config, Log, RecordKind, sim::SimStorage};
+//! let config = Config { segment_bytes: 64 * 1024, ..Config::default() };
+//! let (mut log, _report) = Log::open(SimStorage::new(), config, ()).unwrap();
+//! let ack = log.append(&AppendRequest {
+//!     conversation_id: 7, message_id: 1, timestamp_ms: 0, key: None,
+//!     kind: RecordKind::Message, payload: b"hello",
+//! }).unwrap();
+//! assert_eq!(ack.seq, 1);
+//! let page = log.read_after(7, 0, 10).unwrap();
+//! assert_eq!(page.records[0].payload, b"hello");
+//! ```
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    missing_docs
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod dedupe;
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod limits;
+pub mod log;
+pub mod meta;
+pub mod reader;
+pub mod recovery;
+pub mod retention;
+pub mod segment;
+pub mod sim;
+pub mod storage;
+pub mod writer;
+
+pub use config::{Config, Durability, RecoveryMode};
+pub use error::{CapacityError, Error, Result};
+pub use format::{IdempotencyKey, RecordKind};
+pub use log::Log;
+pub use meta::{MetaRecord, StateMachine};
+pub use reader::{Page, Record};
+pub use recovery::{CheckpointUse, RecoveryReport, Truncation};
+pub use storage::{FsStorage, Storage};
+pub use writer::{Ack, AppendRequest, Ticket, Watermarks};

@@ -1,0 +1,227 @@
+//! Checkpoint file: the index, the idempotency map, the metadata tip and the caller's
+//! state snapshot as of one log offset, so restart scans only the log after it.
+//! Pure encode/decode here; `Log::checkpoint` writes it (tmp file, sync, rename, dir
+//! sync) and recovery loads it.
+
+use crate::dedupe::DedupeEntry;
+use crate::format::{le_u32, le_u64, IdempotencyKey, Invalid, RECORD_KEY_BYTES};
+use crate::index::ConvIndex;
+
+/// Magic bytes opening a checkpoint file.
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"CONFABCK";
+/// Version of the checkpoint format.
+pub const CHECKPOINT_VERSION: u32 = 1;
+/// Name of the checkpoint file.
+pub const CHECKPOINT_NAME: &str = "checkpoint";
+/// Name it is written under before the atomic rename.
+pub const CHECKPOINT_TMP_NAME: &str = "checkpoint.tmp";
+
+/// Everything a checkpoint holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Every record below this log offset is reflected; scanning resumes here.
+    pub offset: u64,
+    /// Offset of the last record below `offset` (`OFFSET_NONE` if none): recovery checks
+    /// that a valid record ending exactly at `offset` is there, so a checkpoint can
+    /// never vouch for records the log does not hold.
+    pub last_record: u64,
+    /// `(last_seq, last_offset)` of the metadata stream.
+    pub meta_tip: (u64, u64),
+    /// Base offsets of the segments that existed (detects a missing segment).
+    pub segments: Vec<u64>,
+    /// Per-conversation index.
+    pub convs: Vec<(u64, ConvIndex)>,
+    /// Idempotency keys, oldest first.
+    pub keys: Vec<(IdempotencyKey, DedupeEntry)>,
+    /// The caller's state snapshot.
+    pub state: Vec<u8>,
+}
+
+/// Encodes a checkpoint.
+///
+/// ```text
+/// checkpoint := magic:[u8;8]="CONFABCK" version:u32 reserved:u32=0
+///               offset:u64 last_record:u64 meta_seq:u64 meta_offset:u64
+///               segment_count:u64 segment_base:u64*
+///               conv_count:u64 conv*
+///               key_count:u64 key_entry*
+///               state_len:u64 state:[u8;state_len]
+///               crc32c:u32                       (over every byte before it)
+/// conv       := conversation_id:u64 first_seq:u64 last_offset:u64 count:u64 offset:u64*
+/// key_entry  := key:[u8;16] conversation_id:u64 seq:u64 message_id:u64 offset:u64
+///               timestamp_ms:u64
+/// ```
+pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
+    let mut out = Vec::new();
+    let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
+    out.extend_from_slice(&CHECKPOINT_MAGIC);
+    out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for v in [ckpt.offset, ckpt.last_record, ckpt.meta_tip.0, ckpt.meta_tip.1] {
+        put(&mut out, v);
+    }
+    put(&mut out, ckpt.segments.len() as u64);
+    for base in &ckpt.segments {
+        put(&mut out, *base);
+    }
+    put(&mut out, ckpt.convs.len() as u64);
+    for (id, conv) in &ckpt.convs {
+        for v in [*id, conv.first_seq, conv.last_offset, conv.offsets.len() as u64] {
+            put(&mut out, v);
+        }
+        for offset in &conv.offsets {
+            put(&mut out, *offset);
+        }
+    }
+    put(&mut out, ckpt.keys.len() as u64);
+    for (key, e) in &ckpt.keys {
+        out.extend_from_slice(key);
+        for v in [e.conversation_id, e.seq, e.message_id, e.offset, e.timestamp_ms] {
+            put(&mut out, v);
+        }
+    }
+    put(&mut out, ckpt.state.len() as u64);
+    out.extend_from_slice(&ckpt.state);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Reads fields front to back, refusing counts larger than the bytes left (so a corrupt
+/// count never allocates).
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn u64(&mut self) -> Result<u64, Invalid> {
+        let v = le_u64(self.buf, self.at).ok_or(Invalid("checkpoint truncated"))?;
+        self.at += 8;
+        Ok(v)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&[u8], Invalid> {
+        let end = self.at.checked_add(n).ok_or(Invalid("checkpoint length overflow"))?;
+        let v = self.buf.get(self.at..end).ok_or(Invalid("checkpoint truncated"))?;
+        self.at = end;
+        Ok(v)
+    }
+
+    fn count(&mut self, item_bytes: usize) -> Result<usize, Invalid> {
+        let n = usize::try_from(self.u64()?).map_err(|_| Invalid("checkpoint count"))?;
+        let left = self.buf.len().saturating_sub(self.at);
+        if n.checked_mul(item_bytes).is_none_or(|need| need > left) {
+            return Err(Invalid("checkpoint count exceeds its length"));
+        }
+        Ok(n)
+    }
+}
+
+/// Decodes and verifies a checkpoint.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, Invalid> {
+    let body_len = bytes.len().checked_sub(4).ok_or(Invalid("checkpoint truncated"))?;
+    let body = bytes.get(..body_len).ok_or(Invalid("checkpoint truncated"))?;
+    if le_u32(bytes, body_len) != Some(crc32c::crc32c(body)) {
+        return Err(Invalid("checkpoint crc mismatch"));
+    }
+    if body.get(..8) != Some(&CHECKPOINT_MAGIC[..]) {
+        return Err(Invalid("bad checkpoint magic"));
+    }
+    if le_u32(body, 8) != Some(CHECKPOINT_VERSION) {
+        return Err(Invalid("unsupported checkpoint version"));
+    }
+    let mut cur = Cursor { buf: body, at: 16 };
+    let mut ckpt = Checkpoint {
+        offset: cur.u64()?,
+        last_record: cur.u64()?,
+        meta_tip: (cur.u64()?, cur.u64()?),
+        ..Checkpoint::default()
+    };
+    let n = cur.count(8)?;
+    for _ in 0..n {
+        ckpt.segments.push(cur.u64()?);
+    }
+    let n = cur.count(32)?;
+    for _ in 0..n {
+        let id = cur.u64()?;
+        let first_seq = cur.u64()?;
+        let last_offset = cur.u64()?;
+        let count = cur.count(8)?;
+        let offsets = (0..count).map(|_| cur.u64()).collect::<Result<Vec<_>, _>>()?;
+        ckpt.convs.push((id, ConvIndex { first_seq, offsets, last_offset }));
+    }
+    let n = cur.count(RECORD_KEY_BYTES + 40)?;
+    for _ in 0..n {
+        let mut key = [0u8; RECORD_KEY_BYTES];
+        key.copy_from_slice(cur.bytes(RECORD_KEY_BYTES)?);
+        let entry = DedupeEntry {
+            conversation_id: cur.u64()?,
+            seq: cur.u64()?,
+            message_id: cur.u64()?,
+            offset: cur.u64()?,
+            timestamp_ms: cur.u64()?,
+        };
+        ckpt.keys.push((key, entry));
+    }
+    let n = cur.count(1)?;
+    ckpt.state = cur.bytes(n)?.to_vec();
+    if cur.at != body.len() {
+        return Err(Invalid("checkpoint has trailing bytes"));
+    }
+    Ok(ckpt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            offset: 4096,
+            last_record: 4000,
+            meta_tip: (3, 2048),
+            segments: vec![0, 8192],
+            convs: vec![(
+                7,
+                ConvIndex {
+                    first_seq: 2,
+                    offsets: vec![64, 128],
+                    last_offset: 128,
+                },
+            )],
+            keys: vec![(
+                [5; 16],
+                DedupeEntry {
+                    conversation_id: 7,
+                    seq: 3,
+                    message_id: 99,
+                    offset: 128,
+                    timestamp_ms: 1000,
+                },
+            )],
+            state: b"state bytes".to_vec(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let ckpt = sample();
+        assert_eq!(decode_checkpoint(&encode_checkpoint(&ckpt)), Ok(ckpt));
+        let empty = Checkpoint::default();
+        assert_eq!(decode_checkpoint(&encode_checkpoint(&empty)), Ok(empty));
+    }
+
+    #[test]
+    fn every_flip_and_cut_is_refused() {
+        let bytes = encode_checkpoint(&sample());
+        for bit in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_checkpoint(&bad).is_err(), "bit {bit}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode_checkpoint(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+    }
+}

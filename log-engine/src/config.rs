@@ -1,0 +1,130 @@
+//! Options of one log, passed explicitly to `Log::open`. A config may lower a limit
+//! from `limits.rs`, never raise it.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::limits::*;
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Default: acknowledge after the batch's `fdatasync` returned (persist before ack).
+    Durable,
+    /// Weaker, named as such: acknowledge after the batch was written to the OS page
+    /// cache; `fdatasync` runs when `sync_interval` has passed since the last one (checked
+    /// on each commit) and on `Log::sync`. Acknowledged records may be lost by a power
+    /// failure (not by a process crash). Readers see records once acknowledged.
+    OsBuffered {
+        /// Longest time between syncs while appends keep coming.
+        sync_interval: Duration,
+    },
+}
+
+/// What recovery does with a torn tail. See `recovery.rs` for the full table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Default: truncate a torn tail at the last valid record (reported), fail on
+    /// corruption before the tail.
+    TolerateTornTail,
+    /// Fail on any torn tail too, changing nothing on disk.
+    Strict,
+}
+
+/// Options of one log.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Preallocated size of each segment file.
+    pub segment_bytes: u64,
+    /// When appends are acknowledged.
+    pub durability: Durability,
+    /// What recovery does with a torn tail.
+    pub recovery_mode: RecoveryMode,
+    /// Most records per group-commit batch.
+    pub group_commit_records: usize,
+    /// Most bytes per group-commit batch.
+    pub group_commit_bytes: usize,
+    /// How long an idempotency key dedupes (by record timestamps).
+    pub dedupe_window_ms: u64,
+    /// Most idempotency keys kept; past it the oldest are forgotten early (warned).
+    pub dedupe_entries: usize,
+    /// Sealed segments whose records are all older than this are deleted.
+    pub retention_age_ms: u64,
+    /// Oldest sealed segments are deleted while the log is larger than this.
+    pub retention_bytes: u64,
+    /// Recent durable bytes of the active segment kept in memory for reads.
+    pub tail_cache_bytes: usize,
+    /// Log bytes between automatic checkpoints (index + keys + state snapshot).
+    pub checkpoint_interval_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            segment_bytes: SEGMENT_BYTES_MAX,
+            durability: Durability::Durable,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            group_commit_records: GROUP_COMMIT_RECORDS_MAX,
+            group_commit_bytes: GROUP_COMMIT_BYTES_MAX,
+            dedupe_window_ms: DEDUPE_WINDOW_MS_DEFAULT,
+            dedupe_entries: DEDUPE_ENTRIES_DEFAULT,
+            retention_age_ms: RETENTION_AGE_MS_DEFAULT,
+            retention_bytes: u64::MAX,
+            tail_cache_bytes: TAIL_CACHE_BYTES_DEFAULT,
+            checkpoint_interval_bytes: CHECKPOINT_INTERVAL_BYTES_DEFAULT,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that no limit is raised and the values agree.
+    pub fn validate(&self) -> Result<()> {
+        let checks: [(bool, &'static str); 8] = [
+            (self.segment_bytes <= SEGMENT_BYTES_MAX, "segment_bytes above SEGMENT_BYTES_MAX"),
+            (self.segment_bytes >= SEGMENT_BYTES_MIN, "segment_bytes below SEGMENT_BYTES_MIN"),
+            (self.segment_bytes % 8 == 0, "segment_bytes not a multiple of 8"),
+            (
+                (1..=GROUP_COMMIT_RECORDS_MAX).contains(&self.group_commit_records),
+                "group_commit_records outside 1..=GROUP_COMMIT_RECORDS_MAX",
+            ),
+            (
+                (1..=GROUP_COMMIT_BYTES_MAX).contains(&self.group_commit_bytes),
+                "group_commit_bytes outside 1..=GROUP_COMMIT_BYTES_MAX",
+            ),
+            (self.dedupe_window_ms <= DEDUPE_WINDOW_MS_MAX, "dedupe_window_ms above max"),
+            (self.dedupe_entries <= DEDUPE_ENTRIES_MAX, "dedupe_entries above max"),
+            (self.tail_cache_bytes <= TAIL_CACHE_BYTES_MAX, "tail_cache_bytes above max"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, reason)) => Err(Error::Config(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_durable() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.durability, Durability::Durable);
+        assert_eq!(config.recovery_mode, RecoveryMode::TolerateTornTail);
+    }
+
+    #[test]
+    fn raising_a_limit_is_refused() {
+        let config = Config {
+            segment_bytes: SEGMENT_BYTES_MAX * 2,
+            ..Config::default()
+        };
+        assert!(matches!(config.validate(), Err(Error::Config(_))));
+        let config = Config {
+            dedupe_entries: DEDUPE_ENTRIES_MAX + 1,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! Every limit of the log engine, as a named constant (qualifier last).
+//!
+//! `Config` may lower a limit, never raise it; `Config::validate` checks that. How the
+//! limits relate is checked at compile time below.
+
+use crate::format::{RECORD_HEADER_BYTES, RECORD_KEY_BYTES, SEGMENT_HEADER_BYTES};
+
+/// Largest segment file. Default segment size too. Records never span segments, and a
+/// record's position inside its segment is stored as a `u32` distance (`stable_back`),
+/// so a segment must stay below 4 GiB.
+pub const SEGMENT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Smallest segment a config may ask for (tests use small segments to exercise rolling).
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
+/// Largest record payload: a 64 KiB message body plus envelope room, rounded up.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+/// Largest encoded record: header + key + payload, already 8-byte aligned.
+pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_BYTES + RECORD_KEY_BYTES + RECORD_PAYLOAD_BYTES_MAX;
+/// Most records in one group-commit batch (one write + one fdatasync).
+pub const GROUP_COMMIT_RECORDS_MAX: usize = 65_536;
+/// Most bytes in one group-commit batch: 4 MiB keeps one write well inside one segment
+/// and near the disk's sequential sweet spot.
+pub const GROUP_COMMIT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Default idempotency window (the delivery contract asks for at least 24 h).
+pub const DEDUPE_WINDOW_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
+/// Longest idempotency window a config may ask for.
+pub const DEDUPE_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Most idempotency keys held in memory. One entry costs about
+/// 16 (key) + 40 (ack) + 24 (expiry queue) + ~32 (hash table overhead) ≈ 112 bytes,
+/// so the maximum is ≈ 1.8 GiB and the default (1 Mi entries) ≈ 112 MiB per shard.
+pub const DEDUPE_ENTRIES_MAX: usize = 16 * 1024 * 1024;
+/// Default for `Config::dedupe_entries`.
+pub const DEDUPE_ENTRIES_DEFAULT: usize = 1024 * 1024;
+/// Default retention age: 30 days.
+pub const RETENTION_AGE_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1000;
+/// Largest in-memory tail cache (recent durable bytes of the active segment).
+pub const TAIL_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Default tail cache size.
+pub const TAIL_CACHE_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+/// Default distance (log bytes) between automatic index checkpoints: bounds restart scans.
+pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Largest checkpoint file we agree to load (index + keys + state snapshot).
+pub const CHECKPOINT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// Chunk used to zero-fill (preallocate) a new segment and to zero a torn tail.
+pub const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most records returned by one read call.
+pub const READ_RECORDS_MAX: usize = 10_000;
+
+const _: () = assert!(SEGMENT_BYTES_MAX < u32::MAX as u64);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MIN as usize >= SEGMENT_HEADER_BYTES * 2);
+const _: () = assert!(RECORD_PAYLOAD_BYTES_MAX >= 64 * 1024 + 4096);
+const _: () = assert!(RECORD_BYTES_MAX % 8 == 0);
+// A maximal record and a maximal batch both fit in one default segment.
+const _: () = assert!((SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX) as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!((SEGMENT_HEADER_BYTES + GROUP_COMMIT_BYTES_MAX) as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!(GROUP_COMMIT_BYTES_MAX >= RECORD_BYTES_MAX);
+const _: () = assert!(DEDUPE_WINDOW_MS_DEFAULT >= 24 * 60 * 60 * 1000);
+const _: () = assert!(DEDUPE_WINDOW_MS_DEFAULT <= DEDUPE_WINDOW_MS_MAX);
+const _: () = assert!(DEDUPE_ENTRIES_DEFAULT <= DEDUPE_ENTRIES_MAX);
+const _: () = assert!(TAIL_CACHE_BYTES_DEFAULT <= TAIL_CACHE_BYTES_MAX);
+const _: () = assert!(ZERO_CHUNK_BYTES % 8 == 0);

@@ -1,0 +1,413 @@
+//! [`Log`]: the synchronous driver binding the sans-IO writer, the index, the readers
+//! and recovery to a [`Storage`].
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::checkpoint::{encode_checkpoint, Checkpoint, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME};
+use crate::config::{Config, Durability};
+use crate::dedupe::{Dedupe, DedupeEntry};
+use crate::error::{io_err, CapacityError, Error, Result};
+use crate::format::{RecordKind, SegmentHeader, OFFSET_NONE};
+use crate::index::Index;
+use crate::limits::READ_RECORDS_MAX;
+use crate::meta::{MetaRecord, StateMachine};
+use crate::reader::{Page, ReadSources, Record, TailCache};
+use crate::recovery::{recover, RecoveryReport};
+use crate::segment::{create_segment, SegmentTable};
+use crate::storage::Storage;
+use crate::writer::{Ack, AppendRequest, Batch, Ticket, Watermarks, Writer, WriterLimits};
+
+/// One shard's log: a directory of segments plus in-memory index, idempotency map and
+/// the caller's metadata state.
+pub struct Log<S: Storage, M: StateMachine = ()> {
+    pub(crate) storage: S,
+    pub(crate) config: Config,
+    pub(crate) state: M,
+    pub(crate) writer: Writer,
+    pub(crate) index: Index,
+    pub(crate) dedupe: Dedupe,
+    pub(crate) segments: SegmentTable,
+    pub(crate) maps: HashMap<u64, S::Map>,
+    pub(crate) tail: TailCache,
+    pub(crate) last_sync: Instant,
+    pub(crate) checkpoint_offset: u64,
+    /// Offset of the last durable record (for checkpoints).
+    pub(crate) last_record: u64,
+    /// `(last_seq, last_offset)` of durable metadata records.
+    pub(crate) durable_meta: (u64, u64),
+    resolved: Vec<(Ticket, Ack)>,
+}
+
+fn now_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<S: Storage, M: StateMachine> Log<S, M> {
+    /// Opens (recovering) or creates the log in `storage`. `state` is replaced by the
+    /// checkpoint's snapshot (or reset) and then fed the metadata records after it.
+    pub fn open(mut storage: S, config: Config, mut state: M) -> Result<(Self, RecoveryReport)> {
+        config.validate()?;
+        let mut rec = recover(&mut storage, &config, &mut state)?;
+        let start = match rec.start {
+            Some(start) => start,
+            None => {
+                let header = SegmentHeader {
+                    base_offset: rec.fresh_base,
+                    created_at_ms: now_ms(),
+                    capacity: config.segment_bytes,
+                };
+                let meta = create_segment(&mut storage, &header)?;
+                rec.segments.insert(header.base_offset, meta);
+                rec.report.segments = 1;
+                crate::writer::WriterStart {
+                    segment_base: header.base_offset,
+                    segment_capacity: header.capacity,
+                    position: crate::format::SEGMENT_HEADER_BYTES as u64,
+                    meta_tip: (0, OFFSET_NONE),
+                }
+            }
+        };
+        let limits = WriterLimits {
+            batch_records: config.group_commit_records,
+            batch_bytes: config.group_commit_bytes,
+            segment_bytes: config.segment_bytes,
+            sync_each_batch: config.durability == Durability::Durable,
+        };
+        let log = Log {
+            tail: TailCache::new(config.tail_cache_bytes),
+            writer: crate::writer::Writer::new(limits, start),
+            storage,
+            config,
+            state,
+            index: rec.index,
+            dedupe: rec.dedupe,
+            segments: rec.segments,
+            maps: HashMap::new(),
+            last_sync: Instant::now(),
+            checkpoint_offset: rec.checkpoint_offset,
+            last_record: rec.last_record,
+            durable_meta: start.meta_tip,
+            resolved: Vec::new(),
+        };
+        Ok((log, rec.report))
+    }
+
+    /// Appends one record and commits: returns its ack once durable (per the config's
+    /// durability). Acks of other pending tickets are kept for the next `commit`.
+    pub fn append(&mut self, req: &AppendRequest<'_>) -> Result<Ack> {
+        let ticket = self.append_nowait(req)?;
+        self.commit_for(ticket)
+    }
+
+    /// Appends one metadata record and commits (see [`Log::append`]).
+    pub fn append_meta(&mut self, kind: RecordKind, payload: &[u8], now_ms: u64) -> Result<Ack> {
+        let ticket = self.append_meta_nowait(kind, payload, now_ms)?;
+        self.commit_for(ticket)
+    }
+
+    fn commit_for(&mut self, ticket: Ticket) -> Result<Ack> {
+        let acks = self.commit()?;
+        let mut mine = None;
+        for (t, ack) in acks {
+            if t == ticket {
+                mine = Some(ack);
+            } else {
+                self.resolved.push((t, ack));
+            }
+        }
+        mine.ok_or(Error::Poisoned)
+    }
+
+    /// Encodes an append into the pending batch; it resolves at the next `commit`.
+    /// Many appenders calling this then one `commit` share one write and one fdatasync.
+    pub fn append_nowait(&mut self, req: &AppendRequest<'_>) -> Result<Ticket> {
+        self.writer.append(&self.index, &self.dedupe, req)
+    }
+
+    /// Encodes a metadata append into the pending batch.
+    pub fn append_meta_nowait(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Ticket> {
+        self.writer.append_meta(kind, payload, now_ms)
+    }
+
+    /// Writes and syncs every pending batch (one write + one fdatasync each) and returns
+    /// the acks of every ticket resolved. On a write or sync failure, the log is poisoned
+    /// and the error returned; no pending ticket will resolve.
+    pub fn commit(&mut self) -> Result<Vec<(Ticket, Ack)>> {
+        let mut acks = std::mem::take(&mut self.resolved);
+        acks.extend(self.writer.take_resolved());
+        let durable = self.config.durability == Durability::Durable;
+        while let Some(batch) = self.writer.take_batch() {
+            let (id, base) = (batch.id, batch.segment_base);
+            let written = write_batch(&mut self.storage, &mut self.segments, batch, durable);
+            let rolled = match written {
+                Ok(rolled) => rolled,
+                Err(e) => {
+                    let lost = self.writer.fail();
+                    tracing::error!(error = %e, tickets = lost.len(), "batch failed; log poisoned");
+                    return Err(e);
+                }
+            };
+            if let Some(sealed_base) = rolled {
+                self.seal(sealed_base, base);
+            }
+            let batch = self.writer.complete_batch(id, durable).ok_or(Error::Poisoned)?;
+            if durable {
+                self.last_sync = Instant::now();
+            }
+            self.publish(batch, &mut acks);
+        }
+        if let Durability::OsBuffered { sync_interval } = self.config.durability {
+            if self.last_sync.elapsed() >= sync_interval {
+                self.sync()?;
+            }
+        }
+        self.maybe_checkpoint()?;
+        Ok(acks)
+    }
+
+    /// A segment was sealed by a roll: remember its end, drop its handle and the cache.
+    fn seal(&mut self, base: u64, next: u64) {
+        if let Some(meta) = self.segments.get_mut(&base) {
+            meta.sealed_end = Some(next - base);
+            self.storage.close(&meta.name);
+        }
+        self.tail.clear();
+        self.writer.mark_synced(next);
+    }
+
+    /// A written batch becomes visible: index, idempotency keys, state, tail cache.
+    fn publish(&mut self, batch: Batch, acks: &mut Vec<(Ticket, Ack)>) {
+        for entry in &batch.entries {
+            if entry.kind.is_conversation() {
+                self.index.push(entry.conversation_id, entry.seq, entry.offset);
+                if let Some(key) = entry.key {
+                    let dedupe = DedupeEntry {
+                        conversation_id: entry.conversation_id,
+                        seq: entry.seq,
+                        message_id: entry.message_id,
+                        offset: entry.offset,
+                        timestamp_ms: entry.timestamp_ms,
+                    };
+                    self.dedupe.insert(key, dedupe);
+                }
+            } else {
+                let bytes = batch.bytes.get(entry.at..).unwrap_or_default();
+                // Our own bytes, encoded a moment ago: failing to decode them is a bug.
+                let view = crate::format::decode_record(bytes);
+                assert!(matches!(view, Ok(Some(_))), "own batch bytes do not decode");
+                self.durable_meta = (entry.seq, entry.offset);
+                if let Ok(Some(view)) = view {
+                    self.state.apply(&MetaRecord {
+                        kind: entry.kind,
+                        seq: entry.seq,
+                        offset: entry.offset,
+                        timestamp_ms: entry.timestamp_ms,
+                        payload: view.payload,
+                    });
+                }
+            }
+            self.last_record = entry.offset;
+        }
+        self.tail.push(batch.segment_base + batch.position, &batch.bytes);
+        acks.extend(batch.acks);
+    }
+
+    /// Syncs the active segment (needed only with `Durability::OsBuffered`).
+    pub fn sync(&mut self) -> Result<()> {
+        let marks = self.writer.watermarks();
+        if marks.stable < marks.written {
+            let name = crate::format::segment_name(self.writer.active_segment());
+            if let Err(e) = self.storage.sync(&name) {
+                self.writer.fail();
+                return Err(io_err("sync", &name)(e));
+            }
+            self.writer.mark_synced(marks.written);
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Conversation records after `after_seq` (catch-up), at most `limit`, ascending.
+    pub fn read_after(&mut self, conversation_id: u64, after_seq: u64, limit: usize) -> Result<Page> {
+        self.read_range(conversation_id, limit, |first, last| {
+            let from = after_seq.saturating_add(1).max(first);
+            (from, last.min(from.saturating_add(limit as u64).saturating_sub(1)))
+        })
+    }
+
+    /// Conversation records before `before_seq` (history), at most `limit`, ascending.
+    pub fn read_before(
+        &mut self,
+        conversation_id: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Page> {
+        self.read_range(conversation_id, limit, |first, last| {
+            let to = before_seq.saturating_sub(1).min(last);
+            (to.saturating_add(1).saturating_sub(limit as u64).max(first), to)
+        })
+    }
+
+    fn read_range(
+        &mut self,
+        conversation_id: u64,
+        limit: usize,
+        range: impl FnOnce(u64, u64) -> (u64, u64),
+    ) -> Result<Page> {
+        if limit > READ_RECORDS_MAX {
+            let max = READ_RECORDS_MAX;
+            return Err(CapacityError::ReadTooLarge { asked: limit, max }.into());
+        }
+        let Some(conv) = self.index.get(conversation_id) else {
+            return Ok(Page { records: Vec::new(), first_seq: 1, last_seq: 0 });
+        };
+        let (first_seq, last_seq) = (conv.first_seq, conv.last_seq());
+        let (from, to) = if limit == 0 { (1, 0) } else { range(first_seq, last_seq) };
+        let wanted: Vec<(u64, u64)> = (from..=to)
+            .filter_map(|seq| conv.offset_of(seq).map(|offset| (seq, offset)))
+            .collect();
+        let mut sources = ReadSources {
+            storage: &mut self.storage,
+            segments: &self.segments,
+            maps: &mut self.maps,
+            tail: &self.tail,
+        };
+        let mut records = Vec::with_capacity(wanted.len());
+        for (seq, offset) in wanted {
+            let record = sources.read(offset)?;
+            if record.conversation_id != conversation_id || record.seq != seq {
+                let name = crate::format::segment_name(offset);
+                let reason = "indexed record belongs to another stream";
+                return Err(crate::error::corruption(&name, offset, reason));
+            }
+            records.push(record);
+        }
+        Ok(Page { records, first_seq, last_seq })
+    }
+
+    /// Reads any durable record by offset (metadata included).
+    pub fn read_at(&mut self, offset: u64) -> Result<Record> {
+        ReadSources {
+            storage: &mut self.storage,
+            segments: &self.segments,
+            maps: &mut self.maps,
+            tail: &self.tail,
+        }
+        .read(offset)
+    }
+
+    /// Last durable sequence of a conversation (0 if none).
+    pub fn last_seq(&self, conversation_id: u64) -> u64 {
+        self.index.tip(conversation_id).0
+    }
+
+    /// The watermarks (appended ≥ written ≥ stable).
+    pub fn watermarks(&self) -> Watermarks {
+        self.writer.watermarks()
+    }
+
+    /// The caller's metadata state.
+    pub fn state(&self) -> &M {
+        &self.state
+    }
+
+    /// Number of idempotency keys held.
+    pub fn dedupe_len(&self) -> usize {
+        self.dedupe.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.segments.keys().copied().collect()
+    }
+
+    fn maybe_checkpoint(&mut self) -> Result<()> {
+        let stable = self.writer.watermarks().stable;
+        if stable.saturating_sub(self.checkpoint_offset) >= self.config.checkpoint_interval_bytes {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint (index, keys, metadata tip, state snapshot) as of the written
+    /// end: tmp file, sync, atomic rename, directory sync. Returns its offset.
+    pub fn checkpoint(&mut self) -> Result<u64> {
+        if self.writer.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        self.sync()?;
+        let offset = self.writer.watermarks().written;
+        let mut convs: Vec<_> = self.index.iter().map(|(id, c)| (*id, c.clone())).collect();
+        convs.sort_by_key(|(id, _)| *id);
+        let ckpt = Checkpoint {
+            offset,
+            last_record: self.last_record,
+            meta_tip: self.durable_meta_tip(),
+            segments: self.segments.keys().copied().collect(),
+            convs,
+            keys: self.dedupe.iter().collect(),
+            state: self.state.snapshot(),
+        };
+        let bytes = encode_checkpoint(&ckpt);
+        let (tmp, name) = (CHECKPOINT_TMP_NAME, CHECKPOINT_NAME);
+        let _ = self.storage.remove(tmp);
+        self.storage.create(tmp).map_err(io_err("create", tmp))?;
+        self.storage.write_at(tmp, 0, &bytes).map_err(io_err("write", tmp))?;
+        self.storage.sync(tmp).map_err(io_err("sync", tmp))?;
+        self.storage.rename(tmp, name).map_err(io_err("rename", name))?;
+        self.storage.sync_dir().map_err(io_err("sync_dir", name))?;
+        self.storage.close(name);
+        self.checkpoint_offset = offset;
+        tracing::debug!(offset, bytes = bytes.len(), "checkpoint written");
+        Ok(offset)
+    }
+
+    /// Metadata tip of published (durable) records: pending ones are excluded because
+    /// the checkpoint only covers the written end.
+    fn durable_meta_tip(&self) -> (u64, u64) {
+        self.durable_meta
+    }
+
+    /// Commits what is pending, syncs, and hands the storage back.
+    pub fn close(mut self) -> Result<S> {
+        self.commit()?;
+        self.sync()?;
+        Ok(self.storage)
+    }
+}
+
+/// ONE write (after creating the segment if the batch opens one) and, when `durable`,
+/// ONE sync. Returns the base of the segment sealed by a roll.
+fn write_batch<S: Storage>(
+    storage: &mut S,
+    segments: &mut SegmentTable,
+    batch: &Batch,
+    durable: bool,
+) -> Result<Option<u64>> {
+    let mut sealed = None;
+    if let Some(header) = &batch.new_segment {
+        if let Some((&old_base, old)) = segments.iter().next_back() {
+            // Sealed segments hold no torn tail: sync before the next one exists.
+            storage.sync(&old.name).map_err(io_err("sync", &old.name))?;
+            sealed = Some(old_base);
+        }
+        let meta = create_segment(storage, header)?;
+        segments.insert(header.base_offset, meta);
+    }
+    let name = crate::format::segment_name(batch.segment_base);
+    assert!(segments.contains_key(&batch.segment_base), "batch for an unknown segment");
+    if !batch.bytes.is_empty() {
+        storage.write_at(&name, batch.position, &batch.bytes).map_err(io_err("write", &name))?;
+        if durable {
+            storage.sync(&name).map_err(io_err("sync", &name))?;
+        }
+    }
+    Ok(sealed)
+}

@@ -1,0 +1,483 @@
+//! Group commit, sans-IO: appends are encoded into a pending batch and get a [`Ticket`];
+//! the driver (`Log`) takes one batch at a time, issues ONE write and ONE sync for it,
+//! then completes it, which resolves every ticket in it.
+//!
+//! Watermarks (Redpanda's `offset_tracker`): `appended` (encoded, maybe pending) ≥
+//! `written` (handed to the OS) ≥ `stable` (covered by fdatasync). Sequence numbers and
+//! `prev_offset` links are assigned at append time; conversations with pending records
+//! are tracked in an overlay on top of the durable [`Index`].
+//!
+//! Failure: if a write or sync fails, every pending ticket fails and the writer is
+//! poisoned (no further appends) until the log is reopened, because sequence numbers
+//! after the failed batch were already handed out and reusing or skipping them would
+//! show readers a gap. Recovery on reopen decides what of the failed batch survived.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::dedupe::Dedupe;
+use crate::error::{CapacityError, Error, Result};
+use crate::format::{
+    align_up, encode_record, record_len, IdempotencyKey, RecordHeader, RecordKind,
+    SegmentHeader, SEGMENT_HEADER_BYTES,
+};
+use crate::index::Index;
+use crate::limits::RECORD_PAYLOAD_BYTES_MAX;
+
+/// One append to a conversation.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendRequest<'a> {
+    /// Conversation the record belongs to.
+    pub conversation_id: u64,
+    /// Snowflake id chosen by the caller.
+    pub message_id: u64,
+    /// Caller's wall-clock ms (also the clock of the idempotency window).
+    pub timestamp_ms: u64,
+    /// Optional idempotency key.
+    pub key: Option<IdempotencyKey>,
+    /// `Message` or `System`.
+    pub kind: RecordKind,
+    /// Opaque payload.
+    pub payload: &'a [u8],
+}
+
+/// The acknowledgement of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// Conversation (0 for metadata).
+    pub conversation_id: u64,
+    /// Sequence assigned (metadata: metadata sequence).
+    pub seq: u64,
+    /// Message id of the stored record.
+    pub message_id: u64,
+    /// Log offset of the stored record.
+    pub offset: u64,
+    /// True when this append repeated an idempotency key: nothing new was stored.
+    pub deduplicated: bool,
+}
+
+/// Handle of one append, resolved by the commit that makes it durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// The three watermarks, as log offsets (end of the last record in each state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watermarks {
+    /// Encoded, possibly still pending in memory.
+    pub appended: u64,
+    /// Handed to the OS with a write.
+    pub written: u64,
+    /// Covered by fdatasync.
+    pub stable: u64,
+}
+
+/// A record inside a batch, for the index and state machine once durable.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry {
+    pub kind: RecordKind,
+    pub conversation_id: u64,
+    pub seq: u64,
+    pub message_id: u64,
+    pub timestamp_ms: u64,
+    pub offset: u64,
+    pub key: Option<IdempotencyKey>,
+    /// Position of the record inside `Batch::bytes`.
+    pub at: usize,
+}
+
+/// One group-commit batch: contiguous bytes for ONE write at one segment position.
+#[derive(Debug)]
+pub struct Batch {
+    /// Batch id.
+    pub id: u64,
+    /// Base offset of the segment written to.
+    pub segment_base: u64,
+    /// Position inside the segment file.
+    pub position: u64,
+    /// When set, the driver must sync the previous segment, then create this one
+    /// (header, zero fill, sync, directory sync) before writing.
+    pub new_segment: Option<SegmentHeader>,
+    /// Encoded records.
+    pub bytes: Vec<u8>,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) acks: Vec<(Ticket, Ack)>,
+}
+
+impl Batch {
+    /// Log offset just past the batch.
+    pub fn end_offset(&self) -> u64 {
+        self.segment_base + self.position + self.bytes.len() as u64
+    }
+}
+
+/// Batch and segment limits of the writer.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterLimits {
+    /// Most records per batch.
+    pub batch_records: usize,
+    /// Most bytes per batch.
+    pub batch_bytes: usize,
+    /// Capacity of new segments.
+    pub segment_bytes: u64,
+    /// True in `Durability::Durable`: every batch is synced before the next is written.
+    pub sync_each_batch: bool,
+}
+
+/// Where the writer resumes, found by recovery.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterStart {
+    /// Base offset of the active segment.
+    pub segment_base: u64,
+    /// Capacity of the active segment (from its header).
+    pub segment_capacity: u64,
+    /// Next free position in the active segment.
+    pub position: u64,
+    /// `(last_seq, last_offset)` of the metadata stream.
+    pub meta_tip: (u64, u64),
+}
+
+/// The group-commit state machine.
+#[derive(Debug)]
+pub struct Writer {
+    limits: WriterLimits,
+    seg_base: u64,
+    seg_capacity: u64,
+    seg_pos: u64,
+    written: u64,
+    stable: u64,
+    /// Front may be in flight; only the back accepts appends, and only if `open`.
+    batches: VecDeque<Batch>,
+    open: bool,
+    in_flight: bool,
+    conv_overlay: HashMap<u64, (u64, u64)>,
+    key_overlay: HashMap<IdempotencyKey, (u64, Ack)>,
+    meta_tip: (u64, u64),
+    resolved: Vec<(Ticket, Ack)>,
+    next_ticket: u64,
+    next_batch: u64,
+    poisoned: bool,
+}
+
+impl Writer {
+    /// A writer resuming at `start` (everything before it is durable).
+    pub fn new(limits: WriterLimits, start: WriterStart) -> Writer {
+        assert!(start.position >= SEGMENT_HEADER_BYTES as u64);
+        assert!(start.position <= start.segment_capacity);
+        let end = start.segment_base + start.position;
+        Writer {
+            limits,
+            seg_base: start.segment_base,
+            seg_capacity: start.segment_capacity,
+            seg_pos: start.position,
+            written: end,
+            stable: end,
+            batches: VecDeque::new(),
+            open: false,
+            in_flight: false,
+            conv_overlay: HashMap::new(),
+            key_overlay: HashMap::new(),
+            meta_tip: start.meta_tip,
+            resolved: Vec::new(),
+            next_ticket: 0,
+            next_batch: 0,
+            poisoned: false,
+        }
+    }
+
+    /// Appends a conversation record (or resolves a repeated key). Durable state
+    /// (`index`, `dedupe`) is consulted under the pending overlay.
+    pub fn append(
+        &mut self,
+        index: &Index,
+        dedupe: &Dedupe,
+        req: &AppendRequest<'_>,
+    ) -> Result<Ticket> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        if !req.kind.is_conversation() {
+            return Err(Error::InvalidRequest("append takes Message or System records"));
+        }
+        if let Some(key) = &req.key {
+            if let Some(ticket) = self.resolve_repeat(dedupe, key, req.timestamp_ms) {
+                return Ok(ticket);
+            }
+        }
+        let conv = req.conversation_id;
+        let (last_seq, last_offset) = match self.conv_overlay.get(&conv) {
+            Some(tip) => *tip,
+            None => index.tip(conv),
+        };
+        let seq = last_seq
+            .checked_add(1)
+            .ok_or(CapacityError::SequenceExhausted(conv))?;
+        let header = RecordHeader {
+            kind: req.kind,
+            conversation_id: conv,
+            seq,
+            message_id: req.message_id,
+            timestamp_ms: req.timestamp_ms,
+            prev_offset: last_offset,
+            stable_back: 0,
+            key: req.key,
+        };
+        let (ticket, ack) = self.push_record(header, req.payload)?;
+        self.conv_overlay.insert(conv, (seq, ack.offset));
+        if let Some(key) = req.key {
+            self.key_overlay.insert(key, (self.next_batch - 1, ack));
+        }
+        Ok(ticket)
+    }
+
+    /// Appends a metadata record, numbered by the log-wide metadata sequence.
+    pub fn append_meta(&mut self, kind: RecordKind, payload: &[u8], now_ms: u64) -> Result<Ticket> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        if kind.is_conversation() || !kind.is_valid() {
+            return Err(Error::InvalidRequest("append_meta takes a metadata kind"));
+        }
+        let (last_seq, last_offset) = self.meta_tip;
+        let header = RecordHeader {
+            kind,
+            conversation_id: 0,
+            seq: last_seq + 1,
+            message_id: 0,
+            timestamp_ms: now_ms,
+            prev_offset: last_offset,
+            stable_back: 0,
+            key: None,
+        };
+        let (ticket, ack) = self.push_record(header, payload)?;
+        self.meta_tip = (ack.seq, ack.offset);
+        Ok(ticket)
+    }
+
+    /// A repeated key: attach to the pending original, or resolve from the durable map.
+    fn resolve_repeat(&mut self, dedupe: &Dedupe, key: &IdempotencyKey, now: u64) -> Option<Ticket> {
+        if let Some((batch_id, ack)) = self.key_overlay.get(key).copied() {
+            let ticket = self.ticket();
+            let batch = self.batches.iter_mut().find(|b| b.id == batch_id);
+            assert!(batch.is_some(), "key overlay names a batch that is gone");
+            if let Some(batch) = batch {
+                let ack = Ack {
+                    deduplicated: true,
+                    ..ack
+                };
+                batch.acks.push((ticket, ack));
+            }
+            return Some(ticket);
+        }
+        let original = dedupe.get(key, now)?;
+        let ticket = self.ticket();
+        let ack = Ack {
+            conversation_id: original.conversation_id,
+            seq: original.seq,
+            message_id: original.message_id,
+            offset: original.offset,
+            deduplicated: true,
+        };
+        self.resolved.push((ticket, ack));
+        Some(ticket)
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        Ticket(self.next_ticket)
+    }
+
+    /// Places one record: rolls the segment or starts a batch as needed, encodes it.
+    fn push_record(&mut self, mut header: RecordHeader, payload: &[u8]) -> Result<(Ticket, Ack)> {
+        let padded = align_up(record_len(payload.len(), header.key.is_some()));
+        let max_payload = self.max_payload();
+        if payload.len() > max_payload {
+            return Err(CapacityError::PayloadTooLarge {
+                len: payload.len(),
+                max: max_payload,
+            }
+            .into());
+        }
+        if self.seg_pos + padded as u64 > self.seg_capacity {
+            self.roll(header.timestamp_ms);
+        }
+        let needs_batch = match self.batches.back() {
+            Some(b) if self.open => {
+                b.entries.len() >= self.limits.batch_records
+                    || b.bytes.len() + padded > self.limits.batch_bytes
+            }
+            _ => true,
+        };
+        if needs_batch {
+            self.start_batch(None);
+        }
+        let offset = self.seg_base + self.seg_pos;
+        let floor = self.sync_floor();
+        assert!(floor <= offset);
+        header.stable_back = u32::try_from(offset - floor).unwrap_or(u32::MAX);
+        let ticket = self.ticket();
+        let ack = Ack {
+            conversation_id: header.conversation_id,
+            seq: header.seq,
+            message_id: header.message_id,
+            offset,
+            deduplicated: false,
+        };
+        let batch = self.batches.back_mut().ok_or(Error::Poisoned)?;
+        assert_eq!(batch.segment_base + batch.position + batch.bytes.len() as u64, offset);
+        let at = batch.bytes.len();
+        let written = encode_record(&header, payload, &mut batch.bytes);
+        assert_eq!(written, padded);
+        batch.entries.push(Entry {
+            kind: header.kind,
+            conversation_id: header.conversation_id,
+            seq: header.seq,
+            message_id: header.message_id,
+            timestamp_ms: header.timestamp_ms,
+            offset,
+            key: header.key,
+            at,
+        });
+        batch.acks.push((ticket, ack));
+        self.seg_pos += padded as u64;
+        Ok((ticket, ack))
+    }
+
+    /// Largest payload that fits the limits and an empty segment.
+    fn max_payload(&self) -> usize {
+        let room = self.limits.segment_bytes as usize - SEGMENT_HEADER_BYTES;
+        let room = room.min(self.limits.batch_bytes.max(crate::limits::RECORD_BYTES_MAX));
+        let overhead = record_len(0, true) + crate::format::RECORD_ALIGN;
+        room.saturating_sub(overhead).min(RECORD_PAYLOAD_BYTES_MAX)
+    }
+
+    /// The offset below which the log is known durable when this batch is written.
+    /// Durable mode: the batch start (the previous batch was synced before this one is
+    /// written, or the writer is poisoned and writes nothing more). Buffered mode: the
+    /// last synced offset now (a lower bound of what it will be at write time).
+    fn sync_floor(&self) -> u64 {
+        let segment_floor = self.seg_base + SEGMENT_HEADER_BYTES as u64;
+        let floor = match self.batches.back() {
+            Some(b) if self.limits.sync_each_batch => b.segment_base + b.position,
+            _ => self.stable,
+        };
+        floor.max(segment_floor)
+    }
+
+    fn roll(&mut self, now_ms: u64) {
+        let base = self.seg_base + self.seg_pos;
+        self.seg_base = base;
+        self.seg_capacity = self.limits.segment_bytes;
+        self.seg_pos = SEGMENT_HEADER_BYTES as u64;
+        self.start_batch(Some(SegmentHeader {
+            base_offset: base,
+            created_at_ms: now_ms,
+            capacity: self.limits.segment_bytes,
+        }));
+    }
+
+    fn start_batch(&mut self, new_segment: Option<SegmentHeader>) {
+        self.batches.push_back(Batch {
+            id: self.next_batch,
+            segment_base: self.seg_base,
+            position: self.seg_pos,
+            new_segment,
+            bytes: Vec::new(),
+            entries: Vec::new(),
+            acks: Vec::new(),
+        });
+        self.next_batch += 1;
+        self.open = true;
+    }
+
+    /// The next batch to write, or `None` if nothing is pending or a batch is in flight.
+    pub fn take_batch(&mut self) -> Option<&Batch> {
+        if self.in_flight || self.poisoned {
+            return None;
+        }
+        if self.batches.len() == 1 {
+            self.open = false;
+        }
+        let batch = self.batches.front()?;
+        self.in_flight = true;
+        Some(batch)
+    }
+
+    /// Marks the in-flight batch written (and synced if `synced`) and returns it, with
+    /// its acks, for the driver to publish. Overlays shrink to what is still pending.
+    pub fn complete_batch(&mut self, id: u64, synced: bool) -> Option<Batch> {
+        assert!(self.in_flight, "complete_batch without a batch in flight");
+        let batch = self.batches.pop_front()?;
+        assert_eq!(batch.id, id);
+        assert!(batch.end_offset() >= self.written);
+        self.in_flight = false;
+        self.written = batch.end_offset();
+        if synced {
+            self.stable = self.written;
+        }
+        for entry in &batch.entries {
+            if entry.kind.is_conversation() {
+                let tip = self.conv_overlay.get(&entry.conversation_id);
+                if tip.is_some_and(|t| t.1 == entry.offset) {
+                    self.conv_overlay.remove(&entry.conversation_id);
+                }
+            }
+            if let Some(key) = &entry.key {
+                if self.key_overlay.get(key).is_some_and(|(b, _)| *b == id) {
+                    self.key_overlay.remove(key);
+                }
+            }
+        }
+        Some(batch)
+    }
+
+    /// Everything up to `offset` is covered by a sync.
+    pub fn mark_synced(&mut self, offset: u64) {
+        assert!(offset <= self.written, "synced past what was written");
+        self.stable = self.stable.max(offset);
+    }
+
+    /// A write or sync failed: poison, and return every ticket that will never resolve.
+    pub fn fail(&mut self) -> Vec<Ticket> {
+        self.poisoned = true;
+        self.in_flight = false;
+        self.open = false;
+        let tickets = self.batches.drain(..).flat_map(|b| b.acks).map(|(t, _)| t);
+        let tickets = tickets.collect();
+        self.conv_overlay.clear();
+        self.key_overlay.clear();
+        tickets
+    }
+
+    /// Acks resolved without a write (repeats of durable keys).
+    pub fn take_resolved(&mut self) -> Vec<(Ticket, Ack)> {
+        std::mem::take(&mut self.resolved)
+    }
+
+    /// True when some append waits for a batch.
+    pub fn has_pending(&self) -> bool {
+        self.batches.iter().any(|b| !b.acks.is_empty() || b.new_segment.is_some())
+    }
+
+    /// True once a write or sync failed.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// The watermarks.
+    pub fn watermarks(&self) -> Watermarks {
+        Watermarks {
+            appended: self.seg_base + self.seg_pos,
+            written: self.written,
+            stable: self.stable,
+        }
+    }
+
+    /// Base offset of the segment appends currently go to.
+    pub fn active_segment(&self) -> u64 {
+        self.seg_base
+    }
+
+    /// `(last_seq, last_offset)` of the metadata stream, pending records included.
+    pub fn meta_tip(&self) -> (u64, u64) {
+        self.meta_tip
+    }
+}
