@@ -57,7 +57,12 @@ pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
     out.extend_from_slice(&CHECKPOINT_MAGIC);
     out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    for v in [ckpt.offset, ckpt.last_record, ckpt.meta_tip.0, ckpt.meta_tip.1] {
+    for v in [
+        ckpt.offset,
+        ckpt.last_record,
+        ckpt.meta_tip.0,
+        ckpt.meta_tip.1,
+    ] {
         put(&mut out, v);
     }
     put(&mut out, ckpt.segments.len() as u64);
@@ -66,7 +71,12 @@ pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
     }
     put(&mut out, ckpt.convs.len() as u64);
     for (id, conv) in &ckpt.convs {
-        for v in [*id, conv.first_seq, conv.last_offset, conv.offsets.len() as u64] {
+        for v in [
+            *id,
+            conv.first_seq,
+            conv.last_offset,
+            conv.offsets.len() as u64,
+        ] {
             put(&mut out, v);
         }
         for offset in &conv.offsets {
@@ -76,7 +86,13 @@ pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
     put(&mut out, ckpt.keys.len() as u64);
     for (key, e) in &ckpt.keys {
         out.extend_from_slice(key);
-        for v in [e.conversation_id, e.seq, e.message_id, e.offset, e.timestamp_ms] {
+        for v in [
+            e.conversation_id,
+            e.seq,
+            e.message_id,
+            e.offset,
+            e.timestamp_ms,
+        ] {
             put(&mut out, v);
         }
     }
@@ -102,8 +118,14 @@ impl Cursor<'_> {
     }
 
     fn bytes(&mut self, n: usize) -> Result<&[u8], Invalid> {
-        let end = self.at.checked_add(n).ok_or(Invalid("checkpoint length overflow"))?;
-        let v = self.buf.get(self.at..end).ok_or(Invalid("checkpoint truncated"))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(Invalid("checkpoint length overflow"))?;
+        let v = self
+            .buf
+            .get(self.at..end)
+            .ok_or(Invalid("checkpoint truncated"))?;
         self.at = end;
         Ok(v)
     }
@@ -120,8 +142,13 @@ impl Cursor<'_> {
 
 /// Decodes and verifies a checkpoint.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, Invalid> {
-    let body_len = bytes.len().checked_sub(4).ok_or(Invalid("checkpoint truncated"))?;
-    let body = bytes.get(..body_len).ok_or(Invalid("checkpoint truncated"))?;
+    let body_len = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or(Invalid("checkpoint truncated"))?;
+    let body = bytes
+        .get(..body_len)
+        .ok_or(Invalid("checkpoint truncated"))?;
     if le_u32(bytes, body_len) != Some(crc32c::crc32c(body)) {
         return Err(Invalid("checkpoint crc mismatch"));
     }
@@ -148,8 +175,17 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, Invalid> {
         let first_seq = cur.u64()?;
         let last_offset = cur.u64()?;
         let count = cur.count(8)?;
-        let offsets = (0..count).map(|_| cur.u64()).collect::<Result<Vec<_>, _>>()?;
-        ckpt.convs.push((id, ConvIndex { first_seq, offsets, last_offset }));
+        let offsets = (0..count)
+            .map(|_| cur.u64())
+            .collect::<Result<Vec<_>, _>>()?;
+        ckpt.convs.push((
+            id,
+            ConvIndex {
+                first_seq,
+                offsets,
+                last_offset,
+            },
+        ));
     }
     let n = cur.count(RECORD_KEY_BYTES + 40)?;
     for _ in 0..n {

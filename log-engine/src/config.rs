@@ -80,9 +80,18 @@ impl Config {
     /// Checks that no limit is raised and the values agree.
     pub fn validate(&self) -> Result<()> {
         let checks: [(bool, &'static str); 8] = [
-            (self.segment_bytes <= SEGMENT_BYTES_MAX, "segment_bytes above SEGMENT_BYTES_MAX"),
-            (self.segment_bytes >= SEGMENT_BYTES_MIN, "segment_bytes below SEGMENT_BYTES_MIN"),
-            (self.segment_bytes % 8 == 0, "segment_bytes not a multiple of 8"),
+            (
+                self.segment_bytes <= SEGMENT_BYTES_MAX,
+                "segment_bytes above SEGMENT_BYTES_MAX",
+            ),
+            (
+                self.segment_bytes >= SEGMENT_BYTES_MIN,
+                "segment_bytes below SEGMENT_BYTES_MIN",
+            ),
+            (
+                self.segment_bytes % 8 == 0,
+                "segment_bytes not a multiple of 8",
+            ),
             (
                 (1..=GROUP_COMMIT_RECORDS_MAX).contains(&self.group_commit_records),
                 "group_commit_records outside 1..=GROUP_COMMIT_RECORDS_MAX",
@@ -91,9 +100,18 @@ impl Config {
                 (1..=GROUP_COMMIT_BYTES_MAX).contains(&self.group_commit_bytes),
                 "group_commit_bytes outside 1..=GROUP_COMMIT_BYTES_MAX",
             ),
-            (self.dedupe_window_ms <= DEDUPE_WINDOW_MS_MAX, "dedupe_window_ms above max"),
-            (self.dedupe_entries <= DEDUPE_ENTRIES_MAX, "dedupe_entries above max"),
-            (self.tail_cache_bytes <= TAIL_CACHE_BYTES_MAX, "tail_cache_bytes above max"),
+            (
+                self.dedupe_window_ms <= DEDUPE_WINDOW_MS_MAX,
+                "dedupe_window_ms above max",
+            ),
+            (
+                self.dedupe_entries <= DEDUPE_ENTRIES_MAX,
+                "dedupe_entries above max",
+            ),
+            (
+                self.tail_cache_bytes <= TAIL_CACHE_BYTES_MAX,
+                "tail_cache_bytes above max",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, reason)) => Err(Error::Config(reason)),

@@ -137,9 +137,13 @@ pub fn encode_segment_header(header: &SegmentHeader) -> [u8; SEGMENT_HEADER_BYTE
 
 /// Decodes and verifies a segment header.
 pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Invalid> {
-    let head = bytes.get(..SEGMENT_HEADER_BYTES).ok_or(Invalid("short segment header"))?;
+    let head = bytes
+        .get(..SEGMENT_HEADER_BYTES)
+        .ok_or(Invalid("short segment header"))?;
     let crc_stored = le_u32(head, SEGMENT_HEADER_BYTES - 4).ok_or(Invalid("short"))?;
-    let covered = head.get(..SEGMENT_HEADER_BYTES - 4).ok_or(Invalid("short"))?;
+    let covered = head
+        .get(..SEGMENT_HEADER_BYTES - 4)
+        .ok_or(Invalid("short"))?;
     if crc32c::crc32c(covered) != crc_stored {
         return Err(Invalid("segment header crc mismatch"));
     }
@@ -274,17 +278,23 @@ pub fn decode_record(buf: &[u8]) -> Result<Option<RecordView<'_>>, Invalid> {
     if length == 0 {
         return Ok(None);
     }
-    if length < RECORD_HEADER_BYTES || length > crate::limits::RECORD_BYTES_MAX {
+    if !(RECORD_HEADER_BYTES..=crate::limits::RECORD_BYTES_MAX).contains(&length) {
         return Err(Invalid("record length out of range"));
     }
     let padded = align_up(length);
-    let record = buf.get(..padded).ok_or(Invalid("record runs past segment end"))?;
+    let record = buf
+        .get(..padded)
+        .ok_or(Invalid("record runs past segment end"))?;
     let crc_stored = le_u32(record, 4).ok_or(Invalid("short"))?;
     if record_crc(record) != crc_stored {
         return Err(Invalid("record crc mismatch"));
     }
     let header = decode_record_header(record, length)?;
-    let key_bytes = if header.key.is_some() { RECORD_KEY_BYTES } else { 0 };
+    let key_bytes = if header.key.is_some() {
+        RECORD_KEY_BYTES
+    } else {
+        0
+    };
     let payload = record
         .get(RECORD_HEADER_BYTES + key_bytes..length)
         .ok_or(Invalid("record shorter than its key"))?;
@@ -307,7 +317,10 @@ fn decode_record_header(record: &[u8], length: usize) -> Result<RecordHeader, In
     if record.get(10..12) != Some(&[0u8, 0][..]) {
         return Err(Invalid("reserved record bytes not zero"));
     }
-    if record.get(length..).is_some_and(|pad| pad.iter().any(|b| *b != 0)) {
+    if record
+        .get(length..)
+        .is_some_and(|pad| pad.iter().any(|b| *b != 0))
+    {
         return Err(Invalid("record padding not zero"));
     }
     let key = if flags & FLAG_KEY != 0 {
@@ -315,7 +328,11 @@ fn decode_record_header(record: &[u8], length: usize) -> Result<RecordHeader, In
             return Err(Invalid("record shorter than its key"));
         }
         let mut key = [0u8; RECORD_KEY_BYTES];
-        key.copy_from_slice(record.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + 16).ok_or(short)?);
+        key.copy_from_slice(
+            record
+                .get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + 16)
+                .ok_or(short)?,
+        );
         Some(key)
     } else {
         None

@@ -68,7 +68,10 @@ impl Index {
     /// Adds the next record of a conversation. The caller checked the sequence; a
     /// mismatch here is a bug in our own state, so it is asserted.
     pub fn push(&mut self, conversation_id: u64, seq: u64, offset: u64) {
-        let conv = self.convs.entry(conversation_id).or_insert_with(ConvIndex::new);
+        let conv = self
+            .convs
+            .entry(conversation_id)
+            .or_insert_with(ConvIndex::new);
         assert_eq!(seq, conv.last_seq() + 1, "index: sequence gap");
         assert!(conv.last_offset == OFFSET_NONE || offset > conv.last_offset);
         conv.offsets.push(offset);

@@ -14,7 +14,8 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 /// Largest record payload: a 64 KiB message body plus envelope room, rounded up.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
 /// Largest encoded record: header + key + payload, already 8-byte aligned.
-pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_BYTES + RECORD_KEY_BYTES + RECORD_PAYLOAD_BYTES_MAX;
+pub const RECORD_BYTES_MAX: usize =
+    RECORD_HEADER_BYTES + RECORD_KEY_BYTES + RECORD_PAYLOAD_BYTES_MAX;
 /// Most records in one group-commit batch (one write + one fdatasync).
 pub const GROUP_COMMIT_RECORDS_MAX: usize = 65_536;
 /// Most bytes in one group-commit batch: 4 MiB keeps one write well inside one segment

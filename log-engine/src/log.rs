@@ -157,7 +157,10 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             if let Some(sealed_base) = rolled {
                 self.seal(sealed_base, base);
             }
-            let batch = self.writer.complete_batch(id, durable).ok_or(Error::Poisoned)?;
+            let batch = self
+                .writer
+                .complete_batch(id, durable)
+                .ok_or(Error::Poisoned)?;
             if durable {
                 self.last_sync = Instant::now();
             }
@@ -186,7 +189,8 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     fn publish(&mut self, batch: Batch, acks: &mut Vec<(Ticket, Ack)>) {
         for entry in &batch.entries {
             if entry.kind.is_conversation() {
-                self.index.push(entry.conversation_id, entry.seq, entry.offset);
+                self.index
+                    .push(entry.conversation_id, entry.seq, entry.offset);
                 if let Some(key) = entry.key {
                     let dedupe = DedupeEntry {
                         conversation_id: entry.conversation_id,
@@ -215,7 +219,8 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             }
             self.last_record = entry.offset;
         }
-        self.tail.push(batch.segment_base + batch.position, &batch.bytes);
+        self.tail
+            .push(batch.segment_base + batch.position, &batch.bytes);
         acks.extend(batch.acks);
     }
 
@@ -235,10 +240,18 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     }
 
     /// Conversation records after `after_seq` (catch-up), at most `limit`, ascending.
-    pub fn read_after(&mut self, conversation_id: u64, after_seq: u64, limit: usize) -> Result<Page> {
+    pub fn read_after(
+        &mut self,
+        conversation_id: u64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Page> {
         self.read_range(conversation_id, limit, |first, last| {
             let from = after_seq.saturating_add(1).max(first);
-            (from, last.min(from.saturating_add(limit as u64).saturating_sub(1)))
+            (
+                from,
+                last.min(from.saturating_add(limit as u64).saturating_sub(1)),
+            )
         })
     }
 
@@ -251,7 +264,10 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     ) -> Result<Page> {
         self.read_range(conversation_id, limit, |first, last| {
             let to = before_seq.saturating_sub(1).min(last);
-            (to.saturating_add(1).saturating_sub(limit as u64).max(first), to)
+            (
+                to.saturating_add(1).saturating_sub(limit as u64).max(first),
+                to,
+            )
         })
     }
 
@@ -266,10 +282,18 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             return Err(CapacityError::ReadTooLarge { asked: limit, max }.into());
         }
         let Some(conv) = self.index.get(conversation_id) else {
-            return Ok(Page { records: Vec::new(), first_seq: 1, last_seq: 0 });
+            return Ok(Page {
+                records: Vec::new(),
+                first_seq: 1,
+                last_seq: 0,
+            });
         };
         let (first_seq, last_seq) = (conv.first_seq, conv.last_seq());
-        let (from, to) = if limit == 0 { (1, 0) } else { range(first_seq, last_seq) };
+        let (from, to) = if limit == 0 {
+            (1, 0)
+        } else {
+            range(first_seq, last_seq)
+        };
         let wanted: Vec<(u64, u64)> = (from..=to)
             .filter_map(|seq| conv.offset_of(seq).map(|offset| (seq, offset)))
             .collect();
@@ -289,7 +313,11 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             }
             records.push(record);
         }
-        Ok(Page { records, first_seq, last_seq })
+        Ok(Page {
+            records,
+            first_seq,
+            last_seq,
+        })
     }
 
     /// Reads any durable record by offset (metadata included).
@@ -359,9 +387,13 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         let (tmp, name) = (CHECKPOINT_TMP_NAME, CHECKPOINT_NAME);
         let _ = self.storage.remove(tmp);
         self.storage.create(tmp).map_err(io_err("create", tmp))?;
-        self.storage.write_at(tmp, 0, &bytes).map_err(io_err("write", tmp))?;
+        self.storage
+            .write_at(tmp, 0, &bytes)
+            .map_err(io_err("write", tmp))?;
         self.storage.sync(tmp).map_err(io_err("sync", tmp))?;
-        self.storage.rename(tmp, name).map_err(io_err("rename", name))?;
+        self.storage
+            .rename(tmp, name)
+            .map_err(io_err("rename", name))?;
         self.storage.sync_dir().map_err(io_err("sync_dir", name))?;
         self.storage.close(name);
         self.checkpoint_offset = offset;
@@ -402,9 +434,14 @@ fn write_batch<S: Storage>(
         segments.insert(header.base_offset, meta);
     }
     let name = crate::format::segment_name(batch.segment_base);
-    assert!(segments.contains_key(&batch.segment_base), "batch for an unknown segment");
+    assert!(
+        segments.contains_key(&batch.segment_base),
+        "batch for an unknown segment"
+    );
     if !batch.bytes.is_empty() {
-        storage.write_at(&name, batch.position, &batch.bytes).map_err(io_err("write", &name))?;
+        storage
+            .write_at(&name, batch.position, &batch.bytes)
+            .map_err(io_err("write", &name))?;
         if durable {
             storage.sync(&name).map_err(io_err("sync", &name))?;
         }

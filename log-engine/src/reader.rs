@@ -119,11 +119,17 @@ impl<S: Storage> ReadSources<'_, S> {
             return decode_at(&bytes, &meta.name, offset);
         }
         if !self.maps.contains_key(&base) {
-            let map = self.storage.map(&meta.name).map_err(io_err("mmap", &meta.name))?;
+            let map = self
+                .storage
+                .map(&meta.name)
+                .map_err(io_err("mmap", &meta.name))?;
             self.maps.insert(base, map);
         }
         let map = self.maps.get(&base).map(|m| m.as_ref()).unwrap_or_default();
-        let bytes = usize::try_from(pos).ok().and_then(|p| map.get(p..)).unwrap_or_default();
+        let bytes = usize::try_from(pos)
+            .ok()
+            .and_then(|p| map.get(p..))
+            .unwrap_or_default();
         decode_at(bytes, &meta.name, offset)
     }
 }
@@ -131,12 +137,16 @@ impl<S: Storage> ReadSources<'_, S> {
 /// Reads one record's bytes from a file with two positioned reads (header, then rest).
 fn read_record_bytes<S: Storage>(storage: &mut S, name: &str, pos: u64) -> Result<Vec<u8>> {
     let mut head = vec![0u8; RECORD_HEADER_BYTES];
-    let n = storage.read_at(name, pos, &mut head).map_err(io_err("read", name))?;
+    let n = storage
+        .read_at(name, pos, &mut head)
+        .map_err(io_err("read", name))?;
     head.truncate(n);
     let length = crate::format::le_u32(&head, 0).unwrap_or(0) as usize;
     let padded = crate::format::align_up(length.clamp(RECORD_HEADER_BYTES, RECORD_BYTES_MAX));
     let mut bytes = vec![0u8; padded];
-    let n = storage.read_at(name, pos, &mut bytes).map_err(io_err("read", name))?;
+    let n = storage
+        .read_at(name, pos, &mut bytes)
+        .map_err(io_err("read", name))?;
     bytes.truncate(n);
     Ok(bytes)
 }
@@ -153,7 +163,11 @@ fn decode_at(bytes: &[u8], segment: &str, offset: u64) -> Result<Record> {
             key: view.header.key,
             payload: view.payload.to_vec(),
         }),
-        Ok(None) => Err(corruption(segment, offset, "indexed record reads as end of data")),
+        Ok(None) => Err(corruption(
+            segment,
+            offset,
+            "indexed record reads as end of data",
+        )),
         Err(invalid) => Err(corruption(segment, offset, invalid.0)),
     }
 }

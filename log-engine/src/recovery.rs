@@ -184,7 +184,10 @@ impl<M: StateMachine> Fold<'_, M> {
             ));
         }
         if h.prev_offset != last_offset {
-            return Err(format!("prev_offset {} does not link to {last_offset}", h.prev_offset));
+            return Err(format!(
+                "prev_offset {} does not link to {last_offset}",
+                h.prev_offset
+            ));
         }
         if h.kind.is_conversation() {
             self.index.push(h.conversation_id, h.seq, offset);
@@ -231,7 +234,11 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
     let (mut segments, fresh_base, has_ckpt) = survey(storage, config.recovery_mode, &mut report)?;
     let Some(&first_base) = segments.keys().next() else {
         if has_ckpt {
-            return Err(corruption(CHECKPOINT_NAME, 0, "checkpoint present, every segment missing"));
+            return Err(corruption(
+                CHECKPOINT_NAME,
+                0,
+                "checkpoint present, every segment missing",
+            ));
         }
         let index = Index::new();
         let dedupe = Dedupe::new(config.dedupe_window_ms, config.dedupe_entries);
@@ -250,7 +257,14 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
     if has_ckpt {
         match load_checkpoint(storage, &segments) {
             Ok(ckpt) => {
-                let attempt = scan(storage, config, state, &mut segments, Some(&ckpt), &mut report);
+                let attempt = scan(
+                    storage,
+                    config,
+                    state,
+                    &mut segments,
+                    Some(&ckpt),
+                    &mut report,
+                );
                 match attempt {
                     Err(Error::Corruption { reason, .. }) if first_base == 0 => {
                         tracing::warn!(%reason, "checkpoint disagrees with the log; full scan");
@@ -298,11 +312,17 @@ fn survey<S: Storage>(
     let count = bases.len();
     for (i, (base, name)) in bases.into_iter().enumerate() {
         let mut head = vec![0u8; SEGMENT_HEADER_BYTES];
-        let n = storage.read_at(&name, 0, &mut head).map_err(io_err("read", &name))?;
+        let n = storage
+            .read_at(&name, 0, &mut head)
+            .map_err(io_err("read", &name))?;
         head.truncate(n);
         let header = match decode_segment_header(&head) {
             Ok(header) if header.base_offset != base => {
-                return Err(corruption(&name, base, "header base offset differs from file name"));
+                return Err(corruption(
+                    &name,
+                    base,
+                    "header base offset differs from file name",
+                ));
             }
             Ok(header) if header.capacity > SEGMENT_BYTES_MAX || header.capacity % 8 != 0 => {
                 return Err(corruption(&name, base, "segment capacity out of range"));
@@ -322,7 +342,14 @@ fn survey<S: Storage>(
             }
             Err(invalid) => return Err(corruption(&name, base, invalid.0)),
         };
-        segments.insert(base, SegmentMeta { name, header, sealed_end: None });
+        segments.insert(
+            base,
+            SegmentMeta {
+                name,
+                header,
+                sealed_end: None,
+            },
+        );
     }
     Ok((segments, fresh_base, has_ckpt))
 }
@@ -339,10 +366,16 @@ fn load_checkpoint<S: Storage>(storage: &mut S, segments: &SegmentTable) -> Resu
     let name = CHECKPOINT_NAME;
     let len = storage.len(name).map_err(io_err("stat", name))?;
     if len > CHECKPOINT_BYTES_MAX {
-        return Err(corruption(name, 0, "checkpoint larger than CHECKPOINT_BYTES_MAX"));
+        return Err(corruption(
+            name,
+            0,
+            "checkpoint larger than CHECKPOINT_BYTES_MAX",
+        ));
     }
     let mut bytes = vec![0u8; len as usize];
-    let n = storage.read_at(name, 0, &mut bytes).map_err(io_err("read", name))?;
+    let n = storage
+        .read_at(name, 0, &mut bytes)
+        .map_err(io_err("read", name))?;
     bytes.truncate(n);
     let ckpt = decode_checkpoint(&bytes).map_err(|invalid| corruption(name, 0, invalid.0))?;
     let first = segments.keys().next().copied().unwrap_or(0);
@@ -357,7 +390,11 @@ fn load_checkpoint<S: Storage>(storage: &mut S, segments: &SegmentTable) -> Resu
         }
     }
     if ckpt.offset < first {
-        return Err(corruption(name, ckpt.offset, "checkpoint predates the oldest segment"));
+        return Err(corruption(
+            name,
+            ckpt.offset,
+            "checkpoint predates the oldest segment",
+        ));
     }
     Ok(ckpt)
 }
@@ -392,7 +429,9 @@ fn scan<S: Storage, M: StateMachine>(
                 fold.dedupe.insert(*key, *entry);
             }
             fold.meta_tip = c.meta_tip;
-            fold.state.restore(Some(&c.state)).map_err(Error::SnapshotRejected)?;
+            fold.state
+                .restore(Some(&c.state))
+                .map_err(Error::SnapshotRejected)?;
             c.offset
         }
         None => {
@@ -414,7 +453,15 @@ fn scan<S: Storage, M: StateMachine>(
         }
         let from = if i == first_idx { start - base } else { 0 };
         let from = from.max(SEGMENT_HEADER_BYTES as u64);
-        let stop = scan_segment(storage, meta, from, next, &mut fold, config.recovery_mode, report)?;
+        let stop = scan_segment(
+            storage,
+            meta,
+            from,
+            next,
+            &mut fold,
+            config.recovery_mode,
+            report,
+        )?;
         meta.sealed_end = next.map(|_| stop);
         end = (*base, stop);
     }
@@ -460,7 +507,9 @@ fn verify_checkpoint_end<S: Storage>(
         .range(..=ckpt.last_record)
         .next_back()
         .ok_or_else(|| fail("checkpoint's last record is in no segment"))?;
-    let map = storage.map(&meta.name).map_err(io_err("mmap", &meta.name))?;
+    let map = storage
+        .map(&meta.name)
+        .map_err(io_err("mmap", &meta.name))?;
     let pos = usize::try_from(ckpt.last_record - base).unwrap_or(usize::MAX);
     let bytes = map.as_ref().get(pos..).unwrap_or_default();
     match decode_record(bytes) {
@@ -489,7 +538,8 @@ fn scan_segment<S: Storage, M: StateMachine>(
         match decode_record(bytes.get(pos..).unwrap_or_default()) {
             Ok(Some(view)) => {
                 let offset = base + pos as u64;
-                fold.apply(offset, &view).map_err(|r| corruption(name, offset, r))?;
+                fold.apply(offset, &view)
+                    .map_err(|r| corruption(name, offset, r))?;
                 pos += view.padded_len;
             }
             Ok(None) => break "zero length word",

@@ -31,7 +31,9 @@ pub fn create_segment<S: Storage>(storage: &mut S, header: &SegmentHeader) -> Re
     let name = segment_name(header.base_offset);
     storage.create(&name).map_err(io_err("create", &name))?;
     let head = encode_segment_header(header);
-    storage.write_at(&name, 0, &head).map_err(io_err("write", &name))?;
+    storage
+        .write_at(&name, 0, &head)
+        .map_err(io_err("write", &name))?;
     zero_range(storage, &name, SEGMENT_HEADER_BYTES as u64, header.capacity)?;
     storage.sync(&name).map_err(io_err("sync", &name))?;
     storage.sync_dir().map_err(io_err("sync_dir", &name))?;
@@ -49,7 +51,9 @@ pub fn zero_range<S: Storage>(storage: &mut S, name: &str, from: u64, to: u64) -
     while pos < to {
         let n = (to - pos).min(ZERO_CHUNK_BYTES as u64) as usize;
         let chunk = zeros.get(..n).unwrap_or_default();
-        storage.write_at(name, pos, chunk).map_err(io_err("write", name))?;
+        storage
+            .write_at(name, pos, chunk)
+            .map_err(io_err("write", name))?;
         pos += n as u64;
     }
     Ok(())

@@ -108,7 +108,9 @@ impl SimStorage {
     }
 
     fn lock(&self) -> MutexGuard<'_, SimState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes the next `op` after `after` successful ones fail with an I/O error.
@@ -261,7 +263,10 @@ impl Storage for SimStorage {
     fn create(&mut self, name: &str) -> io::Result<()> {
         let mut state = self.lock();
         if state.names.contains_key(name) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_owned()));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                name.to_owned(),
+            ));
         }
         let inode = state.inodes.len();
         state.inodes.push(Inode::default());
@@ -326,7 +331,9 @@ impl Storage for SimStorage {
         let mut state = self.lock();
         let inode = state.names.remove(from).ok_or_else(|| not_found(from))?;
         state.names.insert(to.to_owned(), inode);
-        state.dir_ops.push(DirOp::Rename(from.to_owned(), to.to_owned()));
+        state
+            .dir_ops
+            .push(DirOp::Rename(from.to_owned(), to.to_owned()));
         Ok(())
     }
 

@@ -17,8 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use crate::dedupe::Dedupe;
 use crate::error::{CapacityError, Error, Result};
 use crate::format::{
-    align_up, encode_record, record_len, IdempotencyKey, RecordHeader, RecordKind,
-    SegmentHeader, SEGMENT_HEADER_BYTES,
+    align_up, encode_record, record_len, IdempotencyKey, RecordHeader, RecordKind, SegmentHeader,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::index::Index;
 use crate::limits::RECORD_PAYLOAD_BYTES_MAX;
@@ -195,7 +195,9 @@ impl Writer {
             return Err(Error::Poisoned);
         }
         if !req.kind.is_conversation() {
-            return Err(Error::InvalidRequest("append takes Message or System records"));
+            return Err(Error::InvalidRequest(
+                "append takes Message or System records",
+            ));
         }
         if let Some(key) = &req.key {
             if let Some(ticket) = self.resolve_repeat(dedupe, key, req.timestamp_ms) {
@@ -253,7 +255,12 @@ impl Writer {
     }
 
     /// A repeated key: attach to the pending original, or resolve from the durable map.
-    fn resolve_repeat(&mut self, dedupe: &Dedupe, key: &IdempotencyKey, now: u64) -> Option<Ticket> {
+    fn resolve_repeat(
+        &mut self,
+        dedupe: &Dedupe,
+        key: &IdempotencyKey,
+        now: u64,
+    ) -> Option<Ticket> {
         if let Some((batch_id, ack)) = self.key_overlay.get(key).copied() {
             let ticket = self.ticket();
             let batch = self.batches.iter_mut().find(|b| b.id == batch_id);
@@ -322,7 +329,10 @@ impl Writer {
             deduplicated: false,
         };
         let batch = self.batches.back_mut().ok_or(Error::Poisoned)?;
-        assert_eq!(batch.segment_base + batch.position + batch.bytes.len() as u64, offset);
+        assert_eq!(
+            batch.segment_base + batch.position + batch.bytes.len() as u64,
+            offset
+        );
         let at = batch.bytes.len();
         let written = encode_record(&header, payload, &mut batch.bytes);
         assert_eq!(written, padded);
@@ -454,7 +464,9 @@ impl Writer {
 
     /// True when some append waits for a batch.
     pub fn has_pending(&self) -> bool {
-        self.batches.iter().any(|b| !b.acks.is_empty() || b.new_segment.is_some())
+        self.batches
+            .iter()
+            .any(|b| !b.acks.is_empty() || b.new_segment.is_some())
     }
 
     /// True once a write or sync failed.
