@@ -1,1 +1,85 @@
-fn main() {}
+//! Child process of `tests/crash.rs`: appends durably to a log directory forever and
+//! prints one line per acknowledged append, after the commit that made it durable:
+//!
+//! ```text
+//! ack <conversation> <seq> <message_id> <deduplicated 0|1>
+//! ```
+//!
+//! Usage: `crash_appender <dir> <first_message_id>`. Each append carries an idempotency
+//! key and a payload derived from its message id (see `payload_for`, `key_for`), and now
+//! and then a retry of an acknowledged key, so the parent can check every record.
+
+use std::io::Write;
+
+use log_engine::sim::SimRng;
+use log_engine::{AppendRequest, Config, FsStorage, Log, RecordKind};
+
+/// Conversations the appender spreads records over.
+const CONVERSATIONS: u64 = 8;
+
+fn payload_for(id: u64) -> Vec<u8> {
+    let len = 16 + (id % 97) as usize * 4;
+    (0..len)
+        .map(|i| (id as u8).wrapping_mul(31).wrapping_add(i as u8))
+        .collect()
+}
+
+fn key_for(id: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&id.to_le_bytes());
+    key[8..].copy_from_slice(&(id ^ 0x5EED_5EED_5EED_5EED).to_le_bytes());
+    key
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let dir = args
+        .next()
+        .ok_or("usage: crash_appender <dir> <first_message_id>")?;
+    let first_id: u64 = args.next().ok_or("missing first_message_id")?.parse()?;
+    let config = Config {
+        segment_bytes: 256 * 1024,
+        checkpoint_interval_bytes: 128 * 1024,
+        ..Config::default()
+    };
+    let (mut log, _report) = Log::open(FsStorage::open(&dir)?, config, ())?;
+    let mut rng = SimRng::new(first_id);
+    let mut out = std::io::stdout().lock();
+    let mut id = first_id;
+    let mut last_acked: Option<(u64, u64)> = None;
+    let mut pending = Vec::new();
+    loop {
+        pending.clear();
+        for _ in 0..1 + rng.below(16) {
+            id += 1;
+            let conv = rng.below(CONVERSATIONS);
+            pending.push((conv, id));
+        }
+        if let (Some(retry), 0) = (last_acked, rng.below(4)) {
+            pending.push(retry);
+        }
+        let mut tickets = Vec::with_capacity(pending.len());
+        for &(conv, msg) in &pending {
+            let payload = payload_for(msg);
+            let ticket = log.append_nowait(&AppendRequest {
+                conversation_id: conv,
+                message_id: msg,
+                timestamp_ms: msg,
+                key: Some(key_for(msg)),
+                kind: RecordKind::Message,
+                payload: &payload,
+            })?;
+            tickets.push(ticket);
+        }
+        for (ticket, ack) in log.commit()? {
+            let Some(i) = tickets.iter().position(|t| *t == ticket) else {
+                continue;
+            };
+            let (conv, _) = pending[i];
+            let dedup = u8::from(ack.deduplicated);
+            writeln!(out, "ack {conv} {} {} {dedup}", ack.seq, ack.message_id)?;
+            last_acked = Some((conv, ack.message_id));
+        }
+        out.flush()?;
+    }
+}
