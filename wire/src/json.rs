@@ -27,11 +27,15 @@
 //!   `{"user_id": "7", "last_seen_ms": "0", "status": "online"}`.
 //! - **Defaults.** A missing field takes the schema default (0, `false`, `""`, empty list,
 //!   the enum's default, `protocol_version` 1, `PresenceSet.status` `"online"`). Absent
-//!   optional sub-tables (e.g. `media`) and an absent `MediaRef.sha256` are omitted on
-//!   output and may be omitted or `null` on input. `(required)` fields
-//!   (`Send.idempotency_key`, `Deliver.message`, `ConversationOpened.conversation`,
-//!   `MediaPresignRequest.sha256`) and `body` must be present. Output always writes every
-//!   other field, defaults included.
+//!   optional sub-tables (e.g. `media`, `system`) are omitted on output and may be omitted
+//!   or `null` on input. `(required)` fields (`Send.idempotency_key`, `Deliver.message`,
+//!   `ConversationOpened.conversation`, `MediaRef.sha256`, `MediaPresignRequest.sha256`)
+//!   and `body` must be present: a media object without `sha256` is rejected
+//!   (``missing field `sha256` ``). Output always writes every other field, defaults
+//!   included.
+//! - **System messages.** A `StoredMessage` of kind `"system"` carries what changed in
+//!   `system`, a `SystemEvent` object (`{"op": "add_members", "actor_user_id": "1",
+//!   "user_ids": ["2"], "name": "", "role": "member"}`), and an empty `body`.
 //! - **Strictness.** Unknown fields (at any depth, including inside `body`), duplicate
 //!   fields, an unknown `"type"`, and trailing data are rejected, so typos fail loudly.
 //! - **Limits.** The whole text is at most `FRAME_BYTES_MAX` bytes (checked before
@@ -356,12 +360,13 @@ mod tests {
                     kind: MessageKind::Encrypted,
                     body: vec![0xff, 0x00, 0x10],
                     media: Some(MediaRef {
-                        sha256: Some(Sha256([0xab; 32])),
+                        sha256: Sha256([0xab; 32]),
                         size: 1024,
                         content_type: "image/png".into(),
                         metadata: String::new(),
                     }),
                     reply_to_seq: 16,
+                    system: None,
                 },
             }),
         };
@@ -395,6 +400,105 @@ mod tests {
         );
         assert!(text.starts_with(r#"{"request_id":"0","body":{"type":"deliver","message":{"#));
         assert_eq!(from_json(&text).unwrap(), frame);
+    }
+
+    #[test]
+    fn golden_system_message() {
+        let frame = Frame {
+            request_id: 0,
+            body: Body::Deliver(Deliver {
+                message: StoredMessage {
+                    conversation_id: 5,
+                    seq: 18,
+                    message_id: 9,
+                    sender_user_id: 1,
+                    sender_device_id: 0,
+                    timestamp_ms: 3,
+                    kind: MessageKind::System,
+                    body: Vec::new(),
+                    media: None,
+                    reply_to_seq: 0,
+                    system: Some(SystemEvent {
+                        op: GroupOp::AddMembers,
+                        actor_user_id: 1,
+                        user_ids: vec![2, 9_007_199_254_740_993],
+                        name: String::new(),
+                        role: GroupRole::Member,
+                    }),
+                },
+            }),
+        };
+        let text = concat!(
+            r#"{"request_id":"0","body":{"type":"deliver","message":{"conversation_id":"5","#,
+            r#""seq":"18","message_id":"9","sender_user_id":"1","sender_device_id":"0","#,
+            r#""timestamp_ms":"3","kind":"system","body":"","reply_to_seq":"0","#,
+            r#""system":{"op":"add_members","actor_user_id":"1","#,
+            r#""user_ids":["2","9007199254740993"],"name":"","role":"member"}}}}"#
+        );
+        assert_eq!(to_json(&frame), text);
+        assert_eq!(from_json(text).unwrap(), frame);
+        // Missing fields of the event take the schema defaults.
+        let minimal = concat!(
+            r#"{"body":{"type":"deliver","message":{"kind":"system","#,
+            r#""system":{"op":"rename","name":"Team"}}}}"#
+        );
+        let Body::Deliver(deliver) = from_json(minimal).unwrap().body else {
+            panic!("not a deliver")
+        };
+        assert_eq!(
+            deliver.message.system,
+            Some(SystemEvent {
+                op: GroupOp::Rename,
+                name: "Team".into(),
+                ..SystemEvent::default()
+            })
+        );
+        // `null` is absent, like every optional sub-table; unknown event fields fail.
+        let null = r#"{"body":{"type":"deliver","message":{"seq":"1","system":null}}}"#;
+        let Body::Deliver(deliver) = from_json(null).unwrap().body else {
+            panic!("not a deliver")
+        };
+        assert_eq!(deliver.message.system, None);
+        let msg = json_error(r#"{"body":{"type":"deliver","message":{"system":{"who":"1"}}}}"#);
+        assert!(msg.contains("unknown field `who`"), "{msg}");
+        let msg = json_error(r#"{"body":{"type":"deliver","message":{"system":{"op":"kick"}}}}"#);
+        assert!(msg.contains("unknown variant `kick`"), "{msg}");
+    }
+
+    #[test]
+    fn media_ref_requires_sha256() {
+        let with_media = |media: &str| {
+            format!(r#"{{"body":{{"type":"deliver","message":{{"seq":"1","media":{media}}}}}}}"#)
+        };
+        let msg = json_error(&with_media(r#"{"size":"1","content_type":"image/png"}"#));
+        assert!(msg.contains("missing field `sha256`"), "{msg}");
+        let msg = json_error(&with_media(r#"{}"#));
+        assert!(msg.contains("missing field `sha256`"), "{msg}");
+        let msg = json_error(&with_media(r#"{"sha256":null}"#));
+        assert!(msg.contains("64 digits"), "{msg}");
+        // The same inside Send and MediaPresignResponse.
+        let msg = json_error(&format!(
+            r#"{{"body":{{"type":"send","idempotency_key":"{}","media":{{"size":"1"}}}}}}"#,
+            "0".repeat(32)
+        ));
+        assert!(msg.contains("missing field `sha256`"), "{msg}");
+        let msg = json_error(r#"{"body":{"type":"media_presign_response","media":{}}}"#);
+        assert!(msg.contains("missing field `sha256`"), "{msg}");
+        // With it, the other fields take their defaults.
+        let digest = "ab".repeat(32);
+        let frame = from_json(&with_media(&format!(r#"{{"sha256":"{digest}"}}"#))).unwrap();
+        let Body::Deliver(deliver) = frame.body else {
+            panic!("not a deliver")
+        };
+        assert_eq!(
+            deliver.message.media,
+            Some(MediaRef {
+                sha256: Sha256([0xab; 32]),
+                size: 0,
+                content_type: String::new(),
+                metadata: String::new(),
+            })
+        );
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub const HANDSHAKE_SUBPROTOCOLS_MAX: usize = 8;
 pub const VERIFIER_DEPTH_MAX: usize = 16;
 
 /// FlatBuffers verifier: most tables in one frame. A full sync batch of
-/// `SYNC_BATCH_MESSAGES_MAX` messages with a media ref each is ~2 tables per message.
+/// `SYNC_BATCH_MESSAGES_MAX` messages with a media ref and a system event each is 3
+/// tables per message.
 pub const VERIFIER_TABLES_MAX: usize = 4 * SYNC_BATCH_MESSAGES_MAX + 1024;
 
 /// Access tokens are at most this long.
@@ -70,8 +71,16 @@ pub const HISTORY_PAGE_MESSAGES_MAX: usize = 200;
 /// Most messages in one sync batch.
 pub const SYNC_BATCH_MESSAGES_MAX: usize = 500;
 
+/// Most receipt states in one receipt update (`ReceiptUpdate.states`): one per member of
+/// the conversation (per-device states are still bounded by the member cap).
+pub const RECEIPT_STATES_PER_UPDATE_MAX: usize = GROUP_MEMBERS_MAX;
+
 /// Most conversations in one conversation list.
 pub const CONVERSATION_LIST_MAX: usize = 1000;
+
+/// Most receipt updates in one sync batch (`SyncBatch.receipts`): one per conversation,
+/// so as many as a conversation list holds.
+pub const SYNC_BATCH_RECEIPT_UPDATES_MAX: usize = CONVERSATION_LIST_MAX;
 
 /// Media: content type string.
 pub const CONTENT_TYPE_BYTES_MAX: usize = 128;
@@ -100,6 +109,11 @@ const _: () = assert!(WS_FRAME_PAYLOAD_BYTES_MAX <= WS_MESSAGE_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(WS_CONTROL_PAYLOAD_BYTES_MAX == 125);
 const _: () = assert!(USER_IDS_PER_REQUEST_MAX >= GROUP_MEMBERS_MAX);
+const _: () = assert!(RECEIPT_STATES_PER_UPDATE_MAX >= GROUP_MEMBERS_MAX);
+const _: () = assert!(SYNC_BATCH_RECEIPT_UPDATES_MAX >= CONVERSATION_LIST_MAX);
+// A sync batch of messages that each carry a media ref and a system event fits the
+// verifier's table budget (plus the root and the batch).
+const _: () = assert!(3 * SYNC_BATCH_MESSAGES_MAX + 2 <= VERIFIER_TABLES_MAX);
 
 /// Verifier options built from the limits above; every inbound FlatBuffers frame is checked
 /// with these before any field is read.

@@ -13,7 +13,8 @@
 //! - Optional sub-tables are `Option<T>` (`None` == absent); `(required)` sub-tables and
 //!   structs are plain `T` (the verifier rejects a frame without them).
 //! - The structs `IdempotencyKey` and `Sha256` are newtypes over `[u8; 16]` / `[u8; 32]`.
-//!   `MediaRef.sha256` is not `(required)` in the schema, so it is `Option<Sha256>`.
+//!   Every field of these types is `(required)` (`Send.idempotency_key`,
+//!   `MediaRef.sha256`, `MediaPresignRequest.sha256`), so each is a plain value.
 //!
 //! # Decoding policy
 //! [`from_flatbuffers`] (and the zero-copy [`verified_root`]) check, in this order:
@@ -36,8 +37,9 @@
 //! - every other enum (`MessageKind`, `ReceiptKind`, `GroupOp`, `GroupRole`, `AckStatus`,
 //!   `PresenceStatus`, `ConversationKind`): [`WireError::Verify`](crate::WireError::Verify).
 //!   Guessing would change the meaning of a request (a `Read` receipt is not a `Delivered`
-//!   one). A server must not send enum values newer than the `protocol_version` a client
-//!   announced in `Hello`. [`verified_root`] leaves enum fields raw: convert them with
+//!   one). A server never sends enum values or union members newer than the
+//!   `protocol_version` a client announced in `Hello`. [`verified_root`] leaves enum
+//!   fields raw: convert them with
 //!   `TryFrom` (e.g. `MessageKind::try_from(send.kind())?`).
 //!
 //! [`validate`] checks the same named limits on an owned [`Frame`] (the JSON decoder calls
@@ -240,7 +242,8 @@ wire_enum! {
         Chat = 0, "chat";
         /// End-to-end encrypted; `body` is ciphertext the server cannot read.
         Encrypted = 1, "encrypted";
-        /// A system record (membership change, rename...); `body` is a SystemEvent buffer.
+        /// A system record (membership change, rename...): `StoredMessage.system` says what
+        /// changed, and `body` is empty.
         System = 2, "system";
     }
 }
@@ -294,16 +297,17 @@ wire_enum! {
 // Shared tables.
 
 /// A reference to a media object; messages carry this, never the bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MediaRef {
-    /// Not `(required)` in the schema; a server should refuse a media ref without it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<Sha256>,
-    #[serde(with = "crate::json::u64_str")]
+    /// Required.
+    pub sha256: Sha256,
+    #[serde(default, with = "crate::json::u64_str")]
     pub size: u64,
+    #[serde(default)]
     pub content_type: String,
     /// Optional, client-defined (e.g. dimensions, duration, file name); opaque to the server.
+    #[serde(default)]
     pub metadata: String,
 }
 
@@ -332,6 +336,10 @@ pub struct StoredMessage {
     pub media: Option<MediaRef>,
     #[serde(with = "crate::json::u64_str")]
     pub reply_to_seq: u64,
+    /// For kind System: what changed (membership, rename...), readable by JSON clients too.
+    /// `body` is empty for system messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemEvent>,
 }
 
 /// Per user (and optionally device) receipt state in one conversation.
@@ -761,9 +769,10 @@ pub struct GroupInfo {
     pub last_seq: u64,
 }
 
-/// The body of a System message (MessageKind.System): what changed and who did it.
-/// Not a union member: it travels as a standalone FlatBuffers buffer (no file identifier)
-/// in `StoredMessage.body`; see [`system_event_to_flatbuffers`].
+/// What changed in a group and who did it: [`StoredMessage::system`] of a System message
+/// ([`MessageKind::System`]). Not a union member. For storage outside a frame (e.g. the
+/// payload of a log record), [`system_event_to_flatbuffers`] encodes it as a standalone
+/// buffer.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SystemEvent {

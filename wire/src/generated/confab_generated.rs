@@ -261,7 +261,8 @@ impl MessageKind {
   pub const Chat: Self = Self(0);
   /// End-to-end encrypted; `body` is ciphertext the server cannot read.
   pub const Encrypted: Self = Self(1);
-  /// A system record (membership change, rename...); `body` is a SystemEvent buffer.
+  /// A system record (membership change, rename...): `StoredMessage.system` says what
+  /// changed, and `body` is empty.
   pub const System: Self = Self(2);
 
   pub const ENUM_MIN: u8 = 0;
@@ -1362,11 +1363,11 @@ impl<'a> MediaRef<'a> {
 
 
   #[inline]
-  pub fn sha256(&self) -> Option<&'a Sha256> {
+  pub fn sha256(&self) -> &'a Sha256 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<Sha256>(MediaRef::VT_SHA256, None)}
+    unsafe { self._tab.get::<Sha256>(MediaRef::VT_SHA256, None).unwrap()}
   }
   #[inline]
   pub fn size(&self) -> u64 {
@@ -1398,7 +1399,7 @@ impl ::flatbuffers::Verifiable for MediaRef<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<Sha256>("sha256", Self::VT_SHA256, false)?
+     .visit_field::<Sha256>("sha256", Self::VT_SHA256, true)?
      .visit_field::<u64>("size", Self::VT_SIZE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("content_type", Self::VT_CONTENT_TYPE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("metadata", Self::VT_METADATA, false)?
@@ -1416,7 +1417,7 @@ impl<'a> Default for MediaRefArgs<'a> {
   #[inline]
   fn default() -> Self {
     MediaRefArgs {
-      sha256: None,
+      sha256: None, // required field
       size: 0,
       content_type: None,
       metadata: None,
@@ -1456,6 +1457,7 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MediaRefBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<MediaRef<'a>> {
     let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, MediaRef::VT_SHA256,"sha256");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }
@@ -1497,6 +1499,7 @@ impl<'a> StoredMessage<'a> {
   pub const VT_BODY: ::flatbuffers::VOffsetT = 18;
   pub const VT_MEDIA: ::flatbuffers::VOffsetT = 20;
   pub const VT_REPLY_TO_SEQ: ::flatbuffers::VOffsetT = 22;
+  pub const VT_SYSTEM: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1515,6 +1518,7 @@ impl<'a> StoredMessage<'a> {
     builder.add_message_id(args.message_id);
     builder.add_seq(args.seq);
     builder.add_conversation_id(args.conversation_id);
+    if let Some(x) = args.system { builder.add_system(x); }
     if let Some(x) = args.media { builder.add_media(x); }
     if let Some(x) = args.body { builder.add_body(x); }
     builder.add_kind(args.kind);
@@ -1594,6 +1598,15 @@ impl<'a> StoredMessage<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(StoredMessage::VT_REPLY_TO_SEQ, Some(0)).unwrap()}
   }
+  /// For kind System: what changed (membership, rename...), readable by JSON clients too.
+  /// `body` is empty for system messages.
+  #[inline]
+  pub fn system(&self) -> Option<SystemEvent<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<SystemEvent>>(StoredMessage::VT_SYSTEM, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StoredMessage<'_> {
@@ -1612,6 +1625,7 @@ impl ::flatbuffers::Verifiable for StoredMessage<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<MediaRef>>("media", Self::VT_MEDIA, false)?
      .visit_field::<u64>("reply_to_seq", Self::VT_REPLY_TO_SEQ, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<SystemEvent>>("system", Self::VT_SYSTEM, false)?
      .finish();
     Ok(())
   }
@@ -1627,6 +1641,7 @@ pub struct StoredMessageArgs<'a> {
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub media: Option<::flatbuffers::WIPOffset<MediaRef<'a>>>,
     pub reply_to_seq: u64,
+    pub system: Option<::flatbuffers::WIPOffset<SystemEvent<'a>>>,
 }
 impl<'a> Default for StoredMessageArgs<'a> {
   #[inline]
@@ -1642,6 +1657,7 @@ impl<'a> Default for StoredMessageArgs<'a> {
       body: None,
       media: None,
       reply_to_seq: 0,
+      system: None,
     }
   }
 }
@@ -1692,6 +1708,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StoredMessageBuilder<'a, 'b, 
     self.fbb_.push_slot::<u64>(StoredMessage::VT_REPLY_TO_SEQ, reply_to_seq, 0);
   }
   #[inline]
+  pub fn add_system(&mut self, system: ::flatbuffers::WIPOffset<SystemEvent<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<SystemEvent>>(StoredMessage::VT_SYSTEM, system);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StoredMessageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StoredMessageBuilder {
@@ -1719,6 +1739,7 @@ impl ::core::fmt::Debug for StoredMessage<'_> {
       ds.field("body", &self.body());
       ds.field("media", &self.media());
       ds.field("reply_to_seq", &self.reply_to_seq());
+      ds.field("system", &self.system());
       ds.finish()
   }
 }
@@ -6180,7 +6201,8 @@ impl ::core::fmt::Debug for GroupInfo<'_> {
 pub enum SystemEventOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// The body of a System message (MessageKind.System): what changed and who did it.
+/// What changed in a group and who did it: `StoredMessage.system` of a System message
+/// (MessageKind.System).
 pub struct SystemEvent<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }

@@ -2,7 +2,7 @@
 
 use flatbuffers::{Follow, ForwardsUOffset, Vector};
 
-use super::validate::{check_view, SYSTEM_EVENT_BYTES};
+use super::validate::{check_system_event_view, check_view, SYSTEM_EVENT_BYTES};
 use super::*;
 use crate::error::{CapacityError, WireError};
 use crate::limits::{self, FRAME_BYTES_MAX};
@@ -47,20 +47,16 @@ pub fn from_flatbuffers(bytes: &[u8]) -> Result<Frame, WireError> {
     Ok(frame)
 }
 
-/// Decodes the body of a `MessageKind::System` message (see
-/// [`system_event_to_flatbuffers`]), verified and within limits.
+/// Decodes a standalone [`SystemEvent`] buffer (see [`system_event_to_flatbuffers`]):
+/// at most [`MESSAGE_BODY_BYTES_MAX`](crate::limits::MESSAGE_BODY_BYTES_MAX) bytes,
+/// verified, and within the `SystemEvent` limits (checked on the view, before copying).
 pub fn system_event_from_flatbuffers(bytes: &[u8]) -> Result<SystemEvent, WireError> {
     SYSTEM_EVENT_BYTES.bytes(bytes.len())?;
     let view = flatbuffers::root_with_opts::<fb::SystemEvent>(&limits::verifier_options(), bytes)
         .map_err(|e| WireError::Verify(e.to_string()))?;
-    let event = SystemEvent {
-        op: view.op().try_into()?,
-        actor_user_id: view.actor_user_id(),
-        user_ids: ids(view.user_ids()),
-        name: string(view.name()),
-        role: view.role().try_into()?,
-    };
-    validate_system_event(&event)?;
+    check_system_event_view(view)?;
+    let event = system_event(view)?;
+    debug_assert_eq!(validate_system_event(&event), Ok(()));
     Ok(event)
 }
 
@@ -215,7 +211,7 @@ fn list<'a, T: Follow<'a> + 'a, U>(
 
 fn media_ref(m: fb::MediaRef<'_>) -> Result<MediaRef, WireError> {
     Ok(MediaRef {
-        sha256: m.sha256().map(|d| Sha256(d.0)),
+        sha256: Sha256(m.sha256().0),
         size: m.size(),
         content_type: string(m.content_type()),
         metadata: string(m.metadata()),
@@ -234,6 +230,7 @@ fn stored_message(m: fb::StoredMessage<'_>) -> Result<StoredMessage, WireError> 
         body: bytes(m.body()),
         media: m.media().map(media_ref).transpose()?,
         reply_to_seq: m.reply_to_seq(),
+        system: m.system().map(system_event).transpose()?,
     })
 }
 
@@ -527,6 +524,16 @@ fn group_info(m: fb::GroupInfo<'_>) -> Result<GroupInfo, WireError> {
         created_by: m.created_by(),
         members: list(m.members(), group_member)?,
         last_seq: m.last_seq(),
+    })
+}
+
+fn system_event(m: fb::SystemEvent<'_>) -> Result<SystemEvent, WireError> {
+    Ok(SystemEvent {
+        op: m.op().try_into()?,
+        actor_user_id: m.actor_user_id(),
+        user_ids: ids(m.user_ids()),
+        name: string(m.name()),
+        role: m.role().try_into()?,
     })
 }
 

@@ -46,19 +46,11 @@ pub fn build_frame<'a, A: Allocator + 'a>(
 }
 
 /// Encodes a [`SystemEvent`] as a standalone FlatBuffers buffer (root `SystemEvent`, no
-/// file identifier): the `body` of a `MessageKind::System` message.
+/// file identifier), for storage outside a frame, e.g. the payload of a system record in
+/// the message log. On the wire it travels inside a frame, as `StoredMessage.system`.
 pub fn system_event_to_flatbuffers(event: &SystemEvent) -> Vec<u8> {
     let mut fbb = FlatBufferBuilder::<DefaultAllocator>::new();
-    let user_ids = ids(&mut fbb, &event.user_ids);
-    let name = string(&mut fbb, &event.name);
-    let args = fb::SystemEventArgs {
-        op: event.op.into(),
-        actor_user_id: event.actor_user_id,
-        user_ids,
-        name,
-        role: event.role.into(),
-    };
-    let root = fb::SystemEvent::create(&mut fbb, &args);
+    let root = system_event(&mut fbb, event);
     fbb.finish(root, None);
     fbb.finished_data().to_vec()
 }
@@ -193,9 +185,9 @@ fn media_ref<'a, A: Allocator + 'a>(
 ) -> WIPOffset<fb::MediaRef<'a>> {
     let content_type = string(fbb, &m.content_type);
     let metadata = string(fbb, &m.metadata);
-    let sha256 = m.sha256.map(|d| fb::Sha256::new(&d.0));
+    let sha256 = fb::Sha256::new(&m.sha256.0);
     let args = fb::MediaRefArgs {
-        sha256: sha256.as_ref(),
+        sha256: Some(&sha256),
         size: m.size,
         content_type,
         metadata,
@@ -209,6 +201,7 @@ fn stored_message<'a, A: Allocator + 'a>(
 ) -> WIPOffset<fb::StoredMessage<'a>> {
     let body = bytes(fbb, &m.body);
     let media = m.media.as_ref().map(|media| media_ref(fbb, media));
+    let system = m.system.as_ref().map(|event| system_event(fbb, event));
     let args = fb::StoredMessageArgs {
         conversation_id: m.conversation_id,
         seq: m.seq,
@@ -220,6 +213,7 @@ fn stored_message<'a, A: Allocator + 'a>(
         body,
         media,
         reply_to_seq: m.reply_to_seq,
+        system,
     };
     fb::StoredMessage::create(fbb, &args)
 }
@@ -590,6 +584,22 @@ fn group_info<'a, A: Allocator + 'a>(fbb: &mut Fbb<'a, A>, m: &GroupInfo) -> Uni
         last_seq: m.last_seq,
     };
     fb::GroupInfo::create(fbb, &args).as_union_value()
+}
+
+fn system_event<'a, A: Allocator + 'a>(
+    fbb: &mut Fbb<'a, A>,
+    m: &SystemEvent,
+) -> WIPOffset<fb::SystemEvent<'a>> {
+    let user_ids = ids(fbb, &m.user_ids);
+    let name = string(fbb, &m.name);
+    let args = fb::SystemEventArgs {
+        op: m.op.into(),
+        actor_user_id: m.actor_user_id,
+        user_ids,
+        name,
+        role: m.role.into(),
+    };
+    fb::SystemEvent::create(fbb, &args)
 }
 
 // ---------------------------------------------------------------------------------------

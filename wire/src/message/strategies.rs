@@ -34,14 +34,14 @@ pub(crate) fn sha256() -> impl Strategy<Value = Sha256> {
 }
 
 pub(crate) fn media_ref() -> impl Strategy<Value = MediaRef> {
-    (option::of(sha256()), any::<u64>(), text(), text()).prop_map(
-        |(sha256, size, content_type, metadata)| MediaRef {
+    (sha256(), any::<u64>(), text(), text()).prop_map(|(sha256, size, content_type, metadata)| {
+        MediaRef {
             sha256,
             size,
             content_type,
             metadata,
-        },
-    )
+        }
+    })
 }
 
 pub(crate) fn stored_message() -> impl Strategy<Value = StoredMessage> {
@@ -58,19 +58,23 @@ pub(crate) fn stored_message() -> impl Strategy<Value = StoredMessage> {
         bytes(),
         option::of(media_ref()),
         any::<u64>(),
+        option::of(system_event()),
     )
-        .prop_map(|(ids, kind, body, media, reply_to_seq)| StoredMessage {
-            conversation_id: ids.0,
-            seq: ids.1,
-            message_id: ids.2,
-            sender_user_id: ids.3,
-            sender_device_id: ids.4,
-            timestamp_ms: ids.5,
-            kind,
-            body,
-            media,
-            reply_to_seq,
-        })
+        .prop_map(
+            |(ids, kind, body, media, reply_to_seq, system)| StoredMessage {
+                conversation_id: ids.0,
+                seq: ids.1,
+                message_id: ids.2,
+                sender_user_id: ids.3,
+                sender_device_id: ids.4,
+                timestamp_ms: ids.5,
+                kind,
+                body,
+                media,
+                reply_to_seq,
+                system,
+            },
+        )
 }
 
 fn receipt_state() -> impl Strategy<Value = ReceiptState> {

@@ -402,16 +402,11 @@ fn shared_vectors_cannot_amplify_allocation() {
 // ---------------------------------------------------------------------------------------
 // Every named field limit, at the limit and one past it.
 
-enum Sample {
-    Frame(Frame),
-    Event(SystemEvent),
-}
-
-fn frame(body: Body) -> Sample {
-    Sample::Frame(Frame {
+fn frame(body: Body) -> Frame {
+    Frame {
         request_id: 1,
         body,
-    })
+    }
 }
 
 fn stored(body: Vec<u8>, media: Option<MediaRef>) -> StoredMessage {
@@ -424,7 +419,7 @@ fn stored(body: Vec<u8>, media: Option<MediaRef>) -> StoredMessage {
 
 fn media(content_type: String, metadata: String) -> Option<MediaRef> {
     Some(MediaRef {
-        sha256: Some(Sha256([1; 32])),
+        sha256: Sha256([1; 32]),
         size: 1,
         content_type,
         metadata,
@@ -439,8 +434,19 @@ fn spk(public_key: Vec<u8>, signature: Vec<u8>) -> Option<SignedPreKey> {
     })
 }
 
+/// A system message carrying `event`.
+fn system_message(event: SystemEvent) -> Frame {
+    frame(Body::Deliver(Deliver {
+        message: StoredMessage {
+            kind: MessageKind::System,
+            system: Some(event),
+            ..Default::default()
+        },
+    }))
+}
+
 /// A sample whose field `limit.field` has `n` bytes or items (all else minimal).
-fn sample(limit: &Limit, n: usize) -> Sample {
+fn sample(limit: &Limit, n: usize) -> Frame {
     let s = "a".repeat(n);
     let b = vec![7u8; n];
     let ids: Vec<u64> = (0..n as u64).collect();
@@ -462,13 +468,11 @@ fn sample(limit: &Limit, n: usize) -> Sample {
             ..Error::default()
         })),
         "Send.body" => {
-            let Sample::Frame(mut f) = frame(sample_send().body) else {
-                unreachable!()
-            };
+            let mut f = sample_send();
             if let Body::Send(send) = &mut f.body {
                 send.body = b;
             }
-            Sample::Frame(f)
+            f
         }
         "StoredMessage.body" => frame(Body::Deliver(Deliver {
             message: stored(b, None),
@@ -516,7 +520,7 @@ fn sample(limit: &Limit, n: usize) -> Sample {
     }
 }
 
-fn sample_rest(limit: &Limit, n: usize, s: String, b: Vec<u8>, ids: Vec<u64>) -> Sample {
+fn sample_rest(limit: &Limit, n: usize, s: String, b: Vec<u8>, ids: Vec<u64>) -> Frame {
     match limit.field {
         "PresenceSubscribe.user_ids" => {
             frame(Body::PresenceSubscribe(PresenceSubscribe { user_ids: ids }))
@@ -556,13 +560,13 @@ fn sample_rest(limit: &Limit, n: usize, s: String, b: Vec<u8>, ids: Vec<u64>) ->
     }
 }
 
-fn sample_keys_media(limit: &Limit, n: usize, s: String, b: Vec<u8>, ids: Vec<u64>) -> Sample {
+fn sample_keys_media(limit: &Limit, n: usize, s: String, b: Vec<u8>, ids: Vec<u64>) -> Frame {
     match limit.field {
-        "SystemEvent.name" => Sample::Event(SystemEvent {
+        "SystemEvent.name" => system_message(SystemEvent {
             name: s,
             ..Default::default()
         }),
-        "SystemEvent.user_ids" => Sample::Event(SystemEvent {
+        "SystemEvent.user_ids" => system_message(SystemEvent {
             user_ids: ids,
             ..Default::default()
         }),
@@ -638,7 +642,8 @@ fn expected_error(limit: &Limit, n: usize) -> WireError {
 }
 
 /// Each limit is enforced identically by `validate`, the FlatBuffers decoder (on the
-/// view) and the JSON decoder; exactly at the limit passes everywhere.
+/// view) and the JSON decoder; exactly at the limit passes everywhere. `SystemEvent`
+/// limits also hold for the standalone event codec.
 #[test]
 fn every_field_limit_is_enforced_by_every_decoder() {
     assert_eq!(limits_table::ALL.len(), 36);
@@ -647,36 +652,43 @@ fn every_field_limit_is_enforced_by_every_decoder() {
             (limit.max, Ok(())),
             (limit.max + 1, Err(expected_error(limit, limit.max + 1))),
         ] {
-            match sample(limit, n) {
-                Sample::Frame(frame) => {
-                    let bytes = to_flatbuffers(&frame);
-                    assert!(bytes.len() <= FRAME_BYTES_MAX, "{}", limit.field);
-                    assert_eq!(validate(&frame), expected, "{} validate", limit.field);
-                    let decoded = from_flatbuffers(&bytes).map(|f| assert_eq!(f, frame));
-                    assert_eq!(decoded, expected, "{} flatbuffers", limit.field);
-                    let decoded = from_json(&to_json(&frame)).map(|f| assert_eq!(f, frame));
-                    assert_eq!(decoded, expected, "{} json", limit.field);
-                }
-                Sample::Event(event) => {
-                    assert_eq!(validate_system_event(&event), expected, "{}", limit.field);
-                    let bytes = system_event_to_flatbuffers(&event);
-                    let decoded =
-                        system_event_from_flatbuffers(&bytes).map(|e| assert_eq!(e, event));
-                    assert_eq!(decoded, expected, "{} flatbuffers", limit.field);
-                }
+            let frame = sample(limit, n);
+            let bytes = to_flatbuffers(&frame);
+            assert!(bytes.len() <= FRAME_BYTES_MAX, "{}", limit.field);
+            assert_eq!(validate(&frame), expected, "{} validate", limit.field);
+            let decoded = from_flatbuffers(&bytes).map(|f| assert_eq!(f, frame));
+            assert_eq!(decoded, expected, "{} flatbuffers", limit.field);
+            let view = verified_root(&bytes).map(|_| ());
+            assert_eq!(view, expected, "{} view", limit.field);
+            let decoded = from_json(&to_json(&frame)).map(|f| assert_eq!(f, frame));
+            assert_eq!(decoded, expected, "{} json", limit.field);
+
+            if let Body::Deliver(Deliver {
+                message:
+                    StoredMessage {
+                        system: Some(event),
+                        ..
+                    },
+            }) = &frame.body
+            {
+                assert_eq!(validate_system_event(event), expected, "{}", limit.field);
+                let bytes = system_event_to_flatbuffers(event);
+                let decoded = system_event_from_flatbuffers(&bytes).map(|e| assert_eq!(&e, event));
+                assert_eq!(decoded, expected, "{} standalone", limit.field);
             }
         }
     }
 }
 
-/// A SyncBatch frame with `tables` tables in all: root + body + receipt updates of states.
-fn batch_with_tables(tables: usize) -> Frame {
-    let states = tables - 3; // root, SyncBatch, one ReceiptUpdate
-    let chunks = states.div_ceil(RECEIPT_UPDATE_STATES_MAX);
+/// A SyncBatch frame with `tables` tables in all: root + body + `messages` system messages
+/// with a media ref (3 tables each) + receipt updates of states.
+fn batch_with_tables(tables: usize, messages: usize) -> Frame {
+    let states = tables - 3 - 3 * messages; // root, SyncBatch, one ReceiptUpdate, messages
+    let chunks = states.div_ceil(RECEIPT_STATES_PER_UPDATE_MAX);
     let mut receipts = Vec::new();
     let mut left = states;
     for _ in 0..chunks {
-        let n = left.min(RECEIPT_UPDATE_STATES_MAX);
+        let n = left.min(RECEIPT_STATES_PER_UPDATE_MAX);
         receipts.push(ReceiptUpdate {
             conversation_id: 1,
             states: vec![ReceiptState::default(); n],
@@ -688,38 +700,201 @@ fn batch_with_tables(tables: usize) -> Frame {
     if let Some(first) = receipts.first_mut() {
         first.states.truncate(first.states.len() - extra);
     }
+    let message = StoredMessage {
+        kind: MessageKind::System,
+        media: media(String::new(), String::new()),
+        system: Some(SystemEvent::default()),
+        ..Default::default()
+    };
     Frame {
         request_id: 1,
         body: Body::SyncBatch(SyncBatch {
+            messages: vec![message; messages],
             receipts,
             ..Default::default()
         }),
     }
 }
 
-const RECEIPT_UPDATE_STATES_MAX: usize = GROUP_MEMBERS_MAX;
-
 #[test]
 fn table_count_matches_the_verifier() {
-    let at_limit = batch_with_tables(VERIFIER_TABLES_MAX);
-    assert_eq!(validate(&at_limit), Ok(()));
-    assert_eq!(
-        from_flatbuffers(&to_flatbuffers(&at_limit)).unwrap(),
-        at_limit
-    );
-    assert_eq!(from_json(&to_json(&at_limit)).unwrap(), at_limit);
+    // Receipt states only, then a full batch of messages with a media ref and a system
+    // event each (`StoredMessage.system` is a table too).
+    for messages in [0, SYNC_BATCH_MESSAGES_MAX] {
+        let at_limit = batch_with_tables(VERIFIER_TABLES_MAX, messages);
+        assert_eq!(validate(&at_limit), Ok(()), "{messages}");
+        assert_eq!(
+            from_flatbuffers(&to_flatbuffers(&at_limit)).unwrap(),
+            at_limit
+        );
+        assert_eq!(from_json(&to_json(&at_limit)).unwrap(), at_limit);
 
-    let over = batch_with_tables(VERIFIER_TABLES_MAX + 1);
-    let expected: WireError = CapacityError::TooManyItems {
-        field: "Frame (tables)",
-        count: VERIFIER_TABLES_MAX + 1,
-        max: VERIFIER_TABLES_MAX,
+        let over = batch_with_tables(VERIFIER_TABLES_MAX + 1, messages);
+        let expected: WireError = CapacityError::TooManyItems {
+            field: "Frame (tables)",
+            count: VERIFIER_TABLES_MAX + 1,
+            max: VERIFIER_TABLES_MAX,
+        }
+        .into();
+        assert_eq!(validate(&over), Err(expected.clone()), "{messages}");
+        assert_eq!(from_json(&to_json(&over)), Err(expected));
+        let msg = verify_error(from_flatbuffers(&to_flatbuffers(&over)));
+        assert!(msg.contains("Too many tables"), "{msg}");
     }
-    .into();
-    assert_eq!(validate(&over), Err(expected.clone()));
-    assert_eq!(from_json(&to_json(&over)), Err(expected));
-    let msg = verify_error(from_flatbuffers(&to_flatbuffers(&over)));
-    assert!(msg.contains("Too many tables"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------------------
+// MediaRef.sha256 is required; StoredMessage.system.
+
+/// A Deliver frame whose message has a media ref without `sha256`, built by hand (the
+/// generated builder refuses to finish such a table).
+fn media_without_sha256() -> Vec<u8> {
+    let mut fbb = FlatBufferBuilder::new();
+    let start = fbb.start_table();
+    fbb.push_slot::<u64>(fb::MediaRef::VT_SIZE, 7, 0);
+    let media = flatbuffers::WIPOffset::<fb::MediaRef>::new(fbb.end_table(start).value());
+    let args = fb::StoredMessageArgs {
+        seq: 1,
+        media: Some(media),
+        ..Default::default()
+    };
+    let message = fb::StoredMessage::create(&mut fbb, &args);
+    let args = fb::DeliverArgs {
+        message: Some(message),
+    };
+    let deliver = fb::Deliver::create(&mut fbb, &args).as_union_value();
+    let args = fb::FrameArgs {
+        request_id: 0,
+        body_type: fb::Body::Deliver,
+        body: Some(deliver),
+    };
+    let root = fb::Frame::create(&mut fbb, &args);
+    fb::finish_frame_buffer(&mut fbb, root);
+    fbb.finished_data().to_vec()
+}
+
+#[test]
+fn media_ref_without_sha256_is_rejected() {
+    let bytes = media_without_sha256();
+    let msg = verify_error(from_flatbuffers(&bytes));
+    assert!(msg.contains("sha256"), "{msg}");
+    assert!(verified_root(&bytes).is_err());
+}
+
+#[test]
+fn system_message_round_trips_and_is_readable_on_the_view() {
+    let event = SystemEvent {
+        op: GroupOp::SetRole,
+        actor_user_id: 3,
+        user_ids: vec![4],
+        name: String::new(),
+        role: GroupRole::Admin,
+    };
+    let with_event = system_message(event);
+    let bytes = to_flatbuffers(&with_event);
+    assert_eq!(from_flatbuffers(&bytes).unwrap(), with_event);
+    assert_eq!(from_json(&to_json(&with_event)).unwrap(), with_event);
+
+    let view = verified_root(&bytes).unwrap();
+    let message = view.body_as_deliver().unwrap().message();
+    assert_eq!(message.kind(), fb::MessageKind::System);
+    assert!(message.body().is_none(), "empty body is omitted");
+    let system = message.system().unwrap();
+    assert_eq!(system.op(), fb::GroupOp::SetRole);
+    assert_eq!(system.role(), fb::GroupRole::Admin);
+    assert_eq!(system.user_ids().unwrap().iter().collect::<Vec<_>>(), [4]);
+
+    // Without an event, nothing is written for it.
+    let plain = frame(Body::Deliver(Deliver {
+        message: StoredMessage {
+            kind: MessageKind::System,
+            ..Default::default()
+        },
+    }));
+    let plain_bytes = to_flatbuffers(&plain);
+    assert!(plain_bytes.len() < bytes.len());
+    let view = verified_root(&plain_bytes).unwrap();
+    assert!(view.body_as_deliver().unwrap().message().system().is_none());
+    assert_eq!(from_flatbuffers(&plain_bytes).unwrap(), plain);
+}
+
+#[test]
+fn unknown_enum_values_inside_system_events_are_errors() {
+    let mut fbb = FlatBufferBuilder::new();
+    let system = fb::SystemEvent::create(
+        &mut fbb,
+        &fb::SystemEventArgs {
+            op: fb::GroupOp(200),
+            ..Default::default()
+        },
+    );
+    let args = fb::StoredMessageArgs {
+        kind: fb::MessageKind::System,
+        system: Some(system),
+        ..Default::default()
+    };
+    let message = fb::StoredMessage::create(&mut fbb, &args);
+    let args = fb::DeliverArgs {
+        message: Some(message),
+    };
+    let deliver = fb::Deliver::create(&mut fbb, &args).as_union_value();
+    let args = fb::FrameArgs {
+        request_id: 0,
+        body_type: fb::Body::Deliver,
+        body: Some(deliver),
+    };
+    let root = fb::Frame::create(&mut fbb, &args);
+    fb::finish_frame_buffer(&mut fbb, root);
+    let msg = verify_error(from_flatbuffers(fbb.finished_data()));
+    assert_eq!(msg, "unknown GroupOp value 200");
+}
+
+#[test]
+fn standalone_system_event_is_bounded_in_size() {
+    let bytes = vec![0u8; MESSAGE_BODY_BYTES_MAX + 1];
+    assert_eq!(
+        system_event_from_flatbuffers(&bytes),
+        Err(CapacityError::FieldTooLarge {
+            field: "SystemEvent (bytes)",
+            size: MESSAGE_BODY_BYTES_MAX + 1,
+            max: MESSAGE_BODY_BYTES_MAX,
+        }
+        .into())
+    );
+    // The largest valid event fits.
+    let event = SystemEvent {
+        user_ids: vec![u64::MAX; USER_IDS_PER_REQUEST_MAX],
+        name: "n".repeat(GROUP_NAME_BYTES_MAX),
+        ..Default::default()
+    };
+    let bytes = system_event_to_flatbuffers(&event);
+    assert!(bytes.len() <= MESSAGE_BODY_BYTES_MAX);
+    assert_eq!(system_event_from_flatbuffers(&bytes).unwrap(), event);
+}
+
+#[test]
+fn no_schema_field_is_named_type() {
+    // `type` is the JSON union tag: a body field of that name could not be encoded.
+    let schema = include_str!("../../schema/confab.fbs");
+    for line in schema.lines() {
+        let code = line.split("//").next().unwrap_or_default().trim_start();
+        assert!(!code.starts_with("type:"), "reserved field name: {line}");
+        assert!(!code.starts_with("type :"), "reserved field name: {line}");
+    }
+}
+
+#[test]
+fn receipt_list_limits_are_named() {
+    assert_eq!(
+        limits_table::RECEIPT_UPDATE_STATES.max,
+        RECEIPT_STATES_PER_UPDATE_MAX
+    );
+    assert_eq!(
+        limits_table::SYNC_BATCH_RECEIPTS.max,
+        SYNC_BATCH_RECEIPT_UPDATES_MAX
+    );
+    assert_eq!(RECEIPT_STATES_PER_UPDATE_MAX, GROUP_MEMBERS_MAX);
+    assert_eq!(SYNC_BATCH_RECEIPT_UPDATES_MAX, CONVERSATION_LIST_MAX);
 }
 
 #[test]

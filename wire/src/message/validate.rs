@@ -66,11 +66,9 @@ limits! {
     STORED_MESSAGE_BODY = "StoredMessage.body", MESSAGE_BODY_BYTES_MAX, Bytes;
     MEDIA_REF_CONTENT_TYPE = "MediaRef.content_type", CONTENT_TYPE_BYTES_MAX, Bytes;
     MEDIA_REF_METADATA = "MediaRef.metadata", MEDIA_METADATA_BYTES_MAX, Bytes;
-    // One state per member (or per member device, still bounded by the member cap).
-    RECEIPT_UPDATE_STATES = "ReceiptUpdate.states", GROUP_MEMBERS_MAX, Items;
+    RECEIPT_UPDATE_STATES = "ReceiptUpdate.states", RECEIPT_STATES_PER_UPDATE_MAX, Items;
     SYNC_BATCH_MESSAGES = "SyncBatch.messages", SYNC_BATCH_MESSAGES_MAX, Items;
-    // One receipt update per conversation.
-    SYNC_BATCH_RECEIPTS = "SyncBatch.receipts", CONVERSATION_LIST_MAX, Items;
+    SYNC_BATCH_RECEIPTS = "SyncBatch.receipts", SYNC_BATCH_RECEIPT_UPDATES_MAX, Items;
     HISTORY_PAGE_MESSAGES = "HistoryPage.messages", HISTORY_PAGE_MESSAGES_MAX, Items;
     OPEN_DIRECT_PEER_USERNAME = "OpenDirect.peer_username", USERNAME_BYTES_MAX, Bytes;
     // A group name or a username: the larger of the two limits (asserted below).
@@ -102,8 +100,13 @@ limits! {
     MEDIA_PRESIGN_RESPONSE_UPLOAD_URL = "MediaPresignResponse.upload_url", URL_BYTES_MAX, Bytes;
 }
 
-/// A System message's body is a `SystemEvent` buffer; this one limit is not a table field.
-pub(super) const SYSTEM_EVENT_BYTES: Limit = STORED_MESSAGE_BODY;
+/// A standalone `SystemEvent` buffer ([`system_event_from_flatbuffers`]) is at most as
+/// large as a message body; this one limit is not a table field.
+pub(super) const SYSTEM_EVENT_BYTES: Limit = Limit {
+    field: "SystemEvent (bytes)",
+    max: MESSAGE_BODY_BYTES_MAX,
+    unit: Unit::Bytes,
+};
 
 /// Tables in one frame, counted as the FlatBuffers verifier counts them (the root, the
 /// body, every nested table). The field limits alone allow a `SyncBatch` of 1000 receipt
@@ -116,7 +119,8 @@ pub(crate) const FRAME_TABLES: Limit = Limit {
 
 // A conversation title is a group name or a username.
 const _: () = assert!(GROUP_NAME_BYTES_MAX >= USERNAME_BYTES_MAX);
-// The largest SystemEvent (every id, the longest name, table overhead) fits a message body.
+// The largest SystemEvent (every id, the longest name, table overhead) fits a standalone
+// buffer of SYSTEM_EVENT_BYTES.
 const _: () =
     assert!(USER_IDS_PER_REQUEST_MAX * 8 + GROUP_NAME_BYTES_MAX + 128 <= MESSAGE_BODY_BYTES_MAX);
 
@@ -203,7 +207,7 @@ fn fields(body: &Body) -> Result<(), WireError> {
 /// The number of tables in `body` (itself included), as the verifier counts them.
 fn body_tables(body: &Body) -> usize {
     let media = |m: &Option<MediaRef>| usize::from(m.is_some());
-    let stored = |m: &StoredMessage| 1 + media(&m.media);
+    let stored = |m: &StoredMessage| 1 + media(&m.media) + usize::from(m.system.is_some());
     let receipts = |r: &ReceiptUpdate| 1 + r.states.len();
     let spk = |k: &Option<SignedPreKey>| usize::from(k.is_some());
     let nested = match body {
@@ -230,7 +234,8 @@ fn body_tables(body: &Body) -> usize {
     1 + nested
 }
 
-/// Checks a [`SystemEvent`] against its named limits.
+/// Checks a [`SystemEvent`] against its named limits (also checked by [`validate`] on
+/// `StoredMessage.system`).
 pub fn validate_system_event(event: &SystemEvent) -> Result<(), WireError> {
     SYSTEM_EVENT_NAME.bytes(event.name.len())?;
     SYSTEM_EVENT_USER_IDS.items(event.user_ids.len())
@@ -243,7 +248,8 @@ fn media_ref(m: &MediaRef) -> Result<(), WireError> {
 
 fn stored_message(m: &StoredMessage) -> Result<(), WireError> {
     STORED_MESSAGE_BODY.bytes(m.body.len())?;
-    m.media.as_ref().map_or(Ok(()), media_ref)
+    m.media.as_ref().map_or(Ok(()), media_ref)?;
+    m.system.as_ref().map_or(Ok(()), validate_system_event)
 }
 
 fn receipt_update(m: &ReceiptUpdate) -> Result<(), WireError> {
@@ -413,7 +419,14 @@ fn view_media_ref(m: fb::MediaRef<'_>) -> Result<(), WireError> {
 
 fn view_stored_message(m: fb::StoredMessage<'_>) -> Result<(), WireError> {
     STORED_MESSAGE_BODY.bytes(vec_len(m.body()))?;
-    with(m.media(), view_media_ref)
+    with(m.media(), view_media_ref)?;
+    with(m.system(), check_system_event_view)
+}
+
+/// The limits of [`validate_system_event`], on a verified view.
+pub(super) fn check_system_event_view(m: fb::SystemEvent<'_>) -> Result<(), WireError> {
+    SYSTEM_EVENT_NAME.bytes(str_len(m.name()))?;
+    SYSTEM_EVENT_USER_IDS.items(vec_len(m.user_ids()))
 }
 
 fn view_receipt_update(m: fb::ReceiptUpdate<'_>) -> Result<(), WireError> {
