@@ -3,6 +3,9 @@
 //! messages, fragmented and large messages in both directions, ping/pong, and the close
 //! handshake.
 
+// tungstenite's handshake callback returns its large `ErrorResponse` by value.
+#![allow(clippy::result_large_err)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
