@@ -123,6 +123,8 @@ impl<S: Storage> ReadSources<'_, S> {
                 .storage
                 .map(&meta.name)
                 .map_err(io_err("mmap", &meta.name))?;
+            // The map outlives the descriptor: keep open files few (20,000 per process).
+            self.storage.close(&meta.name);
             self.maps.insert(base, map);
         }
         let map = self.maps.get(&base).map(|m| m.as_ref()).unwrap_or_default();

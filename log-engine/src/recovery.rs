@@ -316,6 +316,7 @@ fn survey<S: Storage>(
             .read_at(&name, 0, &mut head)
             .map_err(io_err("read", &name))?;
         head.truncate(n);
+        storage.close(&name); // reopened lazily: keep descriptors few
         let header = match decode_segment_header(&head) {
             Ok(header) if header.base_offset != base => {
                 return Err(corruption(
@@ -570,6 +571,7 @@ fn scan_segment<S: Storage, M: StateMachine>(
         }
     }
     if let Some(next) = next_base {
+        storage.close(name);
         if stop != next {
             let reason = "segment end does not meet the next segment's base (missing segment?)";
             return Err(corruption(name, stop, reason));
