@@ -422,17 +422,7 @@ fn scan<S: Storage, M: StateMachine>(
     let start = match ckpt {
         Some(c) => {
             verify_checkpoint_end(storage, segments, c)?;
-            for (id, conv) in &c.convs {
-                fold.index.insert(*id, conv.clone());
-            }
-            fold.index.trim_below(first_base);
-            for (key, entry) in &c.keys {
-                fold.dedupe.insert(*key, *entry);
-            }
-            fold.meta_tip = c.meta_tip;
-            fold.state
-                .restore(Some(&c.state))
-                .map_err(Error::SnapshotRejected)?;
+            seed_from_checkpoint(&mut fold, c, first_base)?;
             c.offset
         }
         None => {
@@ -492,6 +482,25 @@ fn scan<S: Storage, M: StateMachine>(
         },
         report: report.clone(),
     })
+}
+
+/// Loads the checkpoint's index, keys, metadata tip and state into the fold.
+fn seed_from_checkpoint<M: StateMachine>(
+    fold: &mut Fold<'_, M>,
+    ckpt: &Checkpoint,
+    first_base: u64,
+) -> Result<()> {
+    for (id, conv) in &ckpt.convs {
+        fold.index.insert(*id, conv.clone());
+    }
+    fold.index.trim_below(first_base);
+    for (key, entry) in &ckpt.keys {
+        fold.dedupe.insert(*key, *entry);
+    }
+    fold.meta_tip = ckpt.meta_tip;
+    fold.state
+        .restore(Some(&ckpt.state))
+        .map_err(Error::SnapshotRejected)
 }
 
 /// A checkpoint must end exactly after a valid record of the log.

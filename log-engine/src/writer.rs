@@ -493,3 +493,120 @@ impl Writer {
         self.meta_tip
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{decode_record, OFFSET_NONE};
+
+    fn writer(segment_bytes: u64, batch_records: usize) -> Writer {
+        let limits = WriterLimits {
+            batch_records,
+            batch_bytes: crate::limits::GROUP_COMMIT_BYTES_MAX,
+            segment_bytes,
+            sync_each_batch: true,
+        };
+        let start = WriterStart {
+            segment_base: 0,
+            segment_capacity: segment_bytes,
+            position: SEGMENT_HEADER_BYTES as u64,
+            meta_tip: (0, OFFSET_NONE),
+        };
+        Writer::new(limits, start)
+    }
+
+    fn req(conv: u64, payload: &[u8]) -> AppendRequest<'_> {
+        AppendRequest {
+            conversation_id: conv,
+            message_id: 1,
+            timestamp_ms: 5,
+            key: None,
+            kind: RecordKind::Message,
+            payload,
+        }
+    }
+
+    /// Completes every batch as the driver would, returning them.
+    fn drain(w: &mut Writer) -> Vec<Batch> {
+        let mut done = Vec::new();
+        while let Some(id) = w.take_batch().map(|b| b.id) {
+            done.push(w.complete_batch(id, true).unwrap());
+        }
+        done
+    }
+
+    #[test]
+    fn one_batch_per_commit_with_links_and_stable_back() {
+        let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
+        let mut w = writer(4096, 100);
+        for conv in [1, 2, 1] {
+            w.append(&index, &dedupe, &req(conv, b"abc")).unwrap();
+        }
+        let batches = drain(&mut w);
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        assert_eq!(batch.position, 64);
+        let mut pos = 0;
+        let mut seen = Vec::new();
+        while let Ok(Some(view)) = decode_record(&batch.bytes[pos..]) {
+            let h = view.header;
+            seen.push((h.conversation_id, h.seq, h.prev_offset));
+            // Durable mode: everything before the batch start was synced.
+            assert_eq!(u64::from(h.stable_back), pos as u64);
+            pos += view.padded_len;
+        }
+        assert_eq!(
+            seen,
+            vec![(1, 1, OFFSET_NONE), (2, 1, OFFSET_NONE), (1, 2, 64)]
+        );
+        let marks = w.watermarks();
+        assert_eq!(marks.stable, 64 + batch.bytes.len() as u64);
+        assert_eq!(marks.appended, marks.stable);
+    }
+
+    #[test]
+    fn batches_split_at_the_record_limit_and_segments_roll() {
+        let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
+        let mut w = writer(4096, 2);
+        for _ in 0..5 {
+            w.append(&index, &dedupe, &req(1, &[0u8; 8])).unwrap();
+        }
+        assert_eq!(drain(&mut w).len(), 3);
+        let mut w = writer(4096, 1000);
+        for _ in 0..80 {
+            w.append(&index, &dedupe, &req(1, &[0u8; 100])).unwrap();
+        }
+        let batches = drain(&mut w);
+        let rolled: Vec<_> = batches.iter().filter_map(|b| b.new_segment).collect();
+        assert!(!rolled.is_empty());
+        assert_eq!(rolled[0].base_offset, batches[0].end_offset());
+        assert!(batches
+            .iter()
+            .all(|b| b.position + b.bytes.len() as u64 <= 4096));
+    }
+
+    #[test]
+    fn failure_poisons_and_returns_every_ticket() {
+        let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
+        let mut w = writer(4096, 100);
+        let t1 = w.append(&index, &dedupe, &req(1, b"a")).unwrap();
+        assert!(w.take_batch().is_some());
+        let t2 = w.append(&index, &dedupe, &req(1, b"b")).unwrap();
+        assert_eq!(w.fail(), vec![t1, t2]);
+        assert!(matches!(
+            w.append(&index, &dedupe, &req(1, b"c")),
+            Err(Error::Poisoned)
+        ));
+        assert!(w.take_batch().is_none());
+    }
+
+    #[test]
+    fn oversized_payload_is_refused_before_encoding() {
+        let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
+        let mut w = writer(4096, 100);
+        let big = vec![0u8; 4096];
+        let err = w.append(&index, &dedupe, &req(1, &big));
+        assert!(matches!(err, Err(Error::Capacity(_))));
+        assert!(!w.has_pending());
+    }
+}
