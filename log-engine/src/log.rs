@@ -34,6 +34,8 @@ pub struct Log<S: Storage, M: StateMachine = ()> {
     pub(crate) checkpoint_offset: u64,
     /// Offset of the last durable record (for checkpoints).
     pub(crate) last_record: u64,
+    /// Log offset just past the last durable record.
+    pub(crate) last_record_end: u64,
     /// `(last_seq, last_offset)` of durable metadata records.
     pub(crate) durable_meta: (u64, u64),
     resolved: Vec<(Ticket, Ack)>,
@@ -88,6 +90,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             last_sync: Instant::now(),
             checkpoint_offset: rec.checkpoint_offset,
             last_record: rec.last_record,
+            last_record_end: rec.last_record_end,
             durable_meta: start.meta_tip,
             resolved: Vec::new(),
         };
@@ -218,6 +221,9 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
                 }
             }
             self.last_record = entry.offset;
+        }
+        if !batch.entries.is_empty() {
+            self.last_record_end = batch.end_offset();
         }
         self.tail
             .push(batch.segment_base + batch.position, &batch.bytes);
@@ -371,7 +377,12 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             return Err(Error::Poisoned);
         }
         self.sync()?;
-        let offset = self.writer.watermarks().written;
+        // The end of the last record, not the written end: when a crash left an empty
+        // new segment, the written end is past its header, which no record ends at.
+        let offset = match self.last_record {
+            OFFSET_NONE => self.writer.watermarks().written,
+            _ => self.last_record_end,
+        };
         let mut convs: Vec<_> = self.index.iter().map(|(id, c)| (*id, c.clone())).collect();
         convs.sort_by_key(|(id, _)| *id);
         let ckpt = Checkpoint {

@@ -154,6 +154,8 @@ pub(crate) struct Recovered {
     pub checkpoint_offset: u64,
     /// Offset of the last record in the log (`OFFSET_NONE` if none).
     pub last_record: u64,
+    /// Log offset just past that record.
+    pub last_record_end: u64,
     pub report: RecoveryReport,
 }
 
@@ -165,6 +167,7 @@ struct Fold<'a, M: StateMachine> {
     state: &'a mut M,
     records: u64,
     last_record: u64,
+    last_record_end: u64,
 }
 
 impl<M: StateMachine> Fold<'_, M> {
@@ -213,6 +216,7 @@ impl<M: StateMachine> Fold<'_, M> {
         }
         self.records += 1;
         self.last_record = offset;
+        self.last_record_end = offset + view.padded_len as u64;
         Ok(())
     }
 }
@@ -251,6 +255,7 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
             fresh_base,
             checkpoint_offset: 0,
             last_record: OFFSET_NONE,
+            last_record_end: 0,
             report,
         });
     };
@@ -418,6 +423,7 @@ fn scan<S: Storage, M: StateMachine>(
         state,
         records: 0,
         last_record: OFFSET_NONE,
+        last_record_end: 0,
     };
     let start = match ckpt {
         Some(c) => {
@@ -479,6 +485,10 @@ fn scan<S: Storage, M: StateMachine>(
         last_record: match fold.last_record {
             OFFSET_NONE => ckpt.map_or(OFFSET_NONE, |c| c.last_record),
             offset => offset,
+        },
+        last_record_end: match fold.last_record {
+            OFFSET_NONE => ckpt.map_or(0, |c| c.offset),
+            _ => fold.last_record_end,
         },
         report: report.clone(),
     })

@@ -345,3 +345,37 @@ fn unclean_shutdown_keeps_every_acked_record() {
         assert_eq!(got, (1..=acked).collect::<Vec<_>>(), "seed {seed}");
     }
 }
+
+#[test]
+fn checkpoint_after_an_empty_new_segment_is_usable() {
+    use log_engine::sim::FaultOp;
+    let sim = SimStorage::new();
+    let (mut log, _) = open(&sim).unwrap();
+    let mut i = 0;
+    while log.segment_bases().len() == 1 {
+        i += 1;
+        log.append(&req(1, i, &[1; 500])).unwrap();
+    }
+    let bases = log.segment_bases();
+    // Fill the second segment up to the brink, then fail the write of the batch that
+    // rolls to a third: the third segment exists (header, zeros) with no record.
+    while log.segment_bases().len() == 2 && log.watermarks().stable + 600 < bases[1] + 8192 {
+        i += 1;
+        log.append(&req(1, i, &[2; 500])).unwrap();
+    }
+    sim.fail(FaultOp::Write, 2); // header, zero fill, then the batch write fails
+    let failed = log.append(&req(1, i + 1, &[3; 500]));
+    assert!(
+        matches!(failed, Err(Error::Io { op: "write", .. })),
+        "{failed:?}"
+    );
+    drop(log);
+    let (mut log, _) = open(&sim).unwrap();
+    assert_eq!(log.segment_bases().len(), 3);
+    let ckpt = log.checkpoint().unwrap();
+    drop(log);
+    let (mut log, report) = open(&sim).unwrap();
+    assert_eq!(report.checkpoint, CheckpointUse::Used(ckpt));
+    assert_eq!(seqs(&mut log, 1), (1..=i).collect::<Vec<_>>());
+    assert_eq!(log.append(&req(1, 999, b"next")).unwrap().seq, i + 1);
+}
