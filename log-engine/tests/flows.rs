@@ -331,6 +331,8 @@ enum Op {
     Checkpoint,
     /// The next sync fails: the batch is written but not synced, then power is lost.
     FailSync(u64),
+    /// Size-based retention.
+    Retention,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -341,6 +343,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u64>().prop_map(Op::Crash),
         1 => Just(Op::Checkpoint),
         1 => any::<u64>().prop_map(Op::FailSync),
+        1 => Just(Op::Retention),
     ]
 }
 
@@ -369,7 +372,12 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..120)
     ) {
         let sim = SimStorage::new();
-        let cfg = Config { segment_bytes: 8192, checkpoint_interval_bytes: 4096, ..config() };
+        let cfg = Config {
+            segment_bytes: 8192,
+            checkpoint_interval_bytes: 4096,
+            retention_bytes: 4 * 8192,
+            ..config()
+        };
         let (mut log, _) = Log::open(sim.clone(), cfg.clone(), ()).unwrap();
         let mut next_id = 0u64;
         let mut appended: BTreeMap<u64, (u64, usize)> = BTreeMap::new(); // id → (conv, len)
@@ -412,6 +420,9 @@ proptest! {
                 Op::Checkpoint => {
                     log.checkpoint().unwrap();
                 }
+                Op::Retention => {
+                    log.apply_retention(0).unwrap();
+                }
                 Op::Crash(seed) => {
                     drop(log);
                     pending.clear();
@@ -426,14 +437,15 @@ proptest! {
             let page = log.read_after(conv, 0, 10_000).unwrap();
             let mut seen = std::collections::BTreeSet::new();
             for (i, r) in page.records.iter().enumerate() {
-                prop_assert_eq!(r.seq, i as u64 + 1, "gap in {}", conv);
+                prop_assert_eq!(r.seq, page.first_seq + i as u64, "gap in {}", conv);
                 let (app_conv, len) = appended[&r.message_id];
                 prop_assert_eq!(app_conv, conv);
                 prop_assert_eq!(&r.payload, &payload(r.message_id, len));
                 prop_assert!(seen.insert(r.message_id), "message stored twice");
             }
-            for (&(c, seq), &id) in acked.range((conv, 0)..(conv + 1, 0)) {
-                let r = page.records.get(seq as usize - 1);
+            prop_assert!(page.last_seq >= acked.range((conv, 0)..(conv + 1, 0)).count() as u64);
+            for (&(c, seq), &id) in acked.range((conv, page.first_seq)..(conv + 1, 0)) {
+                let r = page.records.get((seq - page.first_seq) as usize);
                 prop_assert!(r.is_some(), "acked ({}, {}) lost", c, seq);
                 prop_assert_eq!(r.map(|r| r.message_id), Some(id));
             }
