@@ -1,0 +1,403 @@
+//! `log_bench`: the log-engine benchmark on real files with real fdatasync, with the disk's
+//! own figures from fio measured in the same run.
+//!
+//! ```sh
+//! cargo run --release -p bench --bin log_bench -- --dir /work/main/target/log-bench
+//! cargo run --release -p bench --bin log_bench -- --restart-gib 10   # + 10 GiB restart
+//! ```
+//!
+//! Scenarios:
+//! 1. `disk`: fio, 4 KiB write+fdatasync (preallocated file, O_DIRECT) latency, and 1 MiB
+//!    O_DIRECT sequential write bandwidth.
+//! 2. `throughput`: closed loop, `--appenders` concurrent appenders each with one append
+//!    outstanding, for 200 B, 1 KiB and 16 KiB records: durable appends/s, MB/s, and
+//!    append-to-durable latency percentiles.
+//! 3. `latency`: open loop at half the measured 200 B maximum: appends arrive on a fixed
+//!    schedule and latency is measured from the *scheduled* time (no coordinated omission).
+//! 4. `history`: page reads (50 records before a random sequence of a random conversation).
+//! 5. `restart` (with `--restart-gib`): time to reopen a log of that size.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use log_engine::{AppendRequest, Config, FsStorage, Log, RecordKind};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(about = "log-engine benchmark: durable appends, latency, reads, restart")]
+struct Args {
+    /// Directory for the log and fio files (emptied first).
+    #[arg(long, default_value = "target/log-bench")]
+    dir: PathBuf,
+    /// Concurrent appenders in the closed-loop throughput runs.
+    #[arg(long, default_value_t = 4096)]
+    appenders: usize,
+    /// Conversations the appends are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    conversations: u64,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Also build a log of this many GiB and time its reopen.
+    #[arg(long, default_value_t = 0)]
+    restart_gib: u64,
+    /// Skip the fio runs.
+    #[arg(long)]
+    no_fio: bool,
+}
+
+struct RunFigures {
+    appends: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl RunFigures {
+    fn per_sec(&self) -> f64 {
+        self.appends as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    fresh_dir(&args.dir)?;
+    println!("# log_bench\n");
+    println!("machine: {}", machine_description());
+    println!("command: {}\n", std::env::args().collect::<Vec<_>>().join(" "));
+
+    if !args.no_fio {
+        fio_figures(&args.dir)?;
+    }
+
+    println!("\n## Durable appends, closed loop, {} appenders\n", args.appenders);
+    println!("| record | appends/s | MB/s | p50 | p99 | p999 | max |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut max_rate_200 = 0.0;
+    for size in [200usize, 1024, 16 * 1024] {
+        let dir = args.dir.join(format!("closed-{size}"));
+        let figures = closed_loop(&dir, &args, size)?;
+        if size == 200 {
+            max_rate_200 = figures.per_sec();
+        }
+        print_row(&format!("{size} B"), &figures);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    let rate = max_rate_200 / 2.0;
+    println!("\n## Append-to-durable latency, open loop at {rate:.0} appends/s (half of max)\n");
+    let dir = args.dir.join("open");
+    let figures = open_loop(&dir, &args, 200, rate)?;
+    println!("| record | appends/s | MB/s | p50 | p99 | p999 | max |");
+    println!("|---|---|---|---|---|---|---|");
+    print_row("200 B", &figures);
+
+    println!("\n## History page reads (50 records before a random seq)\n");
+    history_reads(&dir, &args)?;
+    std::fs::remove_dir_all(&dir).ok();
+
+    if args.restart_gib > 0 {
+        println!("\n## Restart\n");
+        restart(&args.dir.join("restart"), args.restart_gib)?;
+    }
+    Ok(())
+}
+
+fn fresh_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+fn open_log(dir: &Path) -> Result<Log<FsStorage>> {
+    std::fs::create_dir_all(dir)?;
+    let storage = FsStorage::open(dir)?;
+    let (log, _report) = Log::open(storage, Config::default(), ())?;
+    Ok(log)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A cheap deterministic generator so appenders pick conversations without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Every appender keeps one append outstanding; all pending appends share a commit.
+fn closed_loop(dir: &Path, args: &Args, size: usize) -> Result<RunFigures> {
+    let mut log = open_log(dir)?;
+    let payload = vec![0x5Au8; size];
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut latency = new_histogram();
+    let (mut appends, mut bytes) = (0u64, 0u64);
+    let mut started = vec![Instant::now(); args.appenders];
+    let mut tickets = Vec::with_capacity(args.appenders);
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let begin = Instant::now();
+    let mut message_id = 1u64;
+    while Instant::now() < deadline {
+        tickets.clear();
+        for start in started.iter_mut() {
+            *start = Instant::now();
+            let req = AppendRequest {
+                conversation_id: rng.next() % args.conversations + 1,
+                message_id,
+                timestamp_ms: now_ms(),
+                key: None,
+                kind: RecordKind::Message,
+                payload: &payload,
+            };
+            message_id += 1;
+            tickets.push(log.append_nowait(&req)?);
+        }
+        let acks = log.commit()?;
+        let done = Instant::now();
+        if acks.len() != tickets.len() {
+            bail!("commit resolved {} of {} appends", acks.len(), tickets.len());
+        }
+        for start in &started {
+            latency.saturating_record(done.duration_since(*start).as_micros() as u64);
+        }
+        appends += acks.len() as u64;
+        bytes += (acks.len() * size) as u64;
+    }
+    Ok(RunFigures { appends, bytes, elapsed: begin.elapsed(), latency })
+}
+
+/// Appends arrive on a fixed schedule; each waits for the next commit.
+fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigures> {
+    let mut log = open_log(dir)?;
+    let payload = vec![0x5Au8; size];
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut latency = new_histogram();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let begin = Instant::now();
+    let total = (rate * args.seconds as f64) as u64;
+    let (mut issued, mut appends) = (0u64, 0u64);
+    let mut scheduled = Vec::new();
+    while appends < total {
+        // Issue everything whose scheduled time has come.
+        let now = Instant::now();
+        while issued < total && begin + interval.mul_f64(issued as f64) <= now {
+            let req = AppendRequest {
+                conversation_id: rng.next() % args.conversations + 1,
+                message_id: issued + 1,
+                timestamp_ms: now_ms(),
+                key: None,
+                kind: RecordKind::Message,
+                payload: &payload,
+            };
+            log.append_nowait(&req)?;
+            scheduled.push(begin + interval.mul_f64(issued as f64));
+            issued += 1;
+        }
+        if scheduled.is_empty() {
+            std::hint::spin_loop();
+            continue;
+        }
+        let acks = log.commit()?;
+        let done = Instant::now();
+        for at in scheduled.drain(..) {
+            latency.saturating_record(done.duration_since(at).as_micros() as u64);
+        }
+        appends += acks.len() as u64;
+    }
+    let elapsed = begin.elapsed();
+    Ok(RunFigures { appends, bytes: appends * size as u64, elapsed, latency })
+}
+
+fn history_reads(dir: &Path, args: &Args) -> Result<()> {
+    let mut log = open_log(dir)?;
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let mut latency = new_histogram();
+    let reads = 20_000;
+    let mut records = 0usize;
+    let begin = Instant::now();
+    for _ in 0..reads {
+        let conversation = rng.next() % args.conversations + 1;
+        let last = log.last_seq(conversation);
+        let before = if last > 1 { rng.next() % last + 1 } else { 1 };
+        let start = Instant::now();
+        let page = log.read_before(conversation, before, 50)?;
+        latency.saturating_record(start.elapsed().as_nanos() as u64 / 1000);
+        records += page.records.len();
+    }
+    let elapsed = begin.elapsed();
+    println!(
+        "{reads} pages, {:.1} records/page, {:.0} pages/s; latency p50 {} µs, p99 {} µs, \
+         p999 {} µs, max {} µs (after reopen: sealed segments via mmap, page cache warm)",
+        records as f64 / reads as f64,
+        reads as f64 / elapsed.as_secs_f64(),
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.99),
+        latency.value_at_quantile(0.999),
+        latency.max()
+    );
+    Ok(())
+}
+
+fn restart(dir: &Path, gib: u64) -> Result<()> {
+    let target = gib * 1024 * 1024 * 1024;
+    let payload = vec![0x42u8; 1024];
+    {
+        let mut log = open_log(dir)?;
+        let mut written = 0u64;
+        let mut message_id = 1;
+        let mut rng = Rng(7);
+        let begin = Instant::now();
+        while written < target {
+            for _ in 0..4000 {
+                let req = AppendRequest {
+                    conversation_id: rng.next() % 100_000 + 1,
+                    message_id,
+                    timestamp_ms: now_ms(),
+                    key: None,
+                    kind: RecordKind::Message,
+                    payload: &payload,
+                };
+                message_id += 1;
+                log.append_nowait(&req)?;
+            }
+            log.commit()?;
+            written += 4000 * (payload.len() as u64 + 56);
+        }
+        println!(
+            "built {:.1} GiB ({} records) in {:.1} s",
+            written as f64 / (1u64 << 30) as f64,
+            message_id - 1,
+            begin.elapsed().as_secs_f64()
+        );
+        log.close()?;
+    }
+    drop_page_cache();
+    let begin = Instant::now();
+    let log = open_log(dir)?;
+    let elapsed = begin.elapsed();
+    println!(
+        "reopen of {gib} GiB: {:.2} s (page cache dropped first; {} segments)",
+        elapsed.as_secs_f64(),
+        log.segment_bases().len()
+    );
+    Ok(())
+}
+
+/// Best effort: as root, drop clean page cache so a restart reads from the disk.
+fn drop_page_cache() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1\n");
+}
+
+fn print_row(label: &str, f: &RunFigures) {
+    let h = &f.latency;
+    println!(
+        "| {label} | {:.0} | {:.1} | {} µs | {} µs | {} µs | {} µs |",
+        f.per_sec(),
+        f.mb_per_sec(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} × {cpu}, kernel {}", kernel.trim())
+}
+
+/// The disk's own figures, from fio, in the same directory the log uses.
+fn fio_figures(dir: &Path) -> Result<()> {
+    let file = dir.join("fio.dat");
+    let file = file.to_string_lossy();
+    println!("## Disk (fio, same directory)\n");
+    let sync = run_fio(&[
+        "--name=write4k_fdatasync",
+        &format!("--filename={file}"),
+        "--size=256M",
+        "--bs=4k",
+        "--rw=write",
+        "--direct=1",
+        "--ioengine=sync",
+        "--fdatasync=1",
+        "--runtime=10",
+        "--time_based",
+    ])?;
+    let job = &sync["jobs"][0];
+    let write_p = |q: &str| job["write"]["clat_ns"]["percentile"][q].as_f64().unwrap_or(0.0);
+    let sync_p = |q: &str| job["sync"]["lat_ns"]["percentile"][q].as_f64().unwrap_or(0.0);
+    println!(
+        "4 KiB O_DIRECT write+fdatasync (overwriting a laid-out file): {:.0} ops/s; \
+         fdatasync p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs; write p99 {:.0} µs",
+        job["write"]["iops"].as_f64().unwrap_or(0.0),
+        sync_p("50.000000") / 1e3,
+        sync_p("99.000000") / 1e3,
+        sync_p("99.900000") / 1e3,
+        write_p("99.000000") / 1e3
+    );
+    let seq = run_fio(&[
+        "--name=seq1m",
+        &format!("--filename={file}"),
+        "--size=2G",
+        "--bs=1M",
+        "--rw=write",
+        "--direct=1",
+        "--ioengine=libaio",
+        "--iodepth=8",
+        "--runtime=10",
+        "--time_based",
+    ])?;
+    let bw = seq["jobs"][0]["write"]["bw_bytes"].as_f64().unwrap_or(0.0);
+    println!("1 MiB O_DIRECT sequential write (iodepth 8): {:.0} MB/s", bw / 1e6);
+    std::fs::remove_file(dir.join("fio.dat")).ok();
+    Ok(())
+}
+
+fn run_fio(extra: &[&str]) -> Result<serde_json::Value> {
+    let output = Command::new("fio")
+        .args(extra)
+        .arg("--output-format=json")
+        .output()
+        .context("running fio (apt-get install fio)")?;
+    if !output.status.success() {
+        bail!("fio failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
