@@ -14,7 +14,7 @@ use crate::limits::READ_RECORDS_MAX;
 use crate::meta::{MetaRecord, StateMachine};
 use crate::reader::{Page, ReadSources, Record, TailCache};
 use crate::recovery::{recover, RecoveryReport};
-use crate::segment::{create_segment, SegmentTable};
+use crate::segment::{create_segment, roll_segment, SegmentTable};
 use crate::storage::Storage;
 use crate::writer::{Ack, AppendRequest, Batch, Ticket, Watermarks, Writer, WriterLimits};
 
@@ -39,6 +39,8 @@ pub struct Log<S: Storage, M: StateMachine = ()> {
     /// `(last_seq, last_offset)` of durable metadata records.
     pub(crate) durable_meta: (u64, u64),
     resolved: Vec<(Ticket, Ack)>,
+    /// A zero-filled `spare.tmp` is durable and ready for the next roll.
+    pub(crate) spare_ready: bool,
 }
 
 fn now_ms() -> u64 {
@@ -93,6 +95,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             last_record_end: rec.last_record_end,
             durable_meta: start.meta_tip,
             resolved: Vec::new(),
+            spare_ready: false,
         };
         Ok((log, rec.report))
     }
@@ -148,7 +151,13 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         let durable = self.config.durability == Durability::Durable;
         while let Some(batch) = self.writer.take_batch() {
             let (id, base) = (batch.id, batch.segment_base);
-            let written = write_batch(&mut self.storage, &mut self.segments, batch, durable);
+            let written = write_batch(
+                &mut self.storage,
+                &mut self.segments,
+                batch,
+                durable,
+                &mut self.spare_ready,
+            );
             let rolled = match written {
                 Ok(rolled) => rolled,
                 Err(e) => {
@@ -176,6 +185,25 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         }
         self.maybe_checkpoint()?;
         Ok(acks)
+    }
+
+    /// Maintenance call for the owner to run between batches (never inside a commit):
+    /// if no spare segment is ready, prepares one (`spare.tmp`, zero-filled to the
+    /// segment size, synced) so that the next roll only renames it. Returns true when it
+    /// did work. Without it a roll zero-fills inline (a latency spike, warned).
+    /// A failure here does not poison the log: nothing was acknowledged through it.
+    pub fn prepare_spare(&mut self) -> Result<bool> {
+        if self.spare_ready {
+            return Ok(false);
+        }
+        crate::segment::prepare_spare(&mut self.storage, self.config.segment_bytes)?;
+        self.spare_ready = true;
+        Ok(true)
+    }
+
+    /// True when a spare segment is ready for the next roll.
+    pub fn has_spare(&self) -> bool {
+        self.spare_ready
     }
 
     /// A segment was sealed by a roll: remember its end, drop its handle and the cache.
@@ -426,13 +454,15 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     }
 }
 
-/// ONE write (after creating the segment if the batch opens one) and, when `durable`,
+/// ONE write (after creating the segment if the batch opens one: from the spare when
+/// `spare` says one is ready) and, when `durable`,
 /// ONE sync. Returns the base of the segment sealed by a roll.
 fn write_batch<S: Storage>(
     storage: &mut S,
     segments: &mut SegmentTable,
     batch: &Batch,
     durable: bool,
+    spare: &mut bool,
 ) -> Result<Option<u64>> {
     let mut sealed = None;
     if let Some(header) = &batch.new_segment {
@@ -441,7 +471,7 @@ fn write_batch<S: Storage>(
             storage.sync(&old.name).map_err(io_err("sync", &old.name))?;
             sealed = Some(old_base);
         }
-        let meta = create_segment(storage, header)?;
+        let meta = roll_segment(storage, header, spare)?;
         segments.insert(header.base_offset, meta);
     }
     let name = crate::format::segment_name(batch.segment_base);

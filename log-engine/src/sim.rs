@@ -53,6 +53,7 @@ struct SimState {
     dir_ops: Vec<DirOp>,
     faults: Vec<(FaultOp, u32)>,
     syncs: u64,
+    bytes_written: u64,
 }
 
 /// In-memory crash-simulating storage. Clones share the same files, so a test keeps a
@@ -121,6 +122,11 @@ impl SimStorage {
     /// Number of `sync` calls so far (tests check group commit shares syncs).
     pub fn sync_count(&self) -> u64 {
         self.lock().syncs
+    }
+
+    /// Bytes passed to `write_at` so far (tests check a roll does not zero-fill).
+    pub fn bytes_written(&self) -> u64 {
+        self.lock().bytes_written
     }
 
     /// Current bytes of a file (what a reader would see now).
@@ -289,6 +295,7 @@ impl Storage for SimStorage {
     fn write_at(&mut self, name: &str, pos: u64, data: &[u8]) -> io::Result<()> {
         let mut state = self.lock();
         state.fault(FaultOp::Write)?;
+        state.bytes_written += data.len() as u64;
         let inode = state.inode(name)?;
         apply_write(&mut inode.current, pos, data);
         inode.unsynced.push(FileOp::Write {

@@ -81,5 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             last_acked = Some((conv, ack.message_id));
         }
         out.flush()?;
+        // Between batches, as a server would: keep a spare segment ready for the roll.
+        log.prepare_spare()?;
     }
 }
