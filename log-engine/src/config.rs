@@ -56,6 +56,9 @@ pub struct Config {
     pub tail_cache_bytes: usize,
     /// Log bytes between automatic checkpoints (index + keys + state snapshot).
     pub checkpoint_interval_bytes: u64,
+    /// `PipelinedLog`: most batches handed to the I/O thread at once (1 = the owner
+    /// hands over the next batch only when the previous one completed).
+    pub pipeline_in_flight: usize,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             retention_bytes: u64::MAX,
             tail_cache_bytes: TAIL_CACHE_BYTES_DEFAULT,
             checkpoint_interval_bytes: CHECKPOINT_INTERVAL_BYTES_DEFAULT,
+            pipeline_in_flight: PIPELINE_IN_FLIGHT_MAX,
         }
     }
 }
@@ -79,7 +83,7 @@ impl Default for Config {
 impl Config {
     /// Checks that no limit is raised and the values agree.
     pub fn validate(&self) -> Result<()> {
-        let checks: [(bool, &'static str); 8] = [
+        let checks: [(bool, &'static str); 9] = [
             (
                 self.segment_bytes <= SEGMENT_BYTES_MAX,
                 "segment_bytes above SEGMENT_BYTES_MAX",
@@ -111,6 +115,10 @@ impl Config {
             (
                 self.tail_cache_bytes <= TAIL_CACHE_BYTES_MAX,
                 "tail_cache_bytes above max",
+            ),
+            (
+                (1..=PIPELINE_IN_FLIGHT_MAX).contains(&self.pipeline_in_flight),
+                "pipeline_in_flight outside 1..=PIPELINE_IN_FLIGHT_MAX",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

@@ -15,6 +15,8 @@
 //! - [`recovery`]: the decision table run on open; [`checkpoint`]: checkpoint file.
 //! - [`meta`]: the `StateMachine` hook for metadata records; [`retention`].
 //! - [`log`]: `Log`, the synchronous driver tying them together.
+//! - [`pipeline`]: `PipelinedLog`, the driver whose batch I/O runs on its own thread
+//!   (encode batch N+1 while batch N is written and synced), plus the spare preparer.
 //!
 //! ```
 //! use log_engine::{AppendRequest, Config, Log, RecordKind, sim::SimStorage};
@@ -55,6 +57,7 @@ pub mod index;
 pub mod limits;
 pub mod log;
 pub mod meta;
+pub mod pipeline;
 pub mod reader;
 pub mod recovery;
 pub mod retention;
@@ -68,6 +71,7 @@ pub use error::{CapacityError, Error, Result};
 pub use format::{IdempotencyKey, RecordKind};
 pub use log::Log;
 pub use meta::{MetaRecord, StateMachine};
+pub use pipeline::PipelinedLog;
 pub use reader::{Page, Record};
 pub use recovery::{CheckpointUse, RecoveryReport, Truncation};
 pub use storage::{FsStorage, Storage};

@@ -43,6 +43,13 @@ pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const CHECKPOINT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 /// Chunk used to zero-fill (preallocate) a new segment and to zero a torn tail.
 pub const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most batches handed to the pipelined I/O thread and not yet completed: one being
+/// written + synced, one queued behind it, so the disk never waits for the owner thread.
+pub const PIPELINE_IN_FLIGHT_MAX: usize = 2;
+/// Most batches waiting on the owner thread behind those in flight before
+/// `PipelinedLog::append_nowait` blocks for a completion (backpressure). With 4 MiB
+/// batches: at most (2 + 4) × 4 MiB = 24 MiB of encoded records held in memory.
+pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
 /// Most records returned by one read call.
 pub const READ_RECORDS_MAX: usize = 10_000;
 
@@ -60,3 +67,4 @@ const _: () = assert!(DEDUPE_WINDOW_MS_DEFAULT <= DEDUPE_WINDOW_MS_MAX);
 const _: () = assert!(DEDUPE_ENTRIES_DEFAULT <= DEDUPE_ENTRIES_MAX);
 const _: () = assert!(TAIL_CACHE_BYTES_DEFAULT <= TAIL_CACHE_BYTES_MAX);
 const _: () = assert!(ZERO_CHUNK_BYTES % 8 == 0);
+const _: () = assert!(PIPELINE_IN_FLIGHT_MAX >= 1 && PIPELINE_QUEUED_BATCHES_MAX >= 1);

@@ -16,7 +16,9 @@ use crate::reader::{Page, ReadSources, Record, TailCache};
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{create_segment, roll_segment, SegmentTable};
 use crate::storage::Storage;
-use crate::writer::{Ack, AppendRequest, Batch, Ticket, Watermarks, Writer, WriterLimits};
+use crate::writer::{
+    Ack, AppendRequest, Batch, BatchJob, Ticket, Watermarks, Writer, WriterLimits,
+};
 
 /// One shard's log: a directory of segments plus in-memory index, idempotency map and
 /// the caller's metadata state.
@@ -51,7 +53,17 @@ fn now_ms() -> u64 {
 impl<S: Storage, M: StateMachine> Log<S, M> {
     /// Opens (recovering) or creates the log in `storage`. `state` is replaced by the
     /// checkpoint's snapshot (or reset) and then fed the metadata records after it.
-    pub fn open(mut storage: S, config: Config, mut state: M) -> Result<(Self, RecoveryReport)> {
+    pub fn open(storage: S, config: Config, state: M) -> Result<(Self, RecoveryReport)> {
+        Log::open_with(storage, config, state, 1)
+    }
+
+    /// [`Log::open`] with a writer that lets `max_in_flight` batches be taken at once.
+    pub(crate) fn open_with(
+        mut storage: S,
+        config: Config,
+        mut state: M,
+        max_in_flight: usize,
+    ) -> Result<(Self, RecoveryReport)> {
         config.validate()?;
         let mut rec = recover(&mut storage, &config, &mut state)?;
         let start = match rec.start {
@@ -78,6 +90,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             batch_bytes: config.group_commit_bytes,
             segment_bytes: config.segment_bytes,
             sync_each_batch: config.durability == Durability::Durable,
+            max_in_flight,
         };
         let log = Log {
             tail: TailCache::new(config.tail_cache_bytes),
@@ -149,12 +162,12 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         let mut acks = std::mem::take(&mut self.resolved);
         acks.extend(self.writer.take_resolved());
         let durable = self.config.durability == Durability::Durable;
-        while let Some(batch) = self.writer.take_batch() {
-            let (id, base) = (batch.id, batch.segment_base);
+        while let Some(job) = self.writer.take_batch() {
+            let (id, base) = (job.id, job.segment_base);
             let written = write_batch(
                 &mut self.storage,
                 &mut self.segments,
-                batch,
+                &job,
                 durable,
                 &mut self.spare_ready,
             );
@@ -171,7 +184,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             }
             let batch = self
                 .writer
-                .complete_batch(id, durable)
+                .complete_batch(id, job.bytes, durable)
                 .ok_or(Error::Poisoned)?;
             if durable {
                 self.last_sync = Instant::now();
@@ -207,7 +220,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     }
 
     /// A segment was sealed by a roll: remember its end, drop its handle and the cache.
-    fn seal(&mut self, base: u64, next: u64) {
+    pub(crate) fn seal(&mut self, base: u64, next: u64) {
         if let Some(meta) = self.segments.get_mut(&base) {
             meta.sealed_end = Some(next - base);
             self.storage.close(&meta.name);
@@ -217,7 +230,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     }
 
     /// A written batch becomes visible: index, idempotency keys, state, tail cache.
-    fn publish(&mut self, batch: Batch, acks: &mut Vec<(Ticket, Ack)>) {
+    pub(crate) fn publish(&mut self, batch: Batch, acks: &mut Vec<(Ticket, Ack)>) {
         for entry in &batch.entries {
             if entry.kind.is_conversation() {
                 self.index
@@ -390,7 +403,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         self.segments.keys().copied().collect()
     }
 
-    fn maybe_checkpoint(&mut self) -> Result<()> {
+    pub(crate) fn maybe_checkpoint(&mut self) -> Result<()> {
         let stable = self.writer.watermarks().stable;
         if stable.saturating_sub(self.checkpoint_offset) >= self.config.checkpoint_interval_bytes {
             self.checkpoint()?;
@@ -460,7 +473,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
 fn write_batch<S: Storage>(
     storage: &mut S,
     segments: &mut SegmentTable,
-    batch: &Batch,
+    batch: &BatchJob,
     durable: bool,
     spare: &mut bool,
 ) -> Result<Option<u64>> {

@@ -356,6 +356,10 @@ impl Storage for SimStorage {
     }
 
     fn close(&mut self, _name: &str) {}
+
+    fn reopen(&self) -> io::Result<SimStorage> {
+        Ok(self.clone())
+    }
 }
 
 #[cfg(test)]

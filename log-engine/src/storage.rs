@@ -44,6 +44,12 @@ pub trait Storage {
     fn map(&mut self, name: &str) -> io::Result<Self::Map>;
     /// Drops any cached handle for the file (sealed segments are read through maps).
     fn close(&mut self, name: &str);
+    /// Another handle on the same directory, for another thread (the pipelined I/O
+    /// thread, the spare preparer). Handles see the same files; each keeps its own
+    /// descriptors.
+    fn reopen(&self) -> io::Result<Self>
+    where
+        Self: Sized;
 }
 
 /// [`Storage`] over a real directory.
@@ -181,6 +187,10 @@ impl Storage for FsStorage {
 
     fn close(&mut self, name: &str) {
         self.files.remove(name);
+    }
+
+    fn reopen(&self) -> io::Result<FsStorage> {
+        FsStorage::open(&self.dir)
     }
 }
 

@@ -1,6 +1,11 @@
 //! Group commit, sans-IO: appends are encoded into a pending batch and get a [`Ticket`];
-//! the driver (`Log`) takes one batch at a time, issues ONE write and ONE sync for it,
-//! then completes it, which resolves every ticket in it.
+//! the driver takes a batch ([`Writer::take_batch`] hands out an owned [`BatchJob`]),
+//! issues ONE write and ONE sync for it, then completes it
+//! ([`Writer::complete_batch`]), which resolves every ticket in it. Up to
+//! `WriterLimits::max_in_flight` batches may be taken before the first completes
+//! (`Log`: 1; `PipelinedLog`: 2, so that batch N+1 is encoded and queued while batch N
+//! is written and synced). Completions must come in the order batches were taken, and
+//! in `Durable` mode the driver must not write batch N+1 before batch N is synced.
 //!
 //! Watermarks (Redpanda's `offset_tracker`): `appended` (encoded, maybe pending) ≥
 //! `written` (handed to the OS) ≥ `stable` (covered by fdatasync). Sequence numbers and
@@ -109,6 +114,23 @@ impl Batch {
     }
 }
 
+/// The I/O of one taken batch, owned so it can cross to an I/O thread (or a DMA queue):
+/// create the segment if `new_segment`, write `bytes` at `position` of segment
+/// `segment_base`, sync, then give `bytes` back with [`Writer::complete_batch`].
+#[derive(Debug)]
+pub struct BatchJob {
+    /// Batch id (completions must come in id order).
+    pub id: u64,
+    /// Base offset of the segment written to.
+    pub segment_base: u64,
+    /// Position inside the segment file.
+    pub position: u64,
+    /// When set: sync the previous segment, then create this one before writing.
+    pub new_segment: Option<SegmentHeader>,
+    /// Encoded records (may be empty for a roll with no record yet).
+    pub bytes: Vec<u8>,
+}
+
 /// Batch and segment limits of the writer.
 #[derive(Clone, Copy, Debug)]
 pub struct WriterLimits {
@@ -120,6 +142,8 @@ pub struct WriterLimits {
     pub segment_bytes: u64,
     /// True in `Durability::Durable`: every batch is synced before the next is written.
     pub sync_each_batch: bool,
+    /// Most batches taken and not yet completed (1 = no pipelining).
+    pub max_in_flight: usize,
 }
 
 /// Where the writer resumes, found by recovery.
@@ -147,7 +171,8 @@ pub struct Writer {
     /// Front may be in flight; only the back accepts appends, and only if `open`.
     batches: VecDeque<Batch>,
     open: bool,
-    in_flight: bool,
+    /// Batches at the front of `batches` that were taken and not completed.
+    in_flight: usize,
     conv_overlay: HashMap<u64, (u64, u64)>,
     key_overlay: HashMap<IdempotencyKey, (u64, Ack)>,
     meta_tip: (u64, u64),
@@ -172,7 +197,7 @@ impl Writer {
             stable: end,
             batches: VecDeque::new(),
             open: false,
-            in_flight: false,
+            in_flight: 0,
             conv_overlay: HashMap::new(),
             key_overlay: HashMap::new(),
             meta_tip: start.meta_tip,
@@ -398,27 +423,45 @@ impl Writer {
         self.open = true;
     }
 
-    /// The next batch to write, or `None` if nothing is pending or a batch is in flight.
-    pub fn take_batch(&mut self) -> Option<&Batch> {
-        if self.in_flight || self.poisoned {
+    /// The next batch to write, or `None` if nothing is pending, the writer is poisoned,
+    /// or `max_in_flight` batches are already taken. Taking the open batch closes it:
+    /// later appends start a new one.
+    pub fn take_batch(&mut self) -> Option<BatchJob> {
+        if self.in_flight >= self.limits.max_in_flight || self.poisoned {
             return None;
         }
-        if self.batches.len() == 1 {
+        let at = self.in_flight;
+        if at + 1 == self.batches.len() {
             self.open = false;
         }
-        let batch = self.batches.front()?;
-        self.in_flight = true;
-        Some(batch)
+        let batch = self.batches.get_mut(at)?;
+        self.in_flight += 1;
+        Some(BatchJob {
+            id: batch.id,
+            segment_base: batch.segment_base,
+            position: batch.position,
+            new_segment: batch.new_segment,
+            bytes: std::mem::take(&mut batch.bytes),
+        })
     }
 
-    /// Marks the in-flight batch written (and synced if `synced`) and returns it, with
-    /// its acks, for the driver to publish. Overlays shrink to what is still pending.
-    pub fn complete_batch(&mut self, id: u64, synced: bool) -> Option<Batch> {
-        assert!(self.in_flight, "complete_batch without a batch in flight");
-        let batch = self.batches.pop_front()?;
-        assert_eq!(batch.id, id);
+    /// Marks the oldest taken batch written (and synced if `synced`) and returns it, its
+    /// `bytes` given back, with its acks, for the driver to publish. Overlays shrink to
+    /// what is still pending.
+    pub fn complete_batch(&mut self, id: u64, bytes: Vec<u8>, synced: bool) -> Option<Batch> {
+        assert!(
+            self.in_flight > 0,
+            "complete_batch without a batch in flight"
+        );
+        let mut batch = self.batches.pop_front()?;
+        assert_eq!(
+            batch.id, id,
+            "batches complete in the order they were taken"
+        );
+        assert!(batch.bytes.is_empty());
+        batch.bytes = bytes;
         assert!(batch.end_offset() >= self.written);
-        self.in_flight = false;
+        self.in_flight -= 1;
         self.written = batch.end_offset();
         if synced {
             self.stable = self.written;
@@ -439,6 +482,20 @@ impl Writer {
         Some(batch)
     }
 
+    /// Batches taken and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Batches with work that were not taken yet (the open one included).
+    pub fn queued(&self) -> usize {
+        self.batches
+            .iter()
+            .skip(self.in_flight)
+            .filter(|b| !b.acks.is_empty() || b.new_segment.is_some())
+            .count()
+    }
+
     /// Everything up to `offset` is covered by a sync.
     pub fn mark_synced(&mut self, offset: u64) {
         assert!(offset <= self.written, "synced past what was written");
@@ -448,7 +505,7 @@ impl Writer {
     /// A write or sync failed: poison, and return every ticket that will never resolve.
     pub fn fail(&mut self) -> Vec<Ticket> {
         self.poisoned = true;
-        self.in_flight = false;
+        self.in_flight = 0;
         self.open = false;
         let tickets = self.batches.drain(..).flat_map(|b| b.acks).map(|(t, _)| t);
         let tickets = tickets.collect();
@@ -505,6 +562,7 @@ mod tests {
             batch_bytes: crate::limits::GROUP_COMMIT_BYTES_MAX,
             segment_bytes,
             sync_each_batch: true,
+            max_in_flight: 1,
         };
         let start = WriterStart {
             segment_base: 0,
@@ -529,8 +587,8 @@ mod tests {
     /// Completes every batch as the driver would, returning them.
     fn drain(w: &mut Writer) -> Vec<Batch> {
         let mut done = Vec::new();
-        while let Some(id) = w.take_batch().map(|b| b.id) {
-            done.push(w.complete_batch(id, true).unwrap());
+        while let Some(job) = w.take_batch() {
+            done.push(w.complete_batch(job.id, job.bytes, true).unwrap());
         }
         done
     }

@@ -1,0 +1,530 @@
+//! [`PipelinedLog`]: group commit whose I/O runs on a dedicated thread, so that the
+//! owner thread encodes batch N+1 while batch N is being written and fdatasync'ed.
+//!
+//! ```text
+//!   owner thread (CPU)                         I/O thread                spare thread
+//!   append_nowait: encode, sequence,           for each job, in order:   when asked:
+//!   dedupe, into the open batch                  [roll: sync old segment,  spare.tmp,
+//!   flush: Writer::take_batch → BatchJob ──────►  install the spare]       zero fill,
+//!          (≤ pipeline_in_flight at once)        pwrite(bytes, position)   fdatasync,
+//!   poll_acks / wait_acks ◄──────────────────── fdatasync                 dir fsync
+//!     Writer::complete_batch, publish
+//!     (index, keys, state, tail cache)
+//!     → acks, strictly in batch order
+//! ```
+//!
+//! Everything that decides anything (sequences, offsets, `prev_offset`, idempotency,
+//! the index) stays on the owner thread in the sans-IO [`crate::writer::Writer`]; the I/O
+//! thread only executes [`BatchJob`]s in the order it receives them and reports each
+//! completion. Because it writes batch N+1 only after batch N's fdatasync returned, the
+//! `stable_back` rule of `Durable` mode holds unchanged, and completions (hence acks and
+//! reader visibility) arrive in order. A glommio DMA driver can replace the thread: it
+//! takes the same jobs and feeds the same completions back.
+//!
+//! Failure: the first failed write or sync makes the I/O thread refuse every later job
+//! (it never writes past a failure) and poisons the log on the owner thread, exactly as
+//! `Log::commit` does.
+
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::config::{Config, Durability};
+use crate::error::{io_err, Error, Result};
+use crate::format::{segment_name, RecordKind};
+use crate::limits::PIPELINE_QUEUED_BATCHES_MAX;
+use crate::log::Log;
+use crate::meta::StateMachine;
+use crate::reader::{Page, Record};
+use crate::recovery::RecoveryReport;
+use crate::retention::RetentionReport;
+use crate::segment::{prepare_spare, roll_segment, SegmentMeta, SPARE_NAME};
+use crate::storage::Storage;
+use crate::writer::{Ack, AppendRequest, BatchJob, Ticket, Watermarks};
+
+/// What the I/O thread reports for one job.
+struct Completion {
+    id: u64,
+    bytes: Vec<u8>,
+    /// The new segment when the job rolled.
+    result: Result<Option<SegmentMeta>>,
+}
+
+/// The log with pipelined group commit. Only `Durability::Durable`.
+///
+/// Typical owner loop (one per shard):
+///
+/// ```
+/// use log_engine::{AppendRequest, Config, PipelinedLog, RecordKind, sim::SimStorage};
+/// let config = Config { segment_bytes: 64 * 1024, ..Config::default() };
+/// let (mut log, _) = PipelinedLog::open(SimStorage::new(), config, ()).unwrap();
+/// let req = AppendRequest {
+///     conversation_id: 7, message_id: 1, timestamp_ms: 0, key: None,
+///     kind: RecordKind::Message, payload: b"hello",
+/// };
+/// let ticket = log.append_nowait(&req).unwrap(); // encode only
+/// log.flush().unwrap(); // hand the batch to the I/O thread
+/// let acks = log.wait_acks().unwrap(); // durable now, in order
+/// assert_eq!(acks[0].0, ticket);
+/// assert_eq!(log.read_after(7, 0, 10).unwrap().records.len(), 1);
+/// ```
+pub struct PipelinedLog<S: Storage + Send + 'static, M: StateMachine = ()> {
+    log: Log<S, M>,
+    threads: IoThreads,
+    done: Receiver<Completion>,
+    /// Acks resolved but not yet returned.
+    ready: Vec<(Ticket, Ack)>,
+}
+
+/// The I/O and spare threads; dropping it stops and joins them.
+struct IoThreads {
+    jobs: Option<SyncSender<BatchJob>>,
+    io: Option<JoinHandle<()>>,
+    spare: Arc<SpareSlot>,
+    preparer: Option<JoinHandle<()>>,
+}
+
+impl Drop for IoThreads {
+    fn drop(&mut self) {
+        self.jobs = None; // the I/O thread finishes its queue and exits
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+        self.spare.stop();
+        if let Some(preparer) = self.preparer.take() {
+            let _ = preparer.join();
+        }
+    }
+}
+
+impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
+    /// Opens (recovering) the log like [`Log::open`], then starts the I/O thread and the
+    /// spare preparer, each with its own handle on the directory (`Storage::reopen`).
+    pub fn open(storage: S, config: Config, state: M) -> Result<(Self, RecoveryReport)> {
+        if config.durability != Durability::Durable {
+            return Err(Error::Config("PipelinedLog needs Durability::Durable"));
+        }
+        let depth = config.pipeline_in_flight;
+        let capacity = config.segment_bytes;
+        let (log, report) = Log::open_with(storage, config, state, depth)?;
+        let io_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
+        let spare_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
+        let spare = Arc::new(SpareSlot::default());
+        let slot = Arc::clone(&spare);
+        let preparer = std::thread::Builder::new()
+            .name("log-spare".into())
+            .spawn(move || spare_loop(spare_storage, capacity, &slot))
+            .map_err(io_err("spawn", "log-spare"))?;
+        spare.request();
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel(depth);
+        let (done_tx, done_rx) = mpsc::channel();
+        let slot = Arc::clone(&spare);
+        let active = log.writer.active_segment();
+        let mut threads = IoThreads {
+            jobs: Some(jobs_tx),
+            io: None,
+            spare,
+            preparer: Some(preparer),
+        };
+        let io = std::thread::Builder::new()
+            .name("log-io".into())
+            .spawn(move || io_loop(io_storage, &jobs_rx, &done_tx, &slot, active))
+            .map_err(io_err("spawn", "log-io"))?;
+        threads.io = Some(io);
+        let log = PipelinedLog {
+            log,
+            threads,
+            done: done_rx,
+            ready: Vec::new(),
+        };
+        Ok((log, report))
+    }
+
+    /// Encodes an append into the open batch and returns its ticket; it resolves in a
+    /// later [`PipelinedLog::poll_acks`] / [`PipelinedLog::wait_acks`] once durable. A
+    /// repeat of a durable idempotency key resolves at once (it is already durable).
+    /// Blocks for a completion only when more than `PIPELINE_QUEUED_BATCHES_MAX` full
+    /// batches wait behind those in flight (backpressure).
+    pub fn append_nowait(&mut self, req: &AppendRequest<'_>) -> Result<Ticket> {
+        self.backpressure()?;
+        self.log.append_nowait(req)
+    }
+
+    /// Encodes a metadata append (see [`PipelinedLog::append_nowait`]).
+    pub fn append_meta_nowait(
+        &mut self,
+        kind: RecordKind,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Ticket> {
+        self.backpressure()?;
+        self.log.append_meta_nowait(kind, payload, now_ms)
+    }
+
+    fn backpressure(&mut self) -> Result<()> {
+        if self.log.writer.queued() <= PIPELINE_QUEUED_BATCHES_MAX {
+            return Ok(());
+        }
+        self.flush()?;
+        while self.log.writer.queued() > PIPELINE_QUEUED_BATCHES_MAX {
+            self.wait_one()?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands pending batches to the I/O thread while fewer than `pipeline_in_flight`
+    /// are in flight (the open batch is closed by this: later appends start the next
+    /// one). Never blocks.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.log.writer.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        while let Some(job) = self.log.writer.take_batch() {
+            let sent = match &self.threads.jobs {
+                Some(jobs) => jobs.try_send(job).is_ok(),
+                None => false,
+            };
+            if !sent {
+                // Cannot happen while the I/O thread lives (the channel holds
+                // `pipeline_in_flight` jobs); if it died, nothing will complete.
+                self.log.writer.fail();
+                return Err(Error::Poisoned);
+            }
+        }
+        Ok(())
+    }
+
+    /// Acks of every append that became durable since the last call, in batch order,
+    /// without blocking; then hands the next batches to the I/O thread. After a failed
+    /// write or sync: the error once (acks completed before it are returned by the next
+    /// call), then `Error::Poisoned` from appends.
+    pub fn poll_acks(&mut self) -> Result<Vec<(Ticket, Ack)>> {
+        loop {
+            match self.done.try_recv() {
+                Ok(done) => self.complete(done)?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if self.log.writer.in_flight() > 0 {
+                        self.log.writer.fail();
+                        return Err(Error::Poisoned);
+                    }
+                    break;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// Like [`PipelinedLog::poll_acks`], but first flushes and, if nothing is resolved
+    /// yet and a batch is in flight, blocks until one completes.
+    pub fn wait_acks(&mut self) -> Result<Vec<(Ticket, Ack)>> {
+        if !self.log.writer.is_poisoned() {
+            self.flush()?;
+        }
+        self.ready.extend(self.log.writer.take_resolved());
+        if self.ready.is_empty() && self.log.writer.in_flight() > 0 {
+            self.wait_one()?;
+        }
+        self.poll_acks()
+    }
+
+    /// Waits until nothing is pending or in flight; returns every ack resolved.
+    pub fn drain(&mut self) -> Result<Vec<(Ticket, Ack)>> {
+        let mut acks = Vec::new();
+        loop {
+            acks.extend(self.wait_acks()?);
+            let writer = &self.log.writer;
+            if writer.in_flight() == 0 && writer.queued() == 0 {
+                acks.extend(self.poll_acks()?);
+                return Ok(acks);
+            }
+        }
+    }
+
+    fn wait_one(&mut self) -> Result<()> {
+        match self.done.recv() {
+            Ok(done) => self.complete(done),
+            Err(_) => {
+                self.log.writer.fail();
+                Err(Error::Poisoned)
+            }
+        }
+    }
+
+    /// Returns the ready acks, flushes the next batches, checkpoints when due.
+    fn finish(&mut self) -> Result<Vec<(Ticket, Ack)>> {
+        self.ready.extend(self.log.writer.take_resolved());
+        let acks = std::mem::take(&mut self.ready);
+        if !self.log.writer.is_poisoned() {
+            self.flush()?;
+            self.log.maybe_checkpoint()?;
+        }
+        Ok(acks)
+    }
+
+    /// One completion from the I/O thread: seal/add segments, publish the batch.
+    fn complete(&mut self, done: Completion) -> Result<()> {
+        if self.log.writer.is_poisoned() {
+            return Ok(()); // its tickets were failed already
+        }
+        let rolled = match done.result {
+            Ok(rolled) => rolled,
+            Err(e) => {
+                let lost = self.log.writer.fail();
+                tracing::error!(error = %e, tickets = lost.len(), "batch failed; log poisoned");
+                return Err(e);
+            }
+        };
+        if let Some(meta) = rolled {
+            let base = meta.header.base_offset;
+            let old = self.log.segments.keys().next_back().copied();
+            self.log.segments.insert(base, meta);
+            if let Some(old) = old {
+                self.log.seal(old, base);
+            }
+        }
+        let batch = self.log.writer.complete_batch(done.id, done.bytes, true);
+        let batch = batch.ok_or(Error::Poisoned)?;
+        self.log.last_sync = Instant::now();
+        self.log.publish(batch, &mut self.ready);
+        Ok(())
+    }
+
+    /// Batches handed to the I/O thread and not completed.
+    pub fn in_flight(&self) -> usize {
+        self.log.writer.in_flight()
+    }
+
+    /// True when a spare segment is ready for the next roll.
+    pub fn has_spare(&self) -> bool {
+        self.threads.spare.is_ready()
+    }
+
+    /// Conversation records after `after_seq` (durable ones only).
+    pub fn read_after(
+        &mut self,
+        conversation_id: u64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Page> {
+        self.log.read_after(conversation_id, after_seq, limit)
+    }
+
+    /// Conversation records before `before_seq` (durable ones only).
+    pub fn read_before(
+        &mut self,
+        conversation_id: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Page> {
+        self.log.read_before(conversation_id, before_seq, limit)
+    }
+
+    /// Reads any durable record by offset.
+    pub fn read_at(&mut self, offset: u64) -> Result<Record> {
+        self.log.read_at(offset)
+    }
+
+    /// Last durable sequence of a conversation.
+    pub fn last_seq(&self, conversation_id: u64) -> u64 {
+        self.log.last_seq(conversation_id)
+    }
+
+    /// The watermarks (appended ≥ written ≥ stable; written = stable here).
+    pub fn watermarks(&self) -> Watermarks {
+        self.log.watermarks()
+    }
+
+    /// The caller's metadata state.
+    pub fn state(&self) -> &M {
+        self.log.state()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.log.segment_bases()
+    }
+
+    /// Writes a checkpoint as of the last published record (see [`Log::checkpoint`]).
+    pub fn checkpoint(&mut self) -> Result<u64> {
+        self.log.checkpoint()
+    }
+
+    /// Deletes sealed segments past the retention limits (see `Log::apply_retention`).
+    pub fn apply_retention(&mut self, now_ms: u64) -> Result<RetentionReport> {
+        self.log.apply_retention(now_ms)
+    }
+
+    /// Drains, stops the threads and hands the storage back.
+    pub fn close(mut self) -> Result<S> {
+        self.drain()?;
+        let PipelinedLog { log, threads, .. } = self;
+        drop(threads);
+        log.close()
+    }
+}
+
+/// The I/O thread: runs jobs in order; after the first failure, refuses the rest.
+fn io_loop<S: Storage>(
+    mut storage: S,
+    jobs: &Receiver<BatchJob>,
+    done: &Sender<Completion>,
+    spare: &SpareSlot,
+    mut active: u64,
+) {
+    let mut failed = false;
+    for job in jobs {
+        let result = if failed {
+            Err(Error::Poisoned)
+        } else {
+            run_job(&mut storage, &job, spare, &mut active)
+        };
+        failed |= result.is_err();
+        let completion = Completion {
+            id: job.id,
+            bytes: job.bytes,
+            result,
+        };
+        if done.send(completion).is_err() {
+            return;
+        }
+    }
+}
+
+/// One job: roll if asked (sync the old segment, install the spare), one write, one
+/// fdatasync.
+fn run_job<S: Storage>(
+    storage: &mut S,
+    job: &BatchJob,
+    spare: &SpareSlot,
+    active: &mut u64,
+) -> Result<Option<SegmentMeta>> {
+    let mut rolled = None;
+    if let Some(header) = &job.new_segment {
+        let old = segment_name(*active);
+        // Sealed segments hold no torn tail: sync before the next one exists.
+        storage.sync(&old).map_err(io_err("sync", &old))?;
+        storage.close(&old);
+        let mut ready = spare.take();
+        let meta = roll_segment(storage, header, &mut ready)?;
+        spare.request();
+        *active = header.base_offset;
+        rolled = Some(meta);
+    }
+    assert_eq!(
+        job.segment_base, *active,
+        "batch for a segment that is not active"
+    );
+    if !job.bytes.is_empty() {
+        let name = segment_name(job.segment_base);
+        storage
+            .write_at(&name, job.position, &job.bytes)
+            .map_err(io_err("write", &name))?;
+        storage.sync(&name).map_err(io_err("sync", &name))?;
+    }
+    Ok(rolled)
+}
+
+/// Where the spare segment stands, shared by the I/O thread and the preparer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Spare {
+    /// No spare and none asked for.
+    #[default]
+    Idle,
+    /// Asked for; the preparer will start.
+    Wanted,
+    /// Being zero-filled.
+    Preparing,
+    /// Durable and unused.
+    Ready,
+    /// Shutting down.
+    Stop,
+}
+
+#[derive(Debug, Default)]
+struct SpareSlot {
+    state: Mutex<Spare>,
+    changed: Condvar,
+}
+
+impl SpareSlot {
+    fn lock(&self) -> MutexGuard<'_, Spare> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, Spare>) -> MutexGuard<'a, Spare> {
+        self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, guard: &mut MutexGuard<'_, Spare>, to: Spare) {
+        **guard = to;
+        self.changed.notify_all();
+    }
+
+    /// Asks the preparer for a spare if there is none.
+    fn request(&self) {
+        let mut state = self.lock();
+        if *state == Spare::Idle {
+            self.set(&mut state, Spare::Wanted);
+        }
+    }
+
+    /// Takes the ready spare, waiting for one being prepared; false if there is none
+    /// (the roll then zero-fills inline).
+    fn take(&self) -> bool {
+        let mut state = self.lock();
+        while matches!(*state, Spare::Wanted | Spare::Preparing) {
+            state = self.wait(state);
+        }
+        if *state == Spare::Ready {
+            self.set(&mut state, Spare::Idle);
+            return true;
+        }
+        false
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.lock() == Spare::Ready
+    }
+
+    fn stop(&self) {
+        let mut state = self.lock();
+        self.set(&mut state, Spare::Stop);
+    }
+}
+
+/// The spare preparer: zero-fills `spare.tmp` whenever asked, off the owner and I/O
+/// threads.
+fn spare_loop<S: Storage>(mut storage: S, capacity: u64, slot: &SpareSlot) {
+    loop {
+        {
+            let mut state = slot.lock();
+            while *state != Spare::Wanted {
+                if *state == Spare::Stop {
+                    return;
+                }
+                state = slot.wait(state);
+            }
+            slot.set(&mut state, Spare::Preparing);
+        }
+        let started = Instant::now();
+        let result = prepare_spare(&mut storage, capacity);
+        storage.close(SPARE_NAME);
+        let mut state = slot.lock();
+        if *state == Spare::Stop {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, "spare ready");
+                slot.set(&mut state, Spare::Ready);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "preparing the spare segment failed");
+                slot.set(&mut state, Spare::Idle);
+            }
+        }
+    }
+}

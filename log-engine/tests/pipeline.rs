@@ -1,0 +1,274 @@
+//! `PipelinedLog`: acks in order, visibility only after durability, poisoning on a
+//! failed sync, a roll while a batch is in flight, and the same over real files.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use log_engine::sim::SimStorage;
+use log_engine::{
+    AppendRequest, Config, Error, FsStorage, Log, PipelinedLog, RecordKind, Storage, Ticket,
+};
+
+/// `SimStorage` whose segment syncs wait while the gate is closed, can be made to fail,
+/// and whose writes to segment files are counted.
+#[derive(Clone, Default)]
+struct Gated {
+    sim: SimStorage,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    fail_sync: Arc<AtomicBool>,
+    segment_bytes_written: Arc<AtomicU64>,
+}
+
+impl Gated {
+    fn set_open(&self, open: bool) {
+        *self.gate.0.lock().unwrap() = open;
+        self.gate.1.notify_all();
+    }
+}
+
+impl Storage for Gated {
+    type Map = Vec<u8>;
+    fn list(&mut self) -> io::Result<Vec<String>> {
+        self.sim.list()
+    }
+    fn create(&mut self, name: &str) -> io::Result<()> {
+        self.sim.create(name)
+    }
+    fn read_at(&mut self, name: &str, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.sim.read_at(name, pos, buf)
+    }
+    fn write_at(&mut self, name: &str, pos: u64, data: &[u8]) -> io::Result<()> {
+        if name.ends_with(".log") {
+            self.segment_bytes_written
+                .fetch_add(data.len() as u64, Ordering::SeqCst);
+        }
+        self.sim.write_at(name, pos, data)
+    }
+    fn sync(&mut self, name: &str) -> io::Result<()> {
+        if name.ends_with(".log") {
+            let mut open = self.gate.0.lock().unwrap();
+            while !*open {
+                open = self.gate.1.wait(open).unwrap();
+            }
+            drop(open);
+            if self.fail_sync.swap(false, Ordering::SeqCst) {
+                return Err(io::Error::other("injected sync failure"));
+            }
+        }
+        self.sim.sync(name)
+    }
+    fn len(&mut self, name: &str) -> io::Result<u64> {
+        self.sim.len(name)
+    }
+    fn set_len(&mut self, name: &str, len: u64) -> io::Result<()> {
+        self.sim.set_len(name, len)
+    }
+    fn remove(&mut self, name: &str) -> io::Result<()> {
+        self.sim.remove(name)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
+        self.sim.rename(from, to)
+    }
+    fn sync_dir(&mut self) -> io::Result<()> {
+        self.sim.sync_dir()
+    }
+    fn map(&mut self, name: &str) -> io::Result<Vec<u8>> {
+        self.sim.map(name)
+    }
+    fn close(&mut self, name: &str) {
+        self.sim.close(name)
+    }
+    fn reopen(&self) -> io::Result<Gated> {
+        Ok(self.clone())
+    }
+}
+
+const SEGMENT: u64 = 16 * 1024;
+
+fn config() -> Config {
+    Config {
+        segment_bytes: SEGMENT,
+        checkpoint_interval_bytes: u64::MAX,
+        ..Config::default()
+    }
+}
+
+fn req(conv: u64, id: u64, payload: &[u8]) -> AppendRequest<'_> {
+    AppendRequest {
+        conversation_id: conv,
+        message_id: id,
+        timestamp_ms: id,
+        key: None,
+        kind: RecordKind::Message,
+        payload,
+    }
+}
+
+fn open_gated() -> (Gated, PipelinedLog<Gated>) {
+    let gated = Gated::default();
+    gated.set_open(true);
+    let (log, _) = PipelinedLog::open(gated.clone(), config(), ()).unwrap();
+    (gated, log)
+}
+
+fn wait_for_spare(log: &PipelinedLog<Gated>) {
+    let start = Instant::now();
+    while !log.has_spare() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "spare never ready"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn acks_are_in_order_and_records_visible_only_once_durable() {
+    let (gated, mut log) = open_gated();
+    gated.set_open(false);
+    let mut tickets: Vec<Ticket> = Vec::new();
+    for id in 1..=10 {
+        tickets.push(log.append_nowait(&req(1, id, b"first batch")).unwrap());
+    }
+    log.flush().unwrap();
+    assert_eq!(log.in_flight(), 1);
+    // Batch 2 is encoded while batch 1 waits in its fdatasync.
+    for id in 11..=20 {
+        tickets.push(log.append_nowait(&req(1, id, b"second batch")).unwrap());
+    }
+    log.flush().unwrap();
+    assert_eq!(log.in_flight(), 2);
+    for id in 21..=25 {
+        tickets.push(log.append_nowait(&req(1, id, b"third batch")).unwrap());
+    }
+    log.flush().unwrap();
+    assert_eq!(log.in_flight(), 2, "at most two batches in flight");
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(log.poll_acks().unwrap().is_empty());
+    assert_eq!(log.last_seq(1), 0);
+    assert!(log.read_after(1, 0, 100).unwrap().records.is_empty());
+    gated.set_open(true);
+    let acks = log.drain().unwrap();
+    let got: Vec<Ticket> = acks.iter().map(|(t, _)| *t).collect();
+    assert_eq!(got, tickets, "acks in append order");
+    let seqs: Vec<u64> = acks.iter().map(|(_, a)| a.seq).collect();
+    assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
+    let page = log.read_after(1, 0, 100).unwrap();
+    assert_eq!(page.records.len(), 25);
+    assert_eq!(page.records[24].payload, b"third batch");
+}
+
+#[test]
+fn a_failed_sync_poisons_and_nothing_after_it_is_written() {
+    let (gated, mut log) = open_gated();
+    for id in 1..=3 {
+        log.append_nowait(&req(1, id, b"durable")).unwrap();
+    }
+    assert_eq!(log.drain().unwrap().len(), 3);
+    gated.set_open(false);
+    let written = gated.segment_bytes_written.load(Ordering::SeqCst);
+    for id in 4..=8 {
+        log.append_nowait(&req(1, id, b"batch a")).unwrap();
+    }
+    log.flush().unwrap();
+    for id in 9..=12 {
+        log.append_nowait(&req(1, id, b"batch b")).unwrap();
+    }
+    log.flush().unwrap();
+    assert_eq!(log.in_flight(), 2);
+    gated.fail_sync.store(true, Ordering::SeqCst);
+    gated.set_open(true);
+    let err = loop {
+        match log.wait_acks() {
+            Ok(acks) => assert!(acks.is_empty(), "nothing after the failure acks"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::Io { op: "sync", .. }), "{err:?}");
+    assert!(matches!(
+        log.append_nowait(&req(1, 13, b"x")),
+        Err(Error::Poisoned)
+    ));
+    assert_eq!(log.read_after(1, 0, 100).unwrap().records.len(), 3);
+    // Batch b was refused by the I/O thread: only batch a reached the file.
+    let after = gated.segment_bytes_written.load(Ordering::SeqCst);
+    // 56-byte header + 7-byte payload, padded to 64.
+    assert_eq!(after - written, 5 * 64, "only batch a was written");
+    drop(log);
+    let (log, _) = Log::open(gated.sim.clone(), config(), ()).unwrap();
+    let last = log.last_seq(1);
+    assert!(last == 3 || last == 8, "{last}");
+}
+
+#[test]
+fn a_roll_while_a_batch_is_in_flight() {
+    let (gated, mut log) = open_gated();
+    wait_for_spare(&log);
+    let payload = [9u8; 1000];
+    gated.set_open(false);
+    let mut tickets = Vec::new();
+    for id in 1..=8 {
+        tickets.push(log.append_nowait(&req(1, id, &payload)).unwrap());
+    }
+    let before = gated.segment_bytes_written.load(Ordering::SeqCst);
+    log.flush().unwrap();
+    // These do not fit the 16 KiB segment: the writer rolls while batch 1 is in flight.
+    for id in 9..=24 {
+        tickets.push(log.append_nowait(&req(2, id, &payload)).unwrap());
+    }
+    log.flush().unwrap();
+    gated.set_open(true);
+    let acks = log.drain().unwrap();
+    assert_eq!(acks.iter().map(|(t, _)| *t).collect::<Vec<_>>(), tickets);
+    assert_eq!(log.segment_bases().len(), 2);
+    // The roll installed the spare (its header is written before the rename): the
+    // segment files received the 24 records (56 + 1000 bytes each) and no zeros.
+    let rolled = gated.segment_bytes_written.load(Ordering::SeqCst) - before;
+    assert_eq!(rolled, 24 * 1056, "bytes written to segment files");
+    assert_eq!(log.read_after(1, 0, 100).unwrap().records.len(), 8);
+    assert_eq!(log.read_after(2, 0, 100).unwrap().records.len(), 16);
+    wait_for_spare(&log);
+    drop(log);
+    let (mut log, _) = Log::open(gated.sim.clone(), config(), ()).unwrap();
+    assert_eq!(log.read_after(2, 0, 100).unwrap().last_seq, 16);
+}
+
+#[test]
+fn pipelined_over_real_files_with_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        segment_bytes: 256 * 1024,
+        checkpoint_interval_bytes: 512 * 1024,
+        ..Config::default()
+    };
+    let (mut log, _) =
+        PipelinedLog::open(FsStorage::open(dir.path()).unwrap(), config.clone(), ()).unwrap();
+    let mut acked = 0u64;
+    let mut expect_ticket = None::<Ticket>;
+    for round in 0..200u64 {
+        for i in 0..50u64 {
+            let id = round * 50 + i + 1;
+            log.append_nowait(&req(id % 5, id, &[id as u8; 200]))
+                .unwrap();
+        }
+        log.flush().unwrap();
+        for (ticket, _) in log.poll_acks().unwrap() {
+            assert!(expect_ticket.is_none_or(|t| ticket > t));
+            expect_ticket = Some(ticket);
+            acked += 1;
+        }
+    }
+    acked += log.drain().unwrap().len() as u64;
+    assert_eq!(acked, 10_000);
+    assert!(log.segment_bases().len() > 5);
+    let storage = log.close().unwrap();
+    let (mut log, report) = Log::open(storage, config, ()).unwrap();
+    assert!(report.truncated.is_none());
+    for conv in 0..5 {
+        let page = log.read_before(conv, u64::MAX, 10).unwrap();
+        assert_eq!(page.last_seq, 2000);
+        assert_eq!(page.records.len(), 10);
+    }
+}
