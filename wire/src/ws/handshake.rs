@@ -480,6 +480,39 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any client offer order, any key, any header-name case: our client's request is
+        /// accepted by our server, and the server's answer by our client, with the
+        /// client's first supported preference chosen.
+        #[test]
+        fn client_server_handshake_round_trip(
+            key in proptest::array::uniform16(proptest::prelude::any::<u8>()),
+            binary_first in proptest::prelude::any::<bool>(),
+            both in proptest::prelude::any::<bool>(),
+            path in "/[a-z0-9/?=&]{0,40}",
+        ) {
+            let mut offered = if binary_first { Subprotocol::ALL.to_vec() } else {
+                vec![Subprotocol::Json, Subprotocol::Binary]
+            };
+            if !both {
+                offered.truncate(1);
+            }
+            let key = BASE64.encode(key);
+            let mut out = Vec::new();
+            let hs = ClientHandshake::with_key("h", &path, &offered, &key, &mut out);
+            let (req, used) = parse_request(&out).unwrap().unwrap();
+            proptest::prop_assert_eq!(used, out.len());
+            proptest::prop_assert_eq!(&req.path, &path);
+            proptest::prop_assert_eq!(req.subprotocol, offered[0]);
+            let mut response = Vec::new();
+            write_accept(&req, &mut response);
+            proptest::prop_assert_eq!(
+                hs.parse_response(&response).unwrap(),
+                Some((offered[0], response.len()))
+            );
+        }
+    }
+
     #[test]
     fn random_client_keys_are_valid_and_differ() {
         let (mut a, mut b) = (Vec::new(), Vec::new());
