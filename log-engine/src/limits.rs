@@ -50,6 +50,9 @@ pub const PIPELINE_IN_FLIGHT_MAX: usize = 2;
 /// `PipelinedLog::append_nowait` blocks for a completion (backpressure). With 4 MiB
 /// batches: at most (2 + 4) × 4 MiB = 24 MiB of encoded records held in memory.
 pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
+/// The spare segment is zero-filled and fdatasync'ed in slices of this size, so the
+/// appends' fdatasyncs never queue behind a huge writeback.
+pub const SPARE_SYNC_BYTES: u64 = 4 * 1024 * 1024;
 /// Most records returned by one read call.
 pub const READ_RECORDS_MAX: usize = 10_000;
 
