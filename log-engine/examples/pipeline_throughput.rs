@@ -27,6 +27,7 @@ fn raw_fdatasync(dir: &std::path::Path) -> std::io::Result<(f64, f64, f64)> {
     let path = dir.join("raw-probe");
     let mut file = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .read(true)
         .open(&path)?;
