@@ -6,11 +6,12 @@
 use crate::dedupe::DedupeEntry;
 use crate::format::{le_u32, le_u64, IdempotencyKey, Invalid, RECORD_KEY_BYTES};
 use crate::index::ConvIndex;
+use crate::limits::INDEX_STRIDE_RECORDS;
 
 /// Magic bytes opening a checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"CONFABCK";
 /// Version of the checkpoint format.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 /// Name of the checkpoint file.
 pub const CHECKPOINT_NAME: &str = "checkpoint";
 /// Name it is written under before the atomic rename.
@@ -47,7 +48,8 @@ pub struct Checkpoint {
 ///               key_count:u64 key_entry*
 ///               state_len:u64 state:[u8;state_len]
 ///               crc32c:u32                       (over every byte before it)
-/// conv       := conversation_id:u64 first_seq:u64 last_offset:u64 count:u64 offset:u64*
+/// conv       := conversation_id:u64 first_seq:u64 last_seq:u64 last_offset:u64
+///               anchor_seq:u64 anchor_count:u64 anchor_offset:u64*
 /// key_entry  := key:[u8;16] conversation_id:u64 seq:u64 message_id:u64 offset:u64
 ///               timestamp_ms:u64
 /// ```
@@ -74,12 +76,14 @@ pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
         for v in [
             *id,
             conv.first_seq,
+            conv.last_seq,
             conv.last_offset,
-            conv.offsets.len() as u64,
+            conv.anchor_seq,
+            conv.anchors.len() as u64,
         ] {
             put(&mut out, v);
         }
-        for offset in &conv.offsets {
+        for offset in &conv.anchors {
             put(&mut out, *offset);
         }
     }
@@ -140,6 +144,26 @@ impl Cursor<'_> {
     }
 }
 
+/// The sparse index's invariants, so a checkpoint never feeds the index a state its
+/// assertions refuse.
+fn check_conv(conv: &ConvIndex) -> Result<(), Invalid> {
+    let k = INDEX_STRIDE_RECORDS;
+    let n = conv.anchors.len() as u64;
+    let last_anchor = conv
+        .anchor_seq
+        .checked_add(n.saturating_sub(1).saturating_mul(k));
+    let ok = conv.anchor_seq % k == 1 % k
+        && conv.first_seq >= 1
+        && conv.first_seq <= conv.last_seq.saturating_add(1)
+        && (n == 0 || last_anchor.is_some_and(|a| a <= conv.last_seq))
+        && conv.anchors.windows(2).all(|w| w.first() < w.last());
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid("checkpoint conversation index inconsistent"))
+    }
+}
+
 /// Decodes and verifies a checkpoint.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, Invalid> {
     let body_len = bytes
@@ -169,23 +193,23 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, Invalid> {
     for _ in 0..n {
         ckpt.segments.push(cur.u64()?);
     }
-    let n = cur.count(32)?;
+    let n = cur.count(48)?;
     for _ in 0..n {
         let id = cur.u64()?;
-        let first_seq = cur.u64()?;
-        let last_offset = cur.u64()?;
-        let count = cur.count(8)?;
-        let offsets = (0..count)
-            .map(|_| cur.u64())
-            .collect::<Result<Vec<_>, _>>()?;
-        ckpt.convs.push((
-            id,
-            ConvIndex {
-                first_seq,
-                offsets,
-                last_offset,
+        let conv = ConvIndex {
+            first_seq: cur.u64()?,
+            last_seq: cur.u64()?,
+            last_offset: cur.u64()?,
+            anchor_seq: cur.u64()?,
+            anchors: {
+                let count = cur.count(8)?;
+                (0..count)
+                    .map(|_| cur.u64())
+                    .collect::<Result<Vec<_>, _>>()?
             },
-        ));
+        };
+        check_conv(&conv)?;
+        ckpt.convs.push((id, conv));
     }
     let n = cur.count(RECORD_KEY_BYTES + 40)?;
     for _ in 0..n {
@@ -221,9 +245,11 @@ mod tests {
             convs: vec![(
                 7,
                 ConvIndex {
-                    first_seq: 2,
-                    offsets: vec![64, 128],
-                    last_offset: 128,
+                    first_seq: 33,
+                    last_seq: 70,
+                    last_offset: 4000,
+                    anchor_seq: 33,
+                    anchors: vec![64, 128],
                 },
             )],
             keys: vec![(

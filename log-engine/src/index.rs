@@ -1,43 +1,102 @@
-//! In-memory per-conversation index: conversation id → its durable records' offsets,
-//! so reads never scan other conversations.
+//! In-memory per-conversation index, sparse: conversation id → the offset of every
+//! `INDEX_STRIDE_RECORDS`-th record (sequences `1, 1 + K, 1 + 2K, …`, the *anchors*)
+//! plus the last record. A read of sequence `s` starts at the nearest anchor at or after
+//! `s` (or the last record) and walks back through `prev_offset` links, fewer than `K`
+//! steps plus the page, so reads never scan other conversations.
 //!
-//! Memory: one `u64` per retained record plus ~80 bytes per conversation (hash entry +
-//! `Vec` header). 50 M retained records ≈ 400 MiB; a compact encoding can come later.
+//! Memory: one `u64` per `K` retained records plus ~96 bytes per conversation (hash entry
+//! + `Vec` header + tips). With `K` = 32, 40 M retained records (10 GB of 200 B
+//! messages) ≈ 10 MiB instead of 320 MiB dense, and checkpoints shrink by the same
+//! factor, which is what keeps restart and checkpoint writes short.
 
 use std::collections::HashMap;
 
 use crate::format::OFFSET_NONE;
+use crate::limits::INDEX_STRIDE_RECORDS;
 
 /// One conversation's durable records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConvIndex {
-    /// Sequence of `offsets[0]`; `last_seq + 1` when no record is retained.
+    /// First retained sequence; `last_seq + 1` when no record is retained. After
+    /// retention it is the first anchor still retained, so up to `K − 1` older records
+    /// that sit in retained segments may be hidden from reads.
     pub first_seq: u64,
-    /// Log offsets of retained records, indexed by `seq - first_seq`.
-    pub offsets: Vec<u64>,
-    /// Offset of the last record ever written (kept after retention trims `offsets`),
-    /// for the `prev_offset` link of the next record.
+    /// Last sequence written (0 if none).
+    pub last_seq: u64,
+    /// Offset of the last record ever written (kept after retention), for the
+    /// `prev_offset` link of the next record and as the walk start past the last anchor.
     pub last_offset: u64,
+    /// Sequence of `anchors[0]` (≡ 1 mod `K`); the next anchor's sequence when empty.
+    pub anchor_seq: u64,
+    /// Offsets of the retained anchors, `anchors[i]` holding `anchor_seq + i·K`.
+    pub anchors: Vec<u64>,
 }
 
 impl ConvIndex {
     fn new() -> ConvIndex {
         ConvIndex {
             first_seq: 1,
-            offsets: Vec::new(),
+            last_seq: 0,
             last_offset: OFFSET_NONE,
+            anchor_seq: 1,
+            anchors: Vec::new(),
         }
     }
 
     /// Last sequence written (0 if none).
     pub fn last_seq(&self) -> u64 {
-        self.first_seq + self.offsets.len() as u64 - 1
+        self.last_seq
     }
 
-    /// Offset of `seq` if it is retained.
-    pub fn offset_of(&self, seq: u64) -> Option<u64> {
-        let i = seq.checked_sub(self.first_seq)?;
-        self.offsets.get(usize::try_from(i).ok()?).copied()
+    /// Where a walk back to retained `seq` starts: `(seq', offset)` of the nearest known
+    /// record with `seq' ≥ seq` (an anchor or the last record). `None` if `seq` is not
+    /// retained.
+    pub fn locate(&self, seq: u64) -> Option<(u64, u64)> {
+        if seq < self.first_seq || seq > self.last_seq {
+            return None;
+        }
+        let k = INDEX_STRIDE_RECORDS;
+        let i = seq.saturating_sub(self.anchor_seq).div_ceil(k);
+        match self.anchors.get(usize::try_from(i).ok()?) {
+            Some(offset) => Some((self.anchor_seq + i * k, *offset)),
+            None => Some((self.last_seq, self.last_offset)),
+        }
+    }
+
+    fn push(&mut self, seq: u64, offset: u64) {
+        assert_eq!(seq, self.last_seq + 1, "index: sequence gap");
+        assert!(self.last_offset == OFFSET_NONE || offset > self.last_offset);
+        if (seq - 1) % INDEX_STRIDE_RECORDS == 0 {
+            if self.anchors.is_empty() {
+                self.anchor_seq = seq;
+            }
+            let next = self.anchor_seq + self.anchors.len() as u64 * INDEX_STRIDE_RECORDS;
+            assert_eq!(next, seq, "index: anchor out of place");
+            self.anchors.push(offset);
+        }
+        self.last_seq = seq;
+        self.last_offset = offset;
+    }
+
+    fn trim_below(&mut self, offset: u64) {
+        let cut = self.anchors.partition_point(|o| *o < offset);
+        if cut > 0 {
+            self.anchors.drain(..cut);
+            self.anchor_seq += cut as u64 * INDEX_STRIDE_RECORDS;
+            if !self.anchors.is_empty() {
+                self.first_seq = self.first_seq.max(self.anchor_seq);
+            }
+        }
+        if self.anchors.is_empty() {
+            // Only the last record is still known; older ones are unreachable or gone.
+            let keep_last = self.last_offset != OFFSET_NONE && self.last_offset >= offset;
+            let first = if keep_last {
+                self.last_seq
+            } else {
+                self.last_seq + 1
+            };
+            self.first_seq = self.first_seq.max(first);
+        }
     }
 }
 
@@ -68,14 +127,10 @@ impl Index {
     /// Adds the next record of a conversation. The caller checked the sequence; a
     /// mismatch here is a bug in our own state, so it is asserted.
     pub fn push(&mut self, conversation_id: u64, seq: u64, offset: u64) {
-        let conv = self
-            .convs
+        self.convs
             .entry(conversation_id)
-            .or_insert_with(ConvIndex::new);
-        assert_eq!(seq, conv.last_seq() + 1, "index: sequence gap");
-        assert!(conv.last_offset == OFFSET_NONE || offset > conv.last_offset);
-        conv.offsets.push(offset);
-        conv.last_offset = offset;
+            .or_insert_with(ConvIndex::new)
+            .push(seq, offset);
     }
 
     /// Inserts a conversation loaded from a checkpoint.
@@ -87,11 +142,7 @@ impl Index {
     /// and last offsets are kept so numbering continues without reuse.
     pub fn trim_below(&mut self, offset: u64) {
         for conv in self.convs.values_mut() {
-            let cut = conv.offsets.partition_point(|o| *o < offset);
-            if cut > 0 {
-                conv.offsets.drain(..cut);
-                conv.first_seq += cut as u64;
-            }
+            conv.trim_below(offset);
         }
     }
 
@@ -115,8 +166,10 @@ impl Index {
 mod tests {
     use super::*;
 
+    const K: u64 = INDEX_STRIDE_RECORDS;
+
     #[test]
-    fn push_and_lookup() {
+    fn push_and_locate() {
         let mut index = Index::new();
         assert_eq!(index.tip(1), (0, OFFSET_NONE));
         index.push(1, 1, 64);
@@ -124,10 +177,19 @@ mod tests {
         index.push(1, 2, 192);
         assert_eq!(index.tip(1), (2, 192));
         let conv = index.get(1).unwrap();
-        assert_eq!(conv.offset_of(1), Some(64));
-        assert_eq!(conv.offset_of(2), Some(192));
-        assert_eq!(conv.offset_of(3), None);
-        assert_eq!(conv.offset_of(0), None);
+        assert_eq!(conv.locate(1), Some((1, 64)));
+        assert_eq!(conv.locate(2), Some((2, 192)));
+        assert_eq!(conv.locate(3), None);
+        assert_eq!(conv.locate(0), None);
+        let mut index = Index::new();
+        for seq in 1..=3 * K + 5 {
+            index.push(9, seq, seq * 100);
+        }
+        let conv = index.get(9).unwrap();
+        assert_eq!(conv.anchors.len(), 4);
+        assert_eq!(conv.locate(K + 1), Some((K + 1, (K + 1) * 100)));
+        assert_eq!(conv.locate(K + 2), Some((2 * K + 1, (2 * K + 1) * 100)));
+        assert_eq!(conv.locate(3 * K + 2), Some((3 * K + 5, (3 * K + 5) * 100)));
     }
 
     #[test]
@@ -140,18 +202,32 @@ mod tests {
     #[test]
     fn trim_keeps_numbering() {
         let mut index = Index::new();
-        for seq in 1..=5 {
+        for seq in 1..=2 * K + 5 {
             index.push(9, seq, seq * 100);
         }
-        index.trim_below(350);
+        // Cut inside the second stride: history restarts at the third anchor.
+        index.trim_below((K + 5) * 100);
         let conv = index.get(9).unwrap();
-        assert_eq!(conv.first_seq, 4);
-        assert_eq!(conv.last_seq(), 5);
-        assert_eq!(conv.offset_of(3), None);
-        assert_eq!(conv.offset_of(4), Some(400));
-        index.trim_below(1000);
-        assert_eq!(index.tip(9), (5, 500));
-        index.push(9, 6, 1100);
-        assert_eq!(index.get(9).unwrap().offset_of(6), Some(1100));
+        assert_eq!(conv.first_seq, 2 * K + 1);
+        assert_eq!(conv.locate(2 * K), None);
+        assert_eq!(conv.locate(2 * K + 1), Some((2 * K + 1, (2 * K + 1) * 100)));
+        // Past every anchor: only the last record stays reachable.
+        index.trim_below((2 * K + 3) * 100);
+        let conv = index.get(9).unwrap();
+        assert_eq!(conv.first_seq, 2 * K + 5);
+        assert_eq!(conv.locate(2 * K + 5), Some((2 * K + 5, (2 * K + 5) * 100)));
+        index.trim_below(u64::MAX - 1);
+        assert_eq!(index.tip(9), (2 * K + 5, (2 * K + 5) * 100));
+        assert_eq!(index.get(9).unwrap().locate(2 * K + 5), None);
+        for seq in 2 * K + 6..=3 * K + 2 {
+            index.push(9, seq, seq * 1000);
+        }
+        let conv = index.get(9).unwrap();
+        assert_eq!(conv.anchor_seq, 3 * K + 1);
+        assert_eq!(conv.first_seq, 2 * K + 6);
+        assert_eq!(
+            conv.locate(2 * K + 6),
+            Some((3 * K + 1, (3 * K + 1) * 1000))
+        );
     }
 }

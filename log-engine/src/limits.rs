@@ -53,6 +53,10 @@ pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
 /// The spare segment is zero-filled and fdatasync'ed in slices of this size, so the
 /// appends' fdatasyncs never queue behind a huge writeback.
 pub const SPARE_SYNC_BYTES: u64 = 4 * 1024 * 1024;
+/// Sparse index stride: the index keeps the offset of every this-many-th record of a
+/// conversation; reads walk `prev_offset` links from there (at most this many − 1 extra
+/// record reads per page).
+pub const INDEX_STRIDE_RECORDS: u64 = 32;
 /// Most records returned by one read call.
 pub const READ_RECORDS_MAX: usize = 10_000;
 

@@ -341,24 +341,36 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         } else {
             range(first_seq, last_seq)
         };
-        let wanted: Vec<(u64, u64)> = (from..=to)
-            .filter_map(|seq| conv.offset_of(seq).map(|offset| (seq, offset)))
-            .collect();
         let mut sources = ReadSources {
             storage: &mut self.storage,
             segments: &self.segments,
             maps: &mut self.maps,
             tail: &self.tail,
         };
-        let mut records = Vec::with_capacity(wanted.len());
-        for (seq, offset) in wanted {
-            let record = sources.read(offset)?;
-            if record.conversation_id != conversation_id || record.seq != seq {
-                let name = crate::format::segment_name(offset);
-                let reason = "indexed record belongs to another stream";
-                return Err(crate::error::corruption(&name, offset, reason));
+        let mut records = Vec::with_capacity(to.saturating_sub(from).saturating_add(1) as usize);
+        // Sparse index: start at the nearest known record at or after `to`, walk back.
+        if let Some((mut seq, mut offset)) = conv.locate(to).filter(|_| from <= to) {
+            loop {
+                let record = sources.read(offset)?;
+                let name = || crate::format::segment_name(offset);
+                if record.conversation_id != conversation_id || record.seq != seq {
+                    let reason = "indexed record belongs to another stream";
+                    return Err(crate::error::corruption(&name(), offset, reason));
+                }
+                let prev = record.prev_offset;
+                if seq <= to {
+                    records.push(record);
+                }
+                if seq <= from {
+                    break;
+                }
+                if prev == OFFSET_NONE || prev >= offset {
+                    let reason = "prev_offset chain breaks inside the retained range";
+                    return Err(crate::error::corruption(&name(), offset, reason));
+                }
+                (seq, offset) = (seq - 1, prev);
             }
-            records.push(record);
+            records.reverse();
         }
         Ok(Page {
             records,

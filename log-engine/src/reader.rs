@@ -28,6 +28,8 @@ pub struct Record {
     pub offset: u64,
     /// Idempotency key, if the append carried one.
     pub key: Option<IdempotencyKey>,
+    /// Offset of the previous record of the same stream (`OFFSET_NONE` if first).
+    pub prev_offset: u64,
     /// Payload.
     pub payload: Vec<u8>,
 }
@@ -163,6 +165,7 @@ fn decode_at(bytes: &[u8], segment: &str, offset: u64) -> Result<Record> {
             timestamp_ms: view.header.timestamp_ms,
             offset,
             key: view.header.key,
+            prev_offset: view.header.prev_offset,
             payload: view.payload.to_vec(),
         }),
         Ok(None) => Err(corruption(

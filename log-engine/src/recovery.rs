@@ -378,12 +378,11 @@ fn load_checkpoint<S: Storage>(storage: &mut S, segments: &SegmentTable) -> Resu
             "checkpoint larger than CHECKPOINT_BYTES_MAX",
         ));
     }
-    let mut bytes = vec![0u8; len as usize];
-    let n = storage
-        .read_at(name, 0, &mut bytes)
-        .map_err(io_err("read", name))?;
-    bytes.truncate(n);
-    let ckpt = decode_checkpoint(&bytes).map_err(|invalid| corruption(name, 0, invalid.0))?;
+    // Mapped, not read: the file is replaced by rename, never changed in place.
+    let map = storage.map(name).map_err(io_err("mmap", name))?;
+    storage.close(name);
+    let ckpt = decode_checkpoint(map.as_ref()).map_err(|invalid| corruption(name, 0, invalid.0))?;
+    drop(map);
     let first = segments.keys().next().copied().unwrap_or(0);
     for base in &ckpt.segments {
         if *base >= first && *base < ckpt.offset && !segments.contains_key(base) {
