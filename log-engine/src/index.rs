@@ -4,8 +4,8 @@
 //! `s` (or the last record) and walks back through `prev_offset` links, fewer than `K`
 //! steps plus the page, so reads never scan other conversations.
 //!
-//! Memory: one `u64` per `K` retained records plus ~96 bytes per conversation (hash entry
-//! + `Vec` header + tips). With `K` = 32, 40 M retained records (10 GB of 200 B
+//! Memory: one `u64` per `K` retained records plus ~96 bytes per conversation (hash entry,
+//! `Vec` header, tips). With `K` = 32, 40 M retained records (10 GB of 200 B
 //! messages) ≈ 10 MiB instead of 320 MiB dense, and checkpoints shrink by the same
 //! factor, which is what keeps restart and checkpoint writes short.
 
