@@ -18,6 +18,35 @@
 //! - [`pipeline`]: `PipelinedLog`, the driver whose batch I/O runs on its own thread
 //!   (encode batch N+1 while batch N is written and synced), plus the spare preparer.
 //!
+//! # Drivers
+//!
+//! - [`Log`] (synchronous): `append_nowait` encodes, `commit` writes and syncs every
+//!   pending batch on the calling thread. Call [`Log::prepare_spare`] between batches so
+//!   a segment roll renames a preallocated spare instead of zero-filling in `commit`.
+//! - [`PipelinedLog`] (`Durable` only): the owner thread encodes, sequences, indexes and
+//!   dedupes; a dedicated I/O thread does one `pwrite` + one `fdatasync` per batch, in
+//!   order, while the owner encodes the next batch; a third thread keeps the spare ready.
+//!
+//!   ```text
+//!   PipelinedLog::open(storage: S, config: Config, state: M)
+//!       -> Result<(PipelinedLog<S, M>, RecoveryReport)>      // S: Storage + Send + 'static
+//!   fn append_nowait(&mut self, req: &AppendRequest<'_>) -> Result<Ticket>
+//!   fn append_meta_nowait(&mut self, kind: RecordKind, payload: &[u8], now_ms: u64)
+//!       -> Result<Ticket>
+//!   fn flush(&mut self) -> Result<()>            // hand batches over, ≤ pipeline_in_flight
+//!   fn poll_acks(&mut self) -> Result<Vec<(Ticket, Ack)>>  // non-blocking, batch order
+//!   fn wait_acks(&mut self) -> Result<Vec<(Ticket, Ack)>>  // blocks for one completion
+//!   fn drain(&mut self) -> Result<Vec<(Ticket, Ack)>>      // until nothing is pending
+//!   fn close(self) -> Result<S>
+//!   ```
+//!
+//!   Readers (`read_after`, `read_before`, `read_at`, `last_seq`) see a record only after
+//!   its batch's fdatasync returned and its completion was processed on the owner
+//!   thread. A failed write or sync poisons the log as in `Log::commit`; the I/O thread
+//!   writes nothing after a failure. The seam for a glommio DMA driver is
+//!   [`writer::Writer::take_batch`] (an owned [`writer::BatchJob`]) and
+//!   [`writer::Writer::complete_batch`].
+//!
 //! ```
 //! use log_engine::{AppendRequest, Config, Log, RecordKind, sim::SimStorage};
 //! let config = Config { segment_bytes: 64 * 1024, ..Config::default() };
