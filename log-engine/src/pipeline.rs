@@ -21,6 +21,14 @@
 //! reader visibility) arrive in order. A glommio DMA driver can replace the thread: it
 //! takes the same jobs and feeds the same completions back.
 //!
+//! Measured (`cargo run -p log-engine --release --example pipeline_throughput -- 5 0`,
+//! 200 B records, 2-core VM shared with other work, buffered writes + fdatasync):
+//! ~1.03 M durable appends/s with default checkpoints, ~1.4 M/s without; at 500 k/s
+//! append-to-durable p50 ≈ 1.6 ms, p99 ≈ 14–23 ms, against the disk's 4 KiB
+//! write+fdatasync p99 ≈ 0.25 ms: the p99 target is not met with buffered I/O here,
+//! because a 128–256 KiB buffered write+fdatasync costs ~1.5–3 ms on this disk
+//! (`dd … bs=256k oflag=dsync`: 91 MB/s buffered vs 186 MB/s with O_DIRECT).
+//!
 //! Failure: the first failed write or sync makes the I/O thread refuse every later job
 //! (it never writes past a failure) and poisons the log on the owner thread, exactly as
 //! `Log::commit` does.
