@@ -9,6 +9,7 @@ declares one), and the spread (min..max of the run medians). These machines are 
 noisy, so one run is not a figure.
 """
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -29,8 +30,13 @@ samples = {}
 throughput = {}
 for run in range(runs):
     started = time.time()
+    # BENCH_EXE runs an already built bench executable (e.g. while another crate of the
+    # workspace is mid-edit and cargo would rebuild it).
+    exe = os.environ.get("BENCH_EXE")
+    command = [exe, "--bench", *extra] if exe else [
+        "cargo", "bench", "-q", "-p", "bench", "--bench", bench, "--", *extra]
     subprocess.run(
-        ["cargo", "bench", "-q", "-p", "bench", "--bench", bench, "--", *extra],
+        command,
         cwd=root,
         check=True,
         stdout=subprocess.DEVNULL,
