@@ -71,7 +71,11 @@ fn bench_frames(c: &mut Criterion) {
             b.iter(|| black_box(json::from_json(black_box(&text)).is_ok()))
         });
         group.finish();
-        eprintln!("{name}: flatbuffers {} bytes, json {} bytes", bytes.len(), text.len());
+        eprintln!(
+            "{name}: flatbuffers {} bytes, json {} bytes",
+            bytes.len(),
+            text.len()
+        );
     }
 }
 

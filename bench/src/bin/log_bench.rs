@@ -17,6 +17,7 @@
 //! 4. `history`: page reads (50 records before a random sequence of a random conversation).
 //! 5. `restart` (with `--restart-gib`): time to reopen a log of that size.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,7 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use log_engine::{AppendRequest, Config, FsStorage, Log, RecordKind};
+
+use log_engine::{AppendRequest, Config, FsStorage, Log, PipelinedLog, RecordKind, Ticket};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -74,13 +76,19 @@ fn main() -> Result<()> {
     fresh_dir(&args.dir)?;
     println!("# log_bench\n");
     println!("machine: {}", machine_description());
-    println!("command: {}\n", std::env::args().collect::<Vec<_>>().join(" "));
+    println!(
+        "command: {}\n",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
 
     if !args.no_fio {
         fio_figures(&args.dir)?;
     }
 
-    println!("\n## Durable appends, closed loop, {} appenders\n", args.appenders);
+    println!(
+        "\n## Durable appends, closed loop, {} appenders\n",
+        args.appenders
+    );
     println!("| record | appends/s | MB/s | p50 | p99 | p999 | max |");
     println!("|---|---|---|---|---|---|---|");
     let mut max_rate_200 = 0.0;
@@ -128,6 +136,13 @@ fn open_log(dir: &Path) -> Result<Log<FsStorage>> {
     Ok(log)
 }
 
+fn open_pipelined(dir: &Path) -> Result<PipelinedLog<FsStorage>> {
+    std::fs::create_dir_all(dir)?;
+    let storage = FsStorage::open(dir)?;
+    let (log, _report) = PipelinedLog::open(storage, Config::default(), ())?;
+    Ok(log)
+}
+
 fn new_histogram() -> Histogram<u64> {
     // 1 µs .. 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap())
@@ -151,22 +166,21 @@ impl Rng {
     }
 }
 
-/// Every appender keeps one append outstanding; all pending appends share a commit.
+/// Every appender keeps one append outstanding: as soon as its ack arrives it appends
+/// again. The pipelined log encodes the next batch while the previous one is written and
+/// fdatasync'ed on its I/O thread.
 fn closed_loop(dir: &Path, args: &Args, size: usize) -> Result<RunFigures> {
-    let mut log = open_log(dir)?;
+    let mut log = open_pipelined(dir)?;
     let payload = vec![0x5Au8; size];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut latency = new_histogram();
-    let (mut appends, mut bytes) = (0u64, 0u64);
-    let mut started = vec![Instant::now(); args.appenders];
-    let mut tickets = Vec::with_capacity(args.appenders);
+    let (mut appends, mut message_id) = (0u64, 1u64);
+    let mut outstanding: HashMap<Ticket, Instant> = HashMap::with_capacity(args.appenders);
+    let mut idle = args.appenders;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let begin = Instant::now();
-    let mut message_id = 1u64;
     while Instant::now() < deadline {
-        tickets.clear();
-        for start in started.iter_mut() {
-            *start = Instant::now();
+        for _ in 0..idle {
             let req = AppendRequest {
                 conversation_id: rng.next() % args.conversations + 1,
                 message_id,
@@ -176,35 +190,40 @@ fn closed_loop(dir: &Path, args: &Args, size: usize) -> Result<RunFigures> {
                 payload: &payload,
             };
             message_id += 1;
-            tickets.push(log.append_nowait(&req)?);
+            outstanding.insert(log.append_nowait(&req)?, Instant::now());
         }
-        let acks = log.commit()?;
-        let done = Instant::now();
-        if acks.len() != tickets.len() {
-            bail!("commit resolved {} of {} appends", acks.len(), tickets.len());
+        idle = 0;
+        log.flush()?;
+        for (ticket, _ack) in log.wait_acks()? {
+            if let Some(start) = outstanding.remove(&ticket) {
+                latency.saturating_record(start.elapsed().as_micros() as u64);
+                appends += 1;
+                idle += 1;
+            }
         }
-        for start in &started {
-            latency.saturating_record(done.duration_since(*start).as_micros() as u64);
-        }
-        appends += acks.len() as u64;
-        bytes += (acks.len() * size) as u64;
     }
-    Ok(RunFigures { appends, bytes, elapsed: begin.elapsed(), latency })
+    let elapsed = begin.elapsed();
+    log.drain()?;
+    Ok(RunFigures {
+        appends,
+        bytes: appends * size as u64,
+        elapsed,
+        latency,
+    })
 }
 
-/// Appends arrive on a fixed schedule; each waits for the next commit.
+/// Appends arrive on a fixed schedule; latency runs from the scheduled time to the ack.
 fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigures> {
-    let mut log = open_log(dir)?;
+    let mut log = open_pipelined(dir)?;
     let payload = vec![0x5Au8; size];
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let mut latency = new_histogram();
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let begin = Instant::now();
     let total = (rate * args.seconds as f64) as u64;
     let (mut issued, mut appends) = (0u64, 0u64);
-    let mut scheduled = Vec::new();
+    let mut scheduled: HashMap<Ticket, Instant> = HashMap::new();
+    let begin = Instant::now();
     while appends < total {
-        // Issue everything whose scheduled time has come.
         let now = Instant::now();
         while issued < total && begin + interval.mul_f64(issued as f64) <= now {
             let req = AppendRequest {
@@ -215,23 +234,26 @@ fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigur
                 kind: RecordKind::Message,
                 payload: &payload,
             };
-            log.append_nowait(&req)?;
-            scheduled.push(begin + interval.mul_f64(issued as f64));
+            let ticket = log.append_nowait(&req)?;
+            scheduled.insert(ticket, begin + interval.mul_f64(issued as f64));
             issued += 1;
         }
-        if scheduled.is_empty() {
-            std::hint::spin_loop();
-            continue;
+        log.flush()?;
+        for (ticket, _ack) in log.poll_acks()? {
+            if let Some(at) = scheduled.remove(&ticket) {
+                latency.saturating_record(at.elapsed().as_micros() as u64);
+                appends += 1;
+            }
         }
-        let acks = log.commit()?;
-        let done = Instant::now();
-        for at in scheduled.drain(..) {
-            latency.saturating_record(done.duration_since(at).as_micros() as u64);
-        }
-        appends += acks.len() as u64;
     }
     let elapsed = begin.elapsed();
-    Ok(RunFigures { appends, bytes: appends * size as u64, elapsed, latency })
+    log.drain()?;
+    Ok(RunFigures {
+        appends,
+        bytes: appends * size as u64,
+        elapsed,
+        latency,
+    })
 }
 
 fn history_reads(dir: &Path, args: &Args) -> Result<()> {
@@ -361,8 +383,16 @@ fn fio_figures(dir: &Path) -> Result<()> {
         "--time_based",
     ])?;
     let job = &sync["jobs"][0];
-    let write_p = |q: &str| job["write"]["clat_ns"]["percentile"][q].as_f64().unwrap_or(0.0);
-    let sync_p = |q: &str| job["sync"]["lat_ns"]["percentile"][q].as_f64().unwrap_or(0.0);
+    let write_p = |q: &str| {
+        job["write"]["clat_ns"]["percentile"][q]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let sync_p = |q: &str| {
+        job["sync"]["lat_ns"]["percentile"][q]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
     println!(
         "4 KiB O_DIRECT write+fdatasync (overwriting a laid-out file): {:.0} ops/s; \
          fdatasync p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs; write p99 {:.0} µs",
@@ -385,7 +415,10 @@ fn fio_figures(dir: &Path) -> Result<()> {
         "--time_based",
     ])?;
     let bw = seq["jobs"][0]["write"]["bw_bytes"].as_f64().unwrap_or(0.0);
-    println!("1 MiB O_DIRECT sequential write (iodepth 8): {:.0} MB/s", bw / 1e6);
+    println!(
+        "1 MiB O_DIRECT sequential write (iodepth 8): {:.0} MB/s",
+        bw / 1e6
+    );
     std::fs::remove_file(dir.join("fio.dat")).ok();
     Ok(())
 }
