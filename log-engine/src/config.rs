@@ -59,6 +59,13 @@ pub struct Config {
     /// `PipelinedLog`: most batches handed to the I/O thread at once (1 = the owner
     /// hands over the next batch only when the previous one completed).
     pub pipeline_in_flight: usize,
+    /// `Durable` mode: write batches block-aligned with `O_DIRECT`
+    /// (`Storage::write_direct`): each batch is written from the start of the 4 KiB
+    /// block it begins in (rewriting that block's durable bytes unchanged) to the next
+    /// 4 KiB boundary (zeros after its last record). Off: buffered `pwrite` of exactly
+    /// the batch. Either way one write + one fdatasync per batch, and the same format.
+    /// See FORMAT.md "Write protocol" and "Media assumptions".
+    pub direct_io: bool,
 }
 
 impl Default for Config {
@@ -76,6 +83,7 @@ impl Default for Config {
             tail_cache_bytes: TAIL_CACHE_BYTES_DEFAULT,
             checkpoint_interval_bytes: CHECKPOINT_INTERVAL_BYTES_DEFAULT,
             pipeline_in_flight: PIPELINE_IN_FLIGHT_MAX,
+            direct_io: true,
         }
     }
 }

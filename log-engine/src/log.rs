@@ -15,7 +15,7 @@ use crate::meta::{MetaRecord, StateMachine};
 use crate::reader::{Page, ReadSources, Record, TailCache};
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{create_segment, roll_segment, SegmentTable};
-use crate::storage::Storage;
+use crate::storage::{Storage, DIRECT_ALIGN};
 use crate::writer::{
     Ack, AppendRequest, Batch, BatchJob, Ticket, Watermarks, Writer, WriterLimits,
 };
@@ -91,10 +91,30 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             segment_bytes: config.segment_bytes,
             sync_each_batch: config.durability == Durability::Durable,
             max_in_flight,
+            write_align: if config.direct_io && config.durability == Durability::Durable {
+                DIRECT_ALIGN as u64
+            } else {
+                1
+            },
         };
+        let mut writer = crate::writer::Writer::new(limits, start);
+        let partial = writer.tail_block_len(start.position);
+        if partial > 0 {
+            // The durable bytes of the block the first aligned write starts in.
+            let name = crate::format::segment_name(start.segment_base);
+            let mut block = vec![0u8; partial as usize];
+            let read = storage
+                .read_at(&name, start.position - partial, &mut block)
+                .map_err(io_err("read", &name))?;
+            if read != block.len() {
+                let at = start.segment_base + start.position;
+                return Err(crate::error::corruption(&name, at, "short segment"));
+            }
+            writer.seed_tail_block(block);
+        }
         let log = Log {
             tail: TailCache::new(config.tail_cache_bytes),
-            writer: crate::writer::Writer::new(limits, start),
+            writer,
             storage,
             config,
             state,
@@ -505,9 +525,12 @@ fn write_batch<S: Storage>(
         "batch for an unknown segment"
     );
     if !batch.bytes.is_empty() {
-        storage
-            .write_at(&name, batch.position, &batch.bytes)
-            .map_err(io_err("write", &name))?;
+        let written = if batch.aligned {
+            storage.write_direct(&name, batch.position, &batch.bytes)
+        } else {
+            storage.write_at(&name, batch.position, &batch.bytes)
+        };
+        written.map_err(io_err("write", &name))?;
         if durable {
             storage.sync(&name).map_err(io_err("sync", &name))?;
         }

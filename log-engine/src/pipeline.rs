@@ -427,9 +427,12 @@ fn run_job<S: Storage>(
     );
     if !job.bytes.is_empty() {
         let name = segment_name(job.segment_base);
-        storage
-            .write_at(&name, job.position, &job.bytes)
-            .map_err(io_err("write", &name))?;
+        let written = if job.aligned {
+            storage.write_direct(&name, job.position, &job.bytes)
+        } else {
+            storage.write_at(&name, job.position, &job.bytes)
+        };
+        written.map_err(io_err("write", &name))?;
         storage.sync(&name).map_err(io_err("sync", &name))?;
     }
     Ok(rolled)

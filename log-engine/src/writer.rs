@@ -22,8 +22,8 @@ use std::collections::{HashMap, VecDeque};
 use crate::dedupe::Dedupe;
 use crate::error::{CapacityError, Error, Result};
 use crate::format::{
-    align_up, encode_record, record_len, IdempotencyKey, RecordHeader, RecordKind, SegmentHeader,
-    SEGMENT_HEADER_BYTES,
+    align_up, encode_record, encode_segment_header, record_len, IdempotencyKey, RecordHeader,
+    RecordKind, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use crate::index::Index;
 use crate::limits::RECORD_PAYLOAD_BYTES_MAX;
@@ -117,6 +117,12 @@ impl Batch {
 /// The I/O of one taken batch, owned so it can cross to an I/O thread (or a DMA queue):
 /// create the segment if `new_segment`, write `bytes` at `position` of segment
 /// `segment_base`, sync, then give `bytes` back with [`Writer::complete_batch`].
+///
+/// Block-aligned mode (`WriterLimits::write_align` > 1, for `O_DIRECT`): `position` is
+/// the batch start rounded down to the alignment and `bytes` covers whole aligned blocks:
+/// the already-durable bytes of the partial block the batch starts in (rewritten with
+/// the same values), the batch's records, then zeros up to the next aligned boundary
+/// (or the segment's capacity). The zeros overwrite zeros: the segment was zero-filled.
 #[derive(Debug)]
 pub struct BatchJob {
     /// Batch id (completions must come in id order).
@@ -129,6 +135,8 @@ pub struct BatchJob {
     pub new_segment: Option<SegmentHeader>,
     /// Encoded records (may be empty for a roll with no record yet).
     pub bytes: Vec<u8>,
+    /// True in block-aligned mode: write with `Storage::write_direct`.
+    pub aligned: bool,
 }
 
 /// Batch and segment limits of the writer.
@@ -144,6 +152,9 @@ pub struct WriterLimits {
     pub sync_each_batch: bool,
     /// Most batches taken and not yet completed (1 = no pipelining).
     pub max_in_flight: usize,
+    /// 1: jobs hold exactly the batch's records. A power of two > 1 (`DIRECT_ALIGN` with
+    /// `Config::direct_io`): jobs are block-aligned (see [`BatchJob`]).
+    pub write_align: u64,
 }
 
 /// Where the writer resumes, found by recovery.
@@ -180,6 +191,11 @@ pub struct Writer {
     next_ticket: u64,
     next_batch: u64,
     poisoned: bool,
+    /// Block-aligned mode: the bytes of the partial block the next taken batch starts
+    /// in, from the block's start to the batch's position (what is on disk there).
+    tail_block: Vec<u8>,
+    /// Block-aligned mode: capacity of the segment of the last taken batch.
+    take_capacity: u64,
 }
 
 impl Writer {
@@ -205,7 +221,24 @@ impl Writer {
             next_ticket: 0,
             next_batch: 0,
             poisoned: false,
+            tail_block: Vec::new(),
+            take_capacity: start.segment_capacity,
         }
+    }
+
+    /// Block-aligned mode: where the first taken batch starts, a partial block may
+    /// already hold durable bytes (records, or the segment header); the driver reads
+    /// them from the active segment at open and hands them over here, so that the first
+    /// aligned job rewrites them unchanged. `bytes.len()` must be the resume position
+    /// modulo `write_align`.
+    pub fn seed_tail_block(&mut self, bytes: Vec<u8>) {
+        assert_eq!(bytes.len() as u64, self.tail_block_len(self.seg_pos));
+        self.tail_block = bytes;
+    }
+
+    /// Bytes between the aligned block start and `position` (0 when not aligned).
+    pub fn tail_block_len(&self, position: u64) -> u64 {
+        position % self.limits.write_align.max(1)
     }
 
     /// Appends a conversation record (or resolves a repeated key). Durable state
@@ -434,20 +467,53 @@ impl Writer {
         if at + 1 == self.batches.len() {
             self.open = false;
         }
+        let align = self.limits.write_align.max(1);
         let batch = self.batches.get_mut(at)?;
         self.in_flight += 1;
+        if align == 1 {
+            return Some(BatchJob {
+                id: batch.id,
+                segment_base: batch.segment_base,
+                position: batch.position,
+                new_segment: batch.new_segment,
+                bytes: std::mem::take(&mut batch.bytes),
+                aligned: false,
+            });
+        }
+        if let Some(header) = &batch.new_segment {
+            self.tail_block = encode_segment_header(header).to_vec();
+            self.take_capacity = header.capacity;
+        }
+        let start = batch.position - self.tail_block.len() as u64;
+        assert_eq!(start % align, 0, "tail block does not start a block");
+        let mut bytes = Vec::new();
+        if !batch.bytes.is_empty() {
+            let end = batch.position + batch.bytes.len() as u64;
+            let padded_end = end.div_ceil(align).saturating_mul(align);
+            let padded_end = padded_end.min(self.take_capacity.max(end));
+            bytes.reserve_exact((padded_end - start) as usize);
+            bytes.extend_from_slice(&self.tail_block);
+            bytes.extend_from_slice(&batch.bytes);
+            bytes.resize((padded_end - start) as usize, 0);
+            // The partial block the next batch starts in: rewritten by it.
+            let cut = (end - end % align - start) as usize;
+            let last = bytes.get(cut..(end - start) as usize).unwrap_or_default();
+            self.tail_block = last.to_vec();
+        }
         Some(BatchJob {
             id: batch.id,
             segment_base: batch.segment_base,
-            position: batch.position,
+            position: start,
             new_segment: batch.new_segment,
-            bytes: std::mem::take(&mut batch.bytes),
+            bytes,
+            aligned: true,
         })
     }
 
     /// Marks the oldest taken batch written (and synced if `synced`) and returns it, its
     /// `bytes` given back, with its acks, for the driver to publish. Overlays shrink to
-    /// what is still pending.
+    /// what is still pending. (Block-aligned jobs hold a copy: the batch kept its
+    /// records, and the job's `bytes` are dropped.)
     pub fn complete_batch(&mut self, id: u64, bytes: Vec<u8>, synced: bool) -> Option<Batch> {
         assert!(
             self.in_flight > 0,
@@ -458,8 +524,10 @@ impl Writer {
             batch.id, id,
             "batches complete in the order they were taken"
         );
-        assert!(batch.bytes.is_empty());
-        batch.bytes = bytes;
+        if self.limits.write_align <= 1 {
+            assert!(batch.bytes.is_empty());
+            batch.bytes = bytes;
+        }
         assert!(batch.end_offset() >= self.written);
         self.in_flight -= 1;
         self.written = batch.end_offset();
@@ -563,6 +631,7 @@ mod tests {
             segment_bytes,
             sync_each_batch: true,
             max_in_flight: 1,
+            write_align: 1,
         };
         let start = WriterStart {
             segment_base: 0,
@@ -641,6 +710,53 @@ mod tests {
         assert!(batches
             .iter()
             .all(|b| b.position + b.bytes.len() as u64 <= 4096));
+    }
+
+    #[test]
+    fn aligned_jobs_rewrite_the_partial_block_and_write_the_same_file() {
+        let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
+        let (mut plain, mut aligned) = (writer(8192, 5), writer(8192, 5));
+        aligned.limits.write_align = 4096;
+        let header = SegmentHeader {
+            base_offset: 0,
+            created_at_ms: 5,
+            capacity: 8192,
+        };
+        aligned.seed_tail_block(encode_segment_header(&header).to_vec());
+        let mut files: [HashMap<u64, Vec<u8>>; 2] = Default::default();
+        for (w, file) in [&mut plain, &mut aligned].into_iter().zip(&mut files) {
+            for i in 0..300u64 {
+                w.append(&index, &dedupe, &req(i % 3, &[i as u8; 90]))
+                    .unwrap();
+            }
+            while let Some(job) = w.take_batch() {
+                let seg = file.entry(job.segment_base).or_insert_with(|| {
+                    let mut bytes = vec![0u8; 8192];
+                    let head = encode_segment_header(&SegmentHeader {
+                        base_offset: job.segment_base,
+                        created_at_ms: 5,
+                        capacity: 8192,
+                    });
+                    bytes[..64].copy_from_slice(&head);
+                    bytes
+                });
+                if job.aligned && !job.bytes.is_empty() {
+                    assert_eq!(job.position % 4096, 0);
+                    let end = job.position as usize + job.bytes.len();
+                    assert!(end % 4096 == 0 || end == 8192);
+                    // The rewritten prefix equals what is there already.
+                    let batch = w.batches.get(w.in_flight - 1).unwrap();
+                    let prefix = (batch.position - job.position) as usize;
+                    let at = job.position as usize;
+                    assert_eq!(job.bytes[..prefix], seg[at..at + prefix]);
+                }
+                let at = job.position as usize;
+                seg[at..at + job.bytes.len()].copy_from_slice(&job.bytes);
+                w.complete_batch(job.id, job.bytes, true).unwrap();
+            }
+        }
+        assert!(files[0].len() > 3, "rolled");
+        assert_eq!(files[0], files[1]);
     }
 
     #[test]

@@ -194,8 +194,9 @@ fn a_failed_sync_poisons_and_nothing_after_it_is_written() {
     assert_eq!(log.read_after(1, 0, 100).unwrap().records.len(), 3);
     // Batch b was refused by the I/O thread: only batch a reached the file.
     let after = gated.segment_bytes_written.load(Ordering::SeqCst);
-    // 56-byte header + 7-byte payload, padded to 64.
-    assert_eq!(after - written, 5 * 64, "only batch a was written");
+    // Block-aligned writes (`direct_io`, the default): batch a (5 records of 64 bytes
+    // at position 256) is one 4 KiB block; batch b would have been a second one.
+    assert_eq!(after - written, 4096, "only batch a was written");
     drop(log);
     let (log, _) = Log::open(gated.sim.clone(), config(), ()).unwrap();
     let last = log.last_seq(1);
@@ -224,9 +225,16 @@ fn a_roll_while_a_batch_is_in_flight() {
     assert_eq!(acks.iter().map(|(t, _)| *t).collect::<Vec<_>>(), tickets);
     assert_eq!(log.segment_bases().len(), 2);
     // The roll installed the spare (its header is written before the rename): the
-    // segment files received the 24 records (56 + 1000 bytes each) and no zeros.
+    // segment files received the 24 records (56 + 1000 bytes each) in block-aligned
+    // writes and no zero fill: batch 1 (8 records from 64) = blocks [0, 12 KiB); the
+    // next batch (records 9..=15 up to 15,904) = [8 KiB, 16 KiB); the first batch of the
+    // new segment (9 records from 64) = [0, 12 KiB).
     let rolled = gated.segment_bytes_written.load(Ordering::SeqCst) - before;
-    assert_eq!(rolled, 24 * 1056, "bytes written to segment files");
+    assert_eq!(
+        rolled,
+        12288 + 8192 + 12288,
+        "bytes written to segment files"
+    );
     assert_eq!(log.read_after(1, 0, 100).unwrap().records.len(), 8);
     assert_eq!(log.read_after(2, 0, 100).unwrap().records.len(), 16);
     wait_for_spare(&log);
