@@ -23,6 +23,9 @@ python3 scripts/check_deps.py
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "doc tests"
+cargo test --workspace --doc --locked
+
+# Last, so its summary ("N tests run: N passed") is the suite's closing line.
 step "tests"
 cargo nextest run --workspace --all-targets --locked --no-fail-fast
-cargo test --workspace --doc --locked
