@@ -77,6 +77,7 @@
     )
 )]
 
+pub mod async_log;
 pub mod checkpoint;
 pub mod config;
 pub mod dedupe;
@@ -95,6 +96,7 @@ pub mod sim;
 pub mod storage;
 pub mod writer;
 
+pub use async_log::{AsyncLog, Durable};
 pub use config::{Config, Durability, RecoveryMode};
 pub use error::{CapacityError, Error, Result};
 pub use format::{IdempotencyKey, RecordKind};

@@ -83,6 +83,8 @@ pub struct PipelinedLog<S: Storage + Send + 'static, M: StateMachine = ()> {
     done: Receiver<Completion>,
     /// Acks resolved but not yet returned.
     ready: Vec<(Ticket, Ack)>,
+    /// Woken by the I/O thread after each completion.
+    notify: Arc<CompletionWaker>,
 }
 
 /// The I/O and spare threads; dropping it stops and joins them.
@@ -129,6 +131,8 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         let (done_tx, done_rx) = mpsc::channel();
         let slot = Arc::clone(&spare);
         let active = log.writer.active_segment();
+        let notify = Arc::new(CompletionWaker::default());
+        let io_notify = Arc::clone(&notify);
         let mut threads = IoThreads {
             jobs: Some(jobs_tx),
             io: None,
@@ -137,7 +141,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         };
         let io = std::thread::Builder::new()
             .name("log-io".into())
-            .spawn(move || io_loop(io_storage, &jobs_rx, &done_tx, &slot, active))
+            .spawn(move || io_loop(io_storage, &jobs_rx, &done_tx, &slot, active, &io_notify))
             .map_err(io_err("spawn", "log-io"))?;
         threads.io = Some(io);
         let log = PipelinedLog {
@@ -145,8 +149,15 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             threads,
             done: done_rx,
             ready: Vec::new(),
+            notify,
         };
         Ok((log, report))
+    }
+
+    /// Registers `waker` to be woken (from the I/O thread) after the next batch
+    /// completion. Call it before [`PipelinedLog::poll_acks`] so no completion is missed.
+    pub fn wake_on_completion(&self, waker: &std::task::Waker) {
+        self.notify.set(waker);
     }
 
     /// Encodes an append into the open batch and returns its ticket; it resolves in a
@@ -381,6 +392,7 @@ fn io_loop<S: Storage>(
     done: &Sender<Completion>,
     spare: &SpareSlot,
     mut active: u64,
+    notify: &CompletionWaker,
 ) {
     let mut failed = false;
     for job in jobs {
@@ -397,6 +409,33 @@ fn io_loop<S: Storage>(
         };
         if done.send(completion).is_err() {
             return;
+        }
+        // After the send, so a woken owner always finds the completion.
+        notify.wake();
+    }
+}
+
+/// A waker the I/O thread wakes after every completion, so an async owner (see
+/// [`crate::async_log`]) sleeps instead of polling. Set it *before* checking for
+/// completions; a wake that races with the check is then at worst spurious.
+#[derive(Default)]
+pub(crate) struct CompletionWaker {
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl CompletionWaker {
+    pub(crate) fn set(&self, waker: &std::task::Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(current) if current.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
