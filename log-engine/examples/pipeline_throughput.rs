@@ -6,7 +6,9 @@
 //! ```
 //!
 //! `rate` 0 (default) appends as fast as the owner thread can; otherwise appends are
-//! paced to that rate. One owner thread plays "many concurrent appenders": it appends a
+//! paced to that rate. Environment: `PAYLOAD` (bytes, default 200), `IN_FLIGHT`
+//! (`pipeline_in_flight`), `DIRECT_IO` (0 = buffered writes, default 1),
+//! `CHECKPOINT_BYTES`. One owner thread plays "many concurrent appenders": it appends a
 //! burst of 64 records (conversations spread over 10,000), flushes and polls acks.
 
 use std::collections::VecDeque;
@@ -70,12 +72,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(depth) = std::env::var("IN_FLIGHT") {
         config.pipeline_in_flight = depth.parse()?;
     }
+    if let Ok(direct) = std::env::var("DIRECT_IO") {
+        config.direct_io = direct != "0";
+    }
+    let payload_len: usize = std::env::var("PAYLOAD").map_or(Ok(200), |p| p.parse())?;
+    let record_bytes = (56 + payload_len).div_ceil(8) * 8;
+    println!(
+        "config: payload {payload_len} B, in flight {}, direct_io {}",
+        config.pipeline_in_flight, config.direct_io
+    );
     let (mut log, _) = PipelinedLog::open(FsStorage::open(&dir)?, config, ())?;
     // Let the first spare finish before measuring (a server starts before traffic).
     while !log.has_spare() {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let payload = [0x5Au8; 200];
+    let payload = vec![0x5Au8; payload_len];
     let mut sent: VecDeque<Instant> = VecDeque::new();
     let mut lat = Vec::with_capacity(1 << 24);
     let (mut appended, mut acked, mut batches) = (0u64, 0u64, 0u64);
@@ -113,10 +124,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
     println!(
-        "pipelined: {acked} durable 200 B appends in {elapsed:.2} s = {:.0}/s ({:.0} MB/s of records), \
-         {batches}+ batches, segments {}",
+        "pipelined: {acked} durable {payload_len} B appends in {elapsed:.2} s = {:.0}/s \
+         ({:.0} MB/s of records), {batches}+ batches, segments {}",
         acked as f64 / elapsed,
-        acked as f64 * 256.0 / elapsed / 1e6,
+        acked as f64 * record_bytes as f64 / elapsed / 1e6,
         log.segment_bases().len()
     );
     println!(

@@ -56,8 +56,9 @@ pub struct Config {
     pub tail_cache_bytes: usize,
     /// Log bytes between automatic checkpoints (index + keys + state snapshot).
     pub checkpoint_interval_bytes: u64,
-    /// `PipelinedLog`: most batches handed to the I/O thread at once (1 = the owner
-    /// hands over the next batch only when the previous one completed).
+    /// `PipelinedLog`: most batches handed to the I/O thread at once (1, the default =
+    /// the owner hands over the next batch only when the previous one completed, so it
+    /// holds everything that arrived meanwhile; see `PIPELINE_IN_FLIGHT_DEFAULT`).
     pub pipeline_in_flight: usize,
     /// `Durable` mode: write batches block-aligned with `O_DIRECT`
     /// (`Storage::write_direct`): each batch is written from the start of the 4 KiB
@@ -82,7 +83,7 @@ impl Default for Config {
             retention_bytes: u64::MAX,
             tail_cache_bytes: TAIL_CACHE_BYTES_DEFAULT,
             checkpoint_interval_bytes: CHECKPOINT_INTERVAL_BYTES_DEFAULT,
-            pipeline_in_flight: PIPELINE_IN_FLIGHT_MAX,
+            pipeline_in_flight: PIPELINE_IN_FLIGHT_DEFAULT,
             direct_io: true,
         }
     }

@@ -40,6 +40,13 @@
 //!   fn close(self) -> Result<S>
 //!   ```
 //!
+//!   Batch writes are block-aligned `O_DIRECT` by default (`Config::direct_io`): each
+//!   batch's one write starts at the 4 KiB block its first record is in, rewriting that
+//!   block's durable bytes unchanged, and ends at a 4 KiB boundary (zeros); the on-disk
+//!   format is the same as with buffered writes. This relies on the media assumption in
+//!   FORMAT.md (a torn write leaves old or new bytes, never garbage). One batch in
+//!   flight by default (`pipeline_in_flight`, see `limits::PIPELINE_IN_FLIGHT_DEFAULT`).
+//!
 //!   Readers (`read_after`, `read_before`, `read_at`, `last_seq`) see a record only after
 //!   its batch's fdatasync returned and its completion was processed on the owner
 //!   thread. A failed write or sync poisons the log as in `Log::commit`; the I/O thread

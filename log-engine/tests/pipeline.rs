@@ -91,6 +91,7 @@ fn config() -> Config {
     Config {
         segment_bytes: SEGMENT,
         checkpoint_interval_bytes: u64::MAX,
+        pipeline_in_flight: 2, // these tests exercise two batches in flight
         ..Config::default()
     }
 }
