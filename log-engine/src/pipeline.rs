@@ -21,13 +21,27 @@
 //! reader visibility) arrive in order. A glommio DMA driver can replace the thread: it
 //! takes the same jobs and feeds the same completions back.
 //!
-//! Measured (`cargo run -p log-engine --release --example pipeline_throughput -- 5 0`,
-//! 200 B records, 2-core VM shared with other work, buffered writes + fdatasync):
-//! ~1.03 M durable appends/s with default checkpoints, ~1.4 M/s without; at 500 k/s
-//! append-to-durable p50 ≈ 1.6 ms, p99 ≈ 14–23 ms, against the disk's 4 KiB
-//! write+fdatasync p99 ≈ 0.25 ms: the p99 target is not met with buffered I/O here,
-//! because a 128–256 KiB buffered write+fdatasync costs ~1.5–3 ms on this disk
-//! (`dd … bs=256k oflag=dsync`: 91 MB/s buffered vs 186 MB/s with O_DIRECT).
+//! Measured (`cargo run -p log-engine --release --example pipeline_throughput -- 6
+//! <rate> <dir on ext4>`, env `PAYLOAD`, median of 3 runs, 2-core VM shared with other
+//! work, 256 MiB segments, default checkpoints). Before: buffered writes, 2 in flight,
+//! 200 B at 500 k/s: p50 8.3–14 ms, p99 58–100 ms (this session; a colleague saw
+//! 1.6 / 14–23 ms on a quieter disk). Now (block-aligned `O_DIRECT`, 1 in flight):
+//!
+//! | records | max durable appends/s (rate 0) | at half rate: p50 / p99 / p999 |
+//! |---|---|---|
+//! | 200 B | 1.52–1.57 M/s (buffered: 1.21–1.23 M/s) | 500 k/s: 0.38 / 37.6 / 47.7 ms |
+//! | 1 KiB | 458–522 k/s, 494–564 MB/s (buffered: 287–395 k/s) | 250 k/s: 0.32 / 21.4 / 28.9 ms |
+//! | 16 KiB | 33–39 k/s, 542–646 MB/s (buffered: 367–445 MB/s) | 18 k/s: 1.37 / 14.9 / 24.3 ms |
+//!
+//! Disk, same session: fio 4 KiB `O_DIRECT` write + fdatasync p99 ≈ 0.2 ms (write) +
+//! 0.16–0.19 ms (sync); fio 1 MiB `O_DIRECT` libaio iodepth 8: 1.62 GB/s. So the p50 is
+//! now ~2–3 × the raw 4 KiB write+sync, but the p99 target (≤ 2 × raw) and the 16 KiB
+//! bandwidth target (≥ 80 % of 1.62 GB/s) are NOT met. Runs short enough to avoid a
+//! segment roll (1.5 s at 500 k/s) show p99 4–8 ms instead of 25–38 ms: most of the
+//! tail comes from the roll and the spare preparer zero-filling the next 256 MiB
+//! (buffered writes synced per 4 MiB slice), whose writeback the appends' fdatasyncs
+//! queue behind, and which doubles the bytes the device writes. A direct-I/O zero fill
+//! of the spare was tried and was not better (p50 regressed, p99 15–18 ms, noisy).
 //!
 //! Failure: the first failed write or sync makes the I/O thread refuse every later job
 //! (it never writes past a failure) and poisons the log on the owner thread, exactly as
