@@ -165,9 +165,11 @@ fn open_pipelined(dir: &Path) -> Result<PipelinedLog<FsStorage>> {
     Ok(log)
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // 1 µs .. 60 s, 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap())
+fn new_histogram() -> Result<Histogram<u64>> {
+    // 3 significant digits, auto-resizing: values are µs, any range.
+    let mut histogram = Histogram::new(3)?;
+    histogram.auto(true);
+    Ok(histogram)
 }
 
 fn now_ms() -> u64 {
@@ -195,7 +197,7 @@ fn closed_loop(dir: &Path, args: &Args, size: usize) -> Result<RunFigures> {
     let mut log = open_pipelined(dir)?;
     let payload = vec![0x5Au8; size];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut latency = new_histogram();
+    let mut latency = new_histogram()?;
     let (mut appends, mut message_id) = (0u64, 1u64);
     // Acks arrive in ticket order, so a queue in issue order matches them in O(1).
     let mut outstanding: VecDeque<(Ticket, Instant)> = VecDeque::with_capacity(args.appenders);
@@ -245,7 +247,7 @@ fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigur
     let mut log = open_pipelined(dir)?;
     let payload = vec![0x5Au8; size];
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    let mut latency = new_histogram();
+    let mut latency = new_histogram()?;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let total = (rate * args.seconds as f64) as u64;
     let (mut issued, mut appends) = (0u64, 0u64);
@@ -292,7 +294,7 @@ fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigur
 fn history_reads(dir: &Path, args: &Args) -> Result<()> {
     let mut log = open_log(dir)?;
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);
-    let mut latency = new_histogram();
+    let mut latency = new_histogram()?;
     let reads = 20_000;
     let mut records = 0usize;
     let begin = Instant::now();
