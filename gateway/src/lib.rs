@@ -1,3 +1,24 @@
-//! The Confab server: executors, listeners, sessions, HTTP API, web client.
+//! # Layout
 //!
-//! Not built yet: this crate lands with the gateway issue (#4).
+//! The Confab server: thread-per-core executors, listeners, sessions, HTTP endpoints.
+//!
+//! - [`config`]: flags + `CONFAB_*` environment + optional TOML file over embedded defaults.
+//! - [`server`]: one pinned glommio executor per shard, SO_REUSEPORT listeners on the HTTP
+//!   and raw-TCP ports, the ready line.
+//! - [`shard`]: per-core state, accept loops, drain on shutdown.
+//! - [`http`]: `/healthz`, `/metrics`, the `/ws` upgrade, 404/431.
+//! - [`session`]: WebSocket and raw-TCP sessions over the sans-IO `wire` codecs, and the
+//!   pre-authentication gate.
+//! - [`metrics`]: per-shard counters (one atomic slot per shard) and Prometheus text.
+//! - [`shutdown`]: SIGTERM/SIGINT → process flag → each shard's local signal.
+//!
+//! Not built yet (issue #4): accounts and tokens, user-affine hand-off, chat, the
+//! cross-shard mesh, storage. Until then every `Hello` is refused with `Unauthenticated`.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod shard;
+pub mod shutdown;

@@ -1,14 +1,53 @@
-//! `confab`: the server binary.
+//! `confab`: the server binary. Parses the config, sets up logging and signals, runs the
+//! shards; everything else lives in the `gateway` library.
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use gateway::config::{Cli, Config};
+use gateway::shutdown::ShutdownFlag;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
-    // The server lands with the gateway issue (#4); until then this binary says so plainly
-    // instead of pretending to serve.
-    eprintln!(
-        "confab {}: the gateway is not built yet (issue #4); the wire crate is.",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+fn main() -> anyhow::Result<()> {
+    let config = Config::resolve(Cli::parse())?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let flag = ShutdownFlag::default();
+    watch_signals(flag.clone())?;
+    gateway::server::run(config, flag, |ready| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{ready}");
+        let _ = stdout.flush();
+        tracing::info!(%ready, "serving");
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
+fn watch_signals(flag: ShutdownFlag) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if flag.is_set() {
+                    std::process::exit(128 + signal);
+                }
+                tracing::info!(signal, "shutting down");
+                flag.trigger();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }

@@ -1,0 +1,58 @@
+//! Socket helpers shared by every connection: racing I/O against a deadline and shutdown,
+//! and the lingering close.
+
+use std::future::Future;
+use std::net::Shutdown;
+use std::time::Instant;
+
+use futures_lite::{future, AsyncReadExt};
+use glommio::net::TcpStream;
+
+use crate::session::{CLOSE_LINGER, CLOSE_LINGER_BYTES_MAX};
+use crate::shutdown::Wait;
+
+/// What ended a wait on the socket.
+#[derive(Debug)]
+pub enum Woken<T> {
+    Io(T),
+    Deadline,
+    Shutdown,
+}
+
+/// Run `io` until it completes, `deadline` passes, or (if given) the shard shuts down.
+pub async fn race<T>(
+    io: impl Future<Output = T>,
+    deadline: Instant,
+    shutdown: Option<&mut Wait>,
+) -> Woken<T> {
+    let timer = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        Woken::Deadline
+    };
+    let io = async { Woken::Io(io.await) };
+    match shutdown {
+        Some(wait) => {
+            let stop = async {
+                wait.await;
+                Woken::Shutdown
+            };
+            future::or(io, future::or(timer, stop)).await
+        }
+        None => future::or(io, timer).await,
+    }
+}
+
+/// Half-close our side, then read and discard until the peer closes, [`CLOSE_LINGER`]
+/// passes, or [`CLOSE_LINGER_BYTES_MAX`] bytes arrived. The caller drops the stream after.
+pub async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write).await;
+    let deadline = Instant::now() + CLOSE_LINGER;
+    let mut scratch = [0u8; 1024];
+    let mut discarded = 0usize;
+    while discarded < CLOSE_LINGER_BYTES_MAX {
+        match race(stream.read(&mut scratch), deadline, None).await {
+            Woken::Io(Ok(n)) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Connection sessions: WebSocket ([`ws`]) and raw TCP ([`tcp`]), both driving the sans-IO
+//! codecs of the `wire` crate, and the pre-authentication [`gate`] they share.
+//!
+//! Per-connection memory is the codec's input buffer (grown only to the frame being read,
+//! at most `max_frame_bytes` plus a header), its output buffer, and a few words of state.
+
+pub mod gate;
+pub mod io;
+pub mod tcp;
+pub mod ws;
+
+use std::time::Duration;
+
+/// Bytes offered to each socket read.
+pub const READ_BYTES: usize = 4096;
+
+/// After our close frame (or on a failed connection), how long we keep reading and
+/// discarding the peer's bytes before dropping the socket, so the peer sees our close frame
+/// rather than a reset.
+pub const CLOSE_LINGER: Duration = Duration::from_millis(1000);
+
+/// Bytes discarded while lingering before giving up on a peer that keeps sending.
+pub const CLOSE_LINGER_BYTES_MAX: usize = 1024 * 1024;
