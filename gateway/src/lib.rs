@@ -14,6 +14,8 @@
 //!
 //! Not built yet (issue #4): accounts and tokens, user-affine hand-off, chat, the
 //! cross-shard mesh, storage. Until then every `Hello` is refused with `Unauthenticated`.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod config;
 pub mod http;
