@@ -172,6 +172,18 @@ fn new_histogram() -> Result<Histogram<u64>> {
     Ok(histogram)
 }
 
+/// A chat message append, without an idempotency key, stamped now.
+fn message(conversation_id: u64, message_id: u64, payload: &[u8]) -> AppendRequest<'_> {
+    AppendRequest {
+        conversation_id,
+        message_id,
+        timestamp_ms: now_ms(),
+        key: None,
+        kind: RecordKind::Message,
+        payload,
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -206,14 +218,7 @@ fn closed_loop(dir: &Path, args: &Args, size: usize) -> Result<RunFigures> {
     let begin = Instant::now();
     while Instant::now() < deadline {
         for _ in 0..idle {
-            let req = AppendRequest {
-                conversation_id: rng.next() % args.conversations + 1,
-                message_id,
-                timestamp_ms: now_ms(),
-                key: None,
-                kind: RecordKind::Message,
-                payload: &payload,
-            };
+            let req = message(rng.next() % args.conversations + 1, message_id, &payload);
             message_id += 1;
             outstanding.push_back((log.append_nowait(&req)?, Instant::now()));
         }
@@ -256,14 +261,7 @@ fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigur
     while appends < total {
         let now = Instant::now();
         while issued < total && begin + interval.mul_f64(issued as f64) <= now {
-            let req = AppendRequest {
-                conversation_id: rng.next() % args.conversations + 1,
-                message_id: issued + 1,
-                timestamp_ms: now_ms(),
-                key: None,
-                kind: RecordKind::Message,
-                payload: &payload,
-            };
+            let req = message(rng.next() % args.conversations + 1, issued + 1, &payload);
             let ticket = log.append_nowait(&req)?;
             scheduled.push_back((ticket, begin + interval.mul_f64(issued as f64)));
             issued += 1;
@@ -332,14 +330,7 @@ fn restart(dir: &Path, gib: u64) -> Result<()> {
         let begin = Instant::now();
         while written < target {
             for _ in 0..4000 {
-                let req = AppendRequest {
-                    conversation_id: rng.next() % 100_000 + 1,
-                    message_id,
-                    timestamp_ms: now_ms(),
-                    key: None,
-                    kind: RecordKind::Message,
-                    payload: &payload,
-                };
+                let req = message(rng.next() % 100_000 + 1, message_id, &payload);
                 message_id += 1;
                 log.append_nowait(&req)?;
             }
