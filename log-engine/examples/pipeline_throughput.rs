@@ -7,7 +7,7 @@
 //!
 //! `rate` 0 (default) appends as fast as the owner thread can; otherwise appends are
 //! paced to that rate. Environment: `PAYLOAD` (bytes, default 200), `IN_FLIGHT`
-//! (`pipeline_in_flight`), `DIRECT_IO` (0 = buffered writes, default 1),
+//! (`pipeline_in_flight`), `SEGMENT_BYTES`, `DIRECT_IO` (0 = buffered writes, default 1),
 //! `CHECKPOINT_BYTES`. One owner thread plays "many concurrent appenders": it appends a
 //! burst of 64 records (conversations spread over 10,000), flushes and polls acks.
 
@@ -68,6 +68,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::default();
     if let Ok(bytes) = std::env::var("CHECKPOINT_BYTES") {
         config.checkpoint_interval_bytes = bytes.parse()?;
+    }
+    if let Ok(bytes) = std::env::var("SEGMENT_BYTES") {
+        config.segment_bytes = bytes.parse()?;
     }
     if let Ok(depth) = std::env::var("IN_FLIGHT") {
         config.pipeline_in_flight = depth.parse()?;

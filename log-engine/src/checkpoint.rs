@@ -54,27 +54,64 @@ pub struct Checkpoint {
 ///               timestamp_ms:u64
 /// ```
 pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
-    let mut out = Vec::new();
+    let parts = CheckpointParts {
+        offset: ckpt.offset,
+        last_record: ckpt.last_record,
+        meta_tip: ckpt.meta_tip,
+        segments: &ckpt.segments,
+        state: &ckpt.state,
+    };
+    let convs = ckpt.convs.iter().map(|(id, conv)| (*id, conv));
+    encode_checkpoint_from(&parts, convs, ckpt.keys.iter().copied(), 0)
+}
+
+/// The fixed parts of a checkpoint, borrowed.
+pub(crate) struct CheckpointParts<'a> {
+    pub offset: u64,
+    pub last_record: u64,
+    pub meta_tip: (u64, u64),
+    pub segments: &'a [u64],
+    pub state: &'a [u8],
+}
+
+/// Encodes a checkpoint straight from the live index and keys, in their iteration order
+/// (the decoder needs no order): the owner thread pays one pass and no clone.
+pub(crate) fn encode_checkpoint_from<'a>(
+    parts: &CheckpointParts<'_>,
+    convs: impl Iterator<Item = (u64, &'a ConvIndex)>,
+    keys: impl Iterator<Item = (IdempotencyKey, DedupeEntry)>,
+    size_hint: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_hint);
+    // A count is written as 0 and patched once its items are out.
+    let patch = |out: &mut Vec<u8>, at: usize, count: u64| {
+        if let Some(slot) = out.get_mut(at..at + 8) {
+            slot.copy_from_slice(&count.to_le_bytes());
+        }
+    };
     let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
     out.extend_from_slice(&CHECKPOINT_MAGIC);
     out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     for v in [
-        ckpt.offset,
-        ckpt.last_record,
-        ckpt.meta_tip.0,
-        ckpt.meta_tip.1,
+        parts.offset,
+        parts.last_record,
+        parts.meta_tip.0,
+        parts.meta_tip.1,
     ] {
         put(&mut out, v);
     }
-    put(&mut out, ckpt.segments.len() as u64);
-    for base in &ckpt.segments {
+    put(&mut out, parts.segments.len() as u64);
+    for base in parts.segments {
         put(&mut out, *base);
     }
-    put(&mut out, ckpt.convs.len() as u64);
-    for (id, conv) in &ckpt.convs {
+    let conv_count_at = out.len();
+    put(&mut out, 0);
+    let mut conv_count = 0;
+    for (id, conv) in convs {
+        conv_count += 1;
         for v in [
-            *id,
+            id,
             conv.first_seq,
             conv.last_seq,
             conv.last_offset,
@@ -87,9 +124,13 @@ pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
             put(&mut out, *offset);
         }
     }
-    put(&mut out, ckpt.keys.len() as u64);
-    for (key, e) in &ckpt.keys {
-        out.extend_from_slice(key);
+    patch(&mut out, conv_count_at, conv_count);
+    let key_count_at = out.len();
+    put(&mut out, 0);
+    let mut key_count = 0;
+    for (key, e) in keys {
+        key_count += 1;
+        out.extend_from_slice(&key);
         for v in [
             e.conversation_id,
             e.seq,
@@ -100,8 +141,9 @@ pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
             put(&mut out, v);
         }
     }
-    put(&mut out, ckpt.state.len() as u64);
-    out.extend_from_slice(&ckpt.state);
+    patch(&mut out, key_count_at, key_count);
+    put(&mut out, parts.state.len() as u64);
+    out.extend_from_slice(parts.state);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out

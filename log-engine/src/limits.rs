@@ -58,6 +58,10 @@ pub const PIPELINE_IN_FLIGHT_DEFAULT: usize = 1;
 /// `PipelinedLog::append_nowait` blocks for a completion (backpressure). With 4 MiB
 /// batches: at most (2 + 4) × 4 MiB = 24 MiB of encoded records held in memory.
 pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
+/// Batch buffers a writer keeps for reuse, each `GROUP_COMMIT_BYTES_MAX` plus two
+/// blocks, touched at open by `PipelinedLog`: ~16 MiB per log, so that no batch pays
+/// page faults on the owner thread.
+pub const BUFFER_POOL_MAX: usize = 4;
 /// The spare segment is zero-filled and fdatasync'ed in slices of this size, so the
 /// appends' fdatasyncs never queue behind a huge writeback. Measured at 500k 200 B
 /// appends/s (`PAYLOAD=200 pipeline_throughput 6 500000`, 3 runs each, noisy disk):

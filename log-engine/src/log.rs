@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::checkpoint::{encode_checkpoint, Checkpoint, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME};
+use crate::checkpoint::{
+    encode_checkpoint_from, CheckpointParts, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME,
+};
 use crate::config::{Config, Durability};
 use crate::dedupe::{Dedupe, DedupeEntry};
 use crate::error::{io_err, CapacityError, Error, Result};
@@ -34,6 +36,8 @@ pub struct Log<S: Storage, M: StateMachine = ()> {
     pub(crate) tail: TailCache,
     pub(crate) last_sync: Instant,
     pub(crate) checkpoint_offset: u64,
+    /// Size of the last checkpoint encoded (the next one reserves that much).
+    checkpoint_bytes: usize,
     /// Offset of the last durable record (for checkpoints).
     pub(crate) last_record: u64,
     /// Log offset just past the last durable record.
@@ -124,6 +128,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             maps: HashMap::new(),
             last_sync: Instant::now(),
             checkpoint_offset: rec.checkpoint_offset,
+            checkpoint_bytes: 0,
             last_record: rec.last_record,
             last_record_end: rec.last_record_end,
             durable_meta: start.meta_tip,
@@ -288,6 +293,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         }
         self.tail
             .push(batch.segment_base + batch.position, &batch.bytes);
+        self.writer.recycle(batch.bytes);
         acks.extend(batch.acks);
     }
 
@@ -436,16 +442,31 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     }
 
     pub(crate) fn maybe_checkpoint(&mut self) -> Result<()> {
-        let stable = self.writer.watermarks().stable;
-        if stable.saturating_sub(self.checkpoint_offset) >= self.config.checkpoint_interval_bytes {
+        if self.checkpoint_due(self.checkpoint_offset) {
             self.checkpoint()?;
         }
         Ok(())
     }
 
+    /// True when the stable end is `checkpoint_interval_bytes` past `since`.
+    pub(crate) fn checkpoint_due(&self, since: u64) -> bool {
+        let stable = self.writer.watermarks().stable;
+        stable.saturating_sub(since) >= self.config.checkpoint_interval_bytes
+    }
+
     /// Writes a checkpoint (index, keys, metadata tip, state snapshot) as of the written
     /// end: tmp file, sync, atomic rename, directory sync. Returns its offset.
     pub fn checkpoint(&mut self) -> Result<u64> {
+        let (offset, bytes) = self.checkpoint_snapshot()?;
+        write_checkpoint_file(&mut self.storage, &bytes)?;
+        self.checkpoint_written(offset, bytes.len());
+        Ok(offset)
+    }
+
+    /// The encoded checkpoint as of the written end (synced first), and its offset. The
+    /// file is written by [`write_checkpoint_file`], here or on another thread; only
+    /// then may [`Log::checkpoint_written`] record it (retention trusts that offset).
+    pub(crate) fn checkpoint_snapshot(&mut self) -> Result<(u64, Vec<u8>)> {
         if self.writer.is_poisoned() {
             return Err(Error::Poisoned);
         }
@@ -456,33 +477,27 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             OFFSET_NONE => self.writer.watermarks().written,
             _ => self.last_record_end,
         };
-        let mut convs: Vec<_> = self.index.iter().map(|(id, c)| (*id, c.clone())).collect();
-        convs.sort_by_key(|(id, _)| *id);
-        let ckpt = Checkpoint {
+        let segments: Vec<u64> = self.segments.keys().copied().collect();
+        let state = self.state.snapshot();
+        let parts = CheckpointParts {
             offset,
             last_record: self.last_record,
             meta_tip: self.durable_meta_tip(),
-            segments: self.segments.keys().copied().collect(),
-            convs,
-            keys: self.dedupe.iter().collect(),
-            state: self.state.snapshot(),
+            segments: &segments,
+            state: &state,
         };
-        let bytes = encode_checkpoint(&ckpt);
-        let (tmp, name) = (CHECKPOINT_TMP_NAME, CHECKPOINT_NAME);
-        let _ = self.storage.remove(tmp);
-        self.storage.create(tmp).map_err(io_err("create", tmp))?;
-        self.storage
-            .write_at(tmp, 0, &bytes)
-            .map_err(io_err("write", tmp))?;
-        self.storage.sync(tmp).map_err(io_err("sync", tmp))?;
-        self.storage
-            .rename(tmp, name)
-            .map_err(io_err("rename", name))?;
-        self.storage.sync_dir().map_err(io_err("sync_dir", name))?;
-        self.storage.close(name);
-        self.checkpoint_offset = offset;
-        tracing::debug!(offset, bytes = bytes.len(), "checkpoint written");
-        Ok(offset)
+        let convs = self.index.iter().map(|(id, conv)| (*id, conv));
+        let keys = self.dedupe.iter();
+        let bytes = encode_checkpoint_from(&parts, convs, keys, self.checkpoint_bytes);
+        self.checkpoint_bytes = bytes.len();
+        Ok((offset, bytes))
+    }
+
+    /// Records that the checkpoint as of `offset` is durable on disk.
+    pub(crate) fn checkpoint_written(&mut self, offset: u64, bytes: usize) {
+        // Never backwards: a late background write must not undo a newer inline one.
+        self.checkpoint_offset = self.checkpoint_offset.max(offset);
+        tracing::debug!(offset, bytes, "checkpoint written");
     }
 
     /// Metadata tip of published (durable) records: pending ones are excluded because
@@ -536,4 +551,21 @@ fn write_batch<S: Storage>(
         }
     }
     Ok(sealed)
+}
+
+/// Writes an encoded checkpoint: tmp file, sync, atomic rename, directory sync. The
+/// caller makes sure no other writer of the checkpoint runs at the same time.
+pub(crate) fn write_checkpoint_file<S: Storage>(storage: &mut S, bytes: &[u8]) -> Result<()> {
+    let (tmp, name) = (CHECKPOINT_TMP_NAME, CHECKPOINT_NAME);
+    let _ = storage.remove(tmp);
+    storage.create(tmp).map_err(io_err("create", tmp))?;
+    storage
+        .write_at(tmp, 0, bytes)
+        .map_err(io_err("write", tmp))?;
+    storage.sync(tmp).map_err(io_err("sync", tmp))?;
+    storage.close(tmp);
+    storage.rename(tmp, name).map_err(io_err("rename", name))?;
+    storage.sync_dir().map_err(io_err("sync_dir", name))?;
+    storage.close(name);
+    Ok(())
 }

@@ -56,12 +56,12 @@ use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
 use crate::limits::PIPELINE_QUEUED_BATCHES_MAX;
-use crate::log::Log;
+use crate::log::{write_checkpoint_file, Log};
 use crate::meta::StateMachine;
 use crate::reader::{Page, Record};
 use crate::recovery::RecoveryReport;
 use crate::retention::RetentionReport;
-use crate::segment::{prepare_spare, roll_segment, SegmentMeta, SPARE_NAME};
+use crate::segment::{roll_segment, start_spare, zero_spare_slice, SegmentMeta, SPARE_NAME};
 use crate::storage::Storage;
 use crate::writer::{Ack, AppendRequest, BatchJob, Ticket, Watermarks};
 
@@ -101,12 +101,13 @@ pub struct PipelinedLog<S: Storage + Send + 'static, M: StateMachine = ()> {
     notify: Arc<CompletionWaker>,
 }
 
-/// The I/O and spare threads; dropping it stops and joins them.
+/// The I/O, spare and checkpoint threads; dropping it stops and joins them.
 struct IoThreads {
     jobs: Option<SyncSender<BatchJob>>,
     io: Option<JoinHandle<()>>,
     spare: Arc<SpareSlot>,
     preparer: Option<JoinHandle<()>>,
+    checkpoints: CheckpointThread,
 }
 
 impl Drop for IoThreads {
@@ -114,6 +115,10 @@ impl Drop for IoThreads {
         self.jobs = None; // the I/O thread finishes its queue and exits
         if let Some(io) = self.io.take() {
             let _ = io.join();
+        }
+        self.checkpoints.jobs = None; // finishes the checkpoint it writes, then exits
+        if let Some(thread) = self.checkpoints.thread.take() {
+            let _ = thread.join();
         }
         self.spare.stop();
         if let Some(preparer) = self.preparer.take() {
@@ -131,9 +136,12 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         }
         let depth = config.pipeline_in_flight;
         let capacity = config.segment_bytes;
-        let (log, report) = Log::open_with(storage, config, state, depth)?;
+        let (mut log, report) = Log::open_with(storage, config, state, depth)?;
+        log.writer.warm_buffers();
         let io_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
         let spare_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
+        let checkpoint_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
+        let checkpoints = CheckpointThread::start(checkpoint_storage)?;
         let spare = Arc::new(SpareSlot::default());
         let slot = Arc::clone(&spare);
         let preparer = std::thread::Builder::new()
@@ -152,6 +160,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             io: None,
             spare,
             preparer: Some(preparer),
+            checkpoints,
         };
         let io = std::thread::Builder::new()
             .name("log-io".into())
@@ -292,9 +301,56 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         let acks = std::mem::take(&mut self.ready);
         if !self.log.writer.is_poisoned() {
             self.flush()?;
-            self.log.maybe_checkpoint()?;
+            self.checkpoint_in_background()?;
         }
         Ok(acks)
+    }
+
+    /// Starts a checkpoint on the checkpoint thread when one is due and none is being
+    /// written; records a finished one.
+    fn checkpoint_in_background(&mut self) -> Result<()> {
+        self.collect_checkpoint(false);
+        let checkpoints = &mut self.threads.checkpoints;
+        if checkpoints.in_flight.is_some() || !self.log.checkpoint_due(self.log.checkpoint_offset) {
+            return Ok(());
+        }
+        let (offset, bytes) = self.log.checkpoint_snapshot()?;
+        let sent = match &checkpoints.jobs {
+            Some(jobs) => jobs.send((offset, bytes)).is_ok(),
+            None => false,
+        };
+        if sent {
+            checkpoints.in_flight = Some(offset);
+        } else {
+            tracing::warn!("checkpoint thread gone; checkpoints stop");
+        }
+        Ok(())
+    }
+
+    /// Records the checkpoint being written once it is done (waiting for it if `block`).
+    /// A failed write is logged: the previous checkpoint stays the one recovery uses.
+    fn collect_checkpoint(&mut self, block: bool) {
+        let checkpoints = &mut self.threads.checkpoints;
+        if checkpoints.in_flight.is_none() {
+            return;
+        }
+        let done = if block {
+            checkpoints.done.recv().ok()
+        } else {
+            match checkpoints.done.try_recv() {
+                Ok(done) => Some(done),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        checkpoints.in_flight = None;
+        match done {
+            Some((offset, bytes, Ok(()))) => self.log.checkpoint_written(offset, bytes),
+            Some((offset, _, Err(e))) => {
+                tracing::warn!(offset, error = %e, "background checkpoint failed");
+            }
+            None => tracing::warn!("checkpoint thread gone"),
+        }
     }
 
     /// One completion from the I/O thread: seal/add segments, publish the batch.
@@ -380,22 +436,63 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         self.log.segment_bases()
     }
 
-    /// Writes a checkpoint as of the last published record (see [`Log::checkpoint`]).
+    /// Writes a checkpoint as of the last published record (see [`Log::checkpoint`]),
+    /// after any background one finished.
     pub fn checkpoint(&mut self) -> Result<u64> {
+        self.collect_checkpoint(true);
         self.log.checkpoint()
     }
 
-    /// Deletes sealed segments past the retention limits (see `Log::apply_retention`).
+    /// Deletes sealed segments past the retention limits (see `Log::apply_retention`),
+    /// after any background checkpoint finished (retention may write one itself).
     pub fn apply_retention(&mut self, now_ms: u64) -> Result<RetentionReport> {
+        self.collect_checkpoint(true);
         self.log.apply_retention(now_ms)
     }
 
     /// Drains, stops the threads and hands the storage back.
     pub fn close(mut self) -> Result<S> {
         self.drain()?;
+        self.collect_checkpoint(true);
         let PipelinedLog { log, threads, .. } = self;
         drop(threads);
         log.close()
+    }
+}
+
+/// Writes encoded checkpoints off the owner thread: the file write, its fdatasync, the
+/// rename and the directory fsync take milliseconds that would otherwise stall every
+/// append due meanwhile. One at a time; the owner records a checkpoint (which retention
+/// trusts) only once its write is reported.
+struct CheckpointThread {
+    jobs: Option<Sender<(u64, Vec<u8>)>>,
+    done: Receiver<(u64, usize, Result<()>)>,
+    thread: Option<JoinHandle<()>>,
+    /// Offset of the checkpoint being written.
+    in_flight: Option<u64>,
+}
+
+impl CheckpointThread {
+    fn start<S: Storage + Send + 'static>(mut storage: S) -> Result<CheckpointThread> {
+        let (jobs, inbox) = mpsc::channel::<(u64, Vec<u8>)>();
+        let (outbox, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("log-checkpoint".into())
+            .spawn(move || {
+                for (offset, bytes) in inbox {
+                    let result = write_checkpoint_file(&mut storage, &bytes);
+                    if outbox.send((offset, bytes.len(), result)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(io_err("spawn", "log-checkpoint"))?;
+        Ok(CheckpointThread {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            in_flight: None,
+        })
     }
 }
 
@@ -499,9 +596,15 @@ enum Spare {
     Idle,
     /// Asked for; the preparer will start.
     Wanted,
-    /// Being zero-filled.
-    Preparing,
-    /// Durable and unused.
+    /// Being created and allocated: not installable yet.
+    Creating,
+    /// Allocated and durable (installable); the preparer is zero-filling it.
+    Zeroing,
+    /// A roll wants it: the preparer stops after its current slice.
+    Handoff,
+    /// The preparer stopped for the roll; it is the roll's now.
+    HandedOff,
+    /// Zero-filled, durable, unused.
     Ready,
     /// Shutting down.
     Stop,
@@ -535,20 +638,25 @@ impl SpareSlot {
         }
     }
 
-    /// Takes the ready spare, waiting for one being prepared; false if there is none
+    /// Takes the spare — zero-filled or not, once it is allocated and durable — waiting
+    /// for its creation or for the zero-fill slice in progress; false if there is none
     /// (the roll then zero-fills inline).
     fn take(&self) -> bool {
         let mut state = self.lock();
-        while matches!(*state, Spare::Wanted | Spare::Preparing) {
-            state = self.wait(state);
+        loop {
+            match *state {
+                Spare::Wanted | Spare::Creating | Spare::Handoff => state = self.wait(state),
+                Spare::Zeroing => self.set(&mut state, Spare::Handoff),
+                Spare::HandedOff | Spare::Ready => {
+                    self.set(&mut state, Spare::Idle);
+                    return true;
+                }
+                Spare::Idle | Spare::Stop => return false,
+            }
         }
-        if *state == Spare::Ready {
-            self.set(&mut state, Spare::Idle);
-            return true;
-        }
-        false
     }
 
+    /// True when a fully zero-filled spare waits.
     fn is_ready(&self) -> bool {
         *self.lock() == Spare::Ready
     }
@@ -559,8 +667,9 @@ impl SpareSlot {
     }
 }
 
-/// The spare preparer: zero-fills `spare.tmp` whenever asked, off the owner and I/O
-/// threads.
+/// The spare preparer: whenever asked, creates `spare.tmp` (installable from then on)
+/// and zero-fills it slice by slice, off the owner and I/O threads, until it is full or
+/// a roll takes it.
 fn spare_loop<S: Storage>(mut storage: S, capacity: u64, slot: &SpareSlot) {
     loop {
         {
@@ -571,24 +680,82 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, slot: &SpareSlot) {
                 }
                 state = slot.wait(state);
             }
-            slot.set(&mut state, Spare::Preparing);
+            slot.set(&mut state, Spare::Creating);
         }
         let started = Instant::now();
-        let result = prepare_spare(&mut storage, capacity);
+        let created = start_spare(&mut storage, capacity);
+        {
+            let mut state = slot.lock();
+            match (*state, created) {
+                (Spare::Stop, _) => return,
+                (_, Ok(())) => slot.set(&mut state, Spare::Zeroing),
+                (_, Err(e)) => {
+                    tracing::warn!(error = %e, "creating the spare segment failed");
+                    storage.close(SPARE_NAME);
+                    slot.set(&mut state, Spare::Idle);
+                    continue;
+                }
+            }
+        }
+        let mut from = 0;
+        loop {
+            {
+                let mut state = slot.lock();
+                match *state {
+                    Spare::Stop => return,
+                    Spare::Handoff => {
+                        tracing::debug!(zeroed = from, capacity, "spare taken part-zeroed");
+                        slot.set(&mut state, Spare::HandedOff);
+                        break;
+                    }
+                    _ if from >= capacity => {
+                        tracing::debug!(ms = started.elapsed().as_millis() as u64, "spare ready");
+                        slot.set(&mut state, Spare::Ready);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match zero_spare_slice(&mut storage, from, capacity) {
+                Ok(next) => from = next,
+                Err(e) => {
+                    // Still a correct spare (allocated, durable), just not zeroed further.
+                    tracing::warn!(error = %e, "zero-filling the spare segment failed");
+                    from = capacity;
+                }
+            }
+        }
         storage.close(SPARE_NAME);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_roll_takes_the_spare_mid_zero_fill_after_the_current_slice() {
+        let slot = Arc::new(SpareSlot::default());
+        assert!(!slot.take(), "no spare, none asked for");
+        slot.request();
+        *slot.lock() = Spare::Zeroing; // as the preparer would, between slices
+        let roll = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || slot.take())
+        };
+        // The roll asks for a hand-off and waits for the slice in progress.
         let mut state = slot.lock();
-        if *state == Spare::Stop {
-            return;
+        while *state != Spare::Handoff {
+            state = slot.wait(state);
         }
-        match result {
-            Ok(()) => {
-                tracing::debug!(ms = started.elapsed().as_millis() as u64, "spare ready");
-                slot.set(&mut state, Spare::Ready);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "preparing the spare segment failed");
-                slot.set(&mut state, Spare::Idle);
-            }
-        }
+        assert!(!roll.is_finished());
+        slot.set(&mut state, Spare::HandedOff); // the preparer, after its slice
+        drop(state);
+        assert!(roll.join().unwrap());
+        assert_eq!(*slot.lock(), Spare::Idle);
+        assert!(
+            !slot.is_ready(),
+            "only a fully zero-filled spare counts as ready"
+        );
     }
 }

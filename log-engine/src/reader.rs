@@ -46,11 +46,15 @@ pub struct Page {
     pub last_seq: u64,
 }
 
-/// Recent durable bytes of the active segment, `[start, start + bytes.len())`.
+/// Recent durable bytes of the active segment: the published batches' own buffers,
+/// contiguous, `[start, start + len)`. Whole batches are evicted from the front, so a
+/// push never copies (an earlier version kept one `Vec` and `drain`ed half of it when
+/// full: a 4 MiB memmove on the owner thread every ~30 ms at 500k appends/s, which was
+/// most of the p99 append-to-durable latency).
 #[derive(Debug)]
 pub struct TailCache {
-    start: u64,
-    bytes: Vec<u8>,
+    chunks: std::collections::VecDeque<(u64, Vec<u8>)>,
+    len: usize,
     cap: usize,
 }
 
@@ -58,41 +62,46 @@ impl TailCache {
     /// An empty cache of at most `cap` bytes.
     pub fn new(cap: usize) -> TailCache {
         TailCache {
-            start: 0,
-            bytes: Vec::new(),
+            chunks: std::collections::VecDeque::new(),
+            len: 0,
             cap,
         }
     }
 
-    /// Adds durable bytes at `offset`; a discontinuity (new segment) restarts the cache.
+    /// Adds (a copy of) the durable bytes of one batch at `offset` (a batch holds whole
+    /// records); a discontinuity (new segment) restarts the cache. The copy is exactly
+    /// as large as the batch: the batch's own buffer, sized for the largest batch, goes
+    /// back to the writer's pool instead of being held here.
     pub fn push(&mut self, offset: u64, data: &[u8]) {
-        if self.cap == 0 {
+        if self.cap == 0 || data.len() > self.cap || data.is_empty() {
             return;
         }
-        if self.start + self.bytes.len() as u64 != offset || data.len() > self.cap {
-            self.bytes.clear();
-            self.start = offset;
-            if data.len() > self.cap {
-                return;
+        let end = self.chunks.back().map(|(at, b)| at + b.len() as u64);
+        if end.is_some_and(|end| end != offset) {
+            self.clear();
+        }
+        while self.len + data.len() > self.cap {
+            match self.chunks.pop_front() {
+                Some((_, old)) => self.len -= old.len(),
+                None => break,
             }
         }
-        if self.bytes.len() + data.len() > self.cap {
-            let drop = (self.bytes.len() + data.len() - self.cap / 2).min(self.bytes.len());
-            self.bytes.drain(..drop);
-            self.start += drop as u64;
-        }
-        self.bytes.extend_from_slice(data);
+        self.len += data.len();
+        self.chunks.push_back((offset, data.to_vec()));
     }
 
     /// Forgets everything.
     pub fn clear(&mut self) {
-        self.bytes.clear();
+        self.chunks.clear();
+        self.len = 0;
     }
 
-    /// The cached bytes from `offset` on, if `offset` is cached.
+    /// The cached bytes from `offset` to the end of the batch holding it, if cached.
     fn from(&self, offset: u64) -> Option<&[u8]> {
-        let at = usize::try_from(offset.checked_sub(self.start)?).ok()?;
-        self.bytes.get(at..).filter(|rest| !rest.is_empty())
+        let after = self.chunks.partition_point(|(at, _)| *at <= offset);
+        let (at, bytes) = self.chunks.get(after.checked_sub(1)?)?;
+        let at = usize::try_from(offset - at).ok()?;
+        bytes.get(at..).filter(|rest| !rest.is_empty())
     }
 }
 
@@ -182,17 +191,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tail_cache_keeps_recent_bytes() {
+    fn tail_cache_keeps_recent_batches() {
         let mut cache = TailCache::new(100);
         cache.push(64, &[1; 40]);
         cache.push(104, &[2; 40]);
-        assert_eq!(cache.from(64).unwrap().len(), 80);
+        // Reads run to the end of the batch holding the offset.
+        assert_eq!(cache.from(64).unwrap(), &[1; 40]);
+        assert_eq!(cache.from(70).unwrap().len(), 34);
+        assert_eq!(cache.from(104).unwrap(), &[2; 40]);
+        assert_eq!(cache.from(143).unwrap(), &[2]);
+        assert!(cache.from(144).is_none());
+        assert!(cache.from(63).is_none());
+        // Full: the oldest whole batch goes.
         cache.push(144, &[3; 40]);
         assert!(cache.from(64).is_none());
+        assert_eq!(cache.from(104).unwrap(), &[2; 40]);
         assert_eq!(cache.from(144).unwrap(), &[3; 40]);
+        // A discontinuity (new segment) restarts the cache.
         cache.push(5000, &[4; 8]);
         assert!(cache.from(144).is_none());
+        assert!(cache.from(104).is_none());
         assert_eq!(cache.from(5000).unwrap(), &[4; 8]);
         assert!(cache.from(5008).is_none());
+        // Larger than the cache, or empty: not kept.
+        cache.push(5008, &[5; 101]);
+        cache.push(5008, &[]);
+        assert_eq!(cache.from(5000).unwrap(), &[4; 8]);
+        assert!(cache.from(5008).is_none());
+        let mut off = TailCache::new(0);
+        off.push(64, &[1; 8]);
+        assert!(off.from(64).is_none());
     }
 }

@@ -44,6 +44,11 @@ pub trait Storage {
     fn len(&mut self, name: &str) -> io::Result<u64>;
     /// Truncates or extends (with zeros) the file.
     fn set_len(&mut self, name: &str, len: u64) -> io::Result<()>;
+    /// Extends the file to `len` with space reserved for it (reads as zeros, later
+    /// writes cannot fail for want of space). Defaults to [`Storage::set_len`].
+    fn allocate(&mut self, name: &str, len: u64) -> io::Result<()> {
+        self.set_len(name, len)
+    }
     /// Removes the file.
     fn remove(&mut self, name: &str) -> io::Result<()>;
     /// Atomically renames `from` to `to`, replacing `to`.
@@ -244,6 +249,26 @@ impl Storage for FsStorage {
 
     fn set_len(&mut self, name: &str, len: u64) -> io::Result<()> {
         self.file(name)?.set_len(len)
+    }
+
+    /// `fallocate(2)`: unwritten extents, so the space is ours without writing it.
+    fn allocate(&mut self, name: &str, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file(name)?.as_raw_fd();
+        let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+        // SAFETY: `fd` is an open descriptor owned by `self.files` for this call.
+        let rc = unsafe { libc::fallocate(fd, 0, 0, len) };
+        match rc {
+            0 => Ok(()),
+            _ => {
+                let e = io::Error::last_os_error();
+                // File systems without fallocate: a sparse extension is still correct.
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    return self.set_len(name, len as u64);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn remove(&mut self, name: &str) -> io::Result<()> {

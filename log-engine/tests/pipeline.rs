@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use log_engine::sim::SimStorage;
 use log_engine::{
-    AppendRequest, Config, Error, FsStorage, Log, PipelinedLog, RecordKind, Storage, Ticket,
+    AppendRequest, CheckpointUse, Config, Error, FsStorage, Log, PipelinedLog, RecordKind, Storage,
+    Ticket,
 };
 
 /// `SimStorage` whose segment syncs wait while the gate is closed, can be made to fail,
@@ -275,6 +276,12 @@ fn pipelined_over_real_files_with_rolls() {
     let storage = log.close().unwrap();
     let (mut log, report) = Log::open(storage, config, ()).unwrap();
     assert!(report.truncated.is_none());
+    // Checkpoints were written by the checkpoint thread; close waited for the last one.
+    assert!(
+        matches!(report.checkpoint, CheckpointUse::Used(_)),
+        "{:?}",
+        report.checkpoint
+    );
     for conv in 0..5 {
         let page = log.read_before(conv, u64::MAX, 10).unwrap();
         assert_eq!(page.last_seq, 2000);
