@@ -32,6 +32,7 @@
 //!   device stall) does not pay a thousand page faults on the owner thread;
 //! - the spare and checkpoint threads run at a lower CPU priority, so on two cores the
 //!   scheduler does not preempt the owner for a 4 ms tick to zero-fill the spare.
+//!
 //! What remains in the p99 is the device itself on this shared VM: individual writes or
 //! fdatasyncs of 1–15 ms, ~10–30 a second, each delaying every append due meanwhile.
 //!
