@@ -37,6 +37,9 @@ fn run_child(dir: &std::path::Path, first_id: u64, millis: u64) -> Vec<String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_crash_appender"))
         .arg(dir)
         .arg(first_id.to_string())
+        // Every other round drives the log as the gateway does (I/O, spare and
+        // checkpoint threads); the others through the synchronous driver.
+        .args((first_id / IDS_PER_ROUND % 2 == 1).then_some("pipelined"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

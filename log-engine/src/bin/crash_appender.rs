@@ -5,14 +5,16 @@
 //! ack <conversation> <seq> <message_id> <deduplicated 0|1>
 //! ```
 //!
-//! Usage: `crash_appender <dir> <first_message_id>`. Each append carries an idempotency
+//! Usage: `crash_appender <dir> <first_message_id> [pipelined]`: with `pipelined`, the
+//! log is a `PipelinedLog` (I/O, spare and checkpoint threads, as the gateway runs it),
+//! else the synchronous `Log`. Each append carries an idempotency
 //! key and a payload derived from its message id (see `payload_for`, `key_for`), and now
 //! and then a retry of an acknowledged key, so the parent can check every record.
 
 use std::io::Write;
 
 use log_engine::sim::SimRng;
-use log_engine::{AppendRequest, Config, FsStorage, Log, RecordKind};
+use log_engine::{Ack, AppendRequest, Config, FsStorage, Log, PipelinedLog, RecordKind, Ticket};
 
 /// Conversations the appender spreads records over.
 const CONVERSATIONS: u64 = 8;
@@ -42,7 +44,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_interval_bytes: 128 * 1024,
         ..Config::default()
     };
-    let (mut log, _report) = Log::open(FsStorage::open(&dir)?, config, ())?;
+    let pipelined = args.next().as_deref() == Some("pipelined");
+    let mut log = if pipelined {
+        Driver::Pipelined(PipelinedLog::open(FsStorage::open(&dir)?, config, ())?.0)
+    } else {
+        Driver::Sync(Log::open(FsStorage::open(&dir)?, config, ())?.0)
+    };
     let mut rng = SimRng::new(first_id);
     let mut out = std::io::stdout().lock();
     let mut id = first_id;
@@ -61,17 +68,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut tickets = Vec::with_capacity(pending.len());
         for &(conv, msg) in &pending {
             let payload = payload_for(msg);
-            let ticket = log.append_nowait(&AppendRequest {
+            let req = AppendRequest {
                 conversation_id: conv,
                 message_id: msg,
                 timestamp_ms: msg,
                 key: Some(key_for(msg)),
                 kind: RecordKind::Message,
                 payload: &payload,
-            })?;
+            };
+            let ticket = match &mut log {
+                Driver::Sync(log) => log.append_nowait(&req)?,
+                Driver::Pipelined(log) => log.append_nowait(&req)?,
+            };
             tickets.push(ticket);
         }
-        for (ticket, ack) in log.commit()? {
+        let acks: Vec<(Ticket, Ack)> = match &mut log {
+            Driver::Sync(log) => log.commit()?,
+            Driver::Pipelined(log) => log.drain()?,
+        };
+        for (ticket, ack) in acks {
             let Some(i) = tickets.iter().position(|t| *t == ticket) else {
                 continue;
             };
@@ -81,7 +96,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             last_acked = Some((conv, ack.message_id));
         }
         out.flush()?;
-        // Between batches, as a server would: keep a spare segment ready for the roll.
-        log.prepare_spare()?;
+        if let Driver::Sync(log) = &mut log {
+            // Between batches, as a server would: keep a spare segment ready for the roll.
+            log.prepare_spare()?;
+        }
     }
+}
+
+/// The two drivers of the same log.
+enum Driver {
+    Sync(Log<FsStorage>),
+    Pipelined(PipelinedLog<FsStorage>),
 }
