@@ -566,8 +566,7 @@ impl Writer {
         );
         if self.limits.write_align <= 1 {
             assert!(batch.bytes.is_empty());
-            let empty = std::mem::replace(&mut batch.bytes, bytes);
-            self.recycle(empty);
+            batch.bytes = bytes; // the job took them; they come back
         } else {
             self.recycle(bytes);
         }

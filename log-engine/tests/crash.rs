@@ -13,24 +13,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use log_engine::sim::SimRng;
-use log_engine::{Config, FsStorage, Log};
+use log_engine::{FsStorage, Log};
 
-const CONVERSATIONS: u64 = 8;
+mod common {
+    pub mod crash_records;
+}
+use common::crash_records::{crash_config, key_for, payload_for, CONVERSATIONS};
+
 const IDS_PER_ROUND: u64 = 1 << 32;
-
-fn payload_for(id: u64) -> Vec<u8> {
-    let len = 16 + (id % 97) as usize * 4;
-    (0..len)
-        .map(|i| (id as u8).wrapping_mul(31).wrapping_add(i as u8))
-        .collect()
-}
-
-fn key_for(id: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&id.to_le_bytes());
-    key[8..].copy_from_slice(&(id ^ 0x5EED_5EED_5EED_5EED).to_le_bytes());
-    key
-}
 
 /// Runs the child for a random while, kills it, returns its complete stdout lines.
 fn run_child(dir: &std::path::Path, first_id: u64, millis: u64) -> Vec<String> {
@@ -92,10 +82,7 @@ impl Expected {
 }
 
 fn verify(dir: &std::path::Path, expected: &Expected, max_id: u64) {
-    let config = Config {
-        segment_bytes: 256 * 1024,
-        ..Config::default()
-    };
+    let config = crash_config();
     let (mut log, _report) = Log::open(FsStorage::open(dir).unwrap(), config, ()).unwrap();
     let mut seen: HashMap<u64, (u64, u64)> = HashMap::new();
     for conv in 0..CONVERSATIONS {

@@ -14,24 +14,12 @@
 use std::io::Write;
 
 use log_engine::sim::SimRng;
-use log_engine::{Ack, AppendRequest, Config, FsStorage, Log, PipelinedLog, RecordKind, Ticket};
+use log_engine::{Ack, AppendRequest, FsStorage, Log, PipelinedLog, RecordKind, Ticket};
 
-/// Conversations the appender spreads records over.
-const CONVERSATIONS: u64 = 8;
+#[path = "../../tests/common/crash_records.rs"]
+mod crash_records;
 
-fn payload_for(id: u64) -> Vec<u8> {
-    let len = 16 + (id % 97) as usize * 4;
-    (0..len)
-        .map(|i| (id as u8).wrapping_mul(31).wrapping_add(i as u8))
-        .collect()
-}
-
-fn key_for(id: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&id.to_le_bytes());
-    key[8..].copy_from_slice(&(id ^ 0x5EED_5EED_5EED_5EED).to_le_bytes());
-    key
-}
+use crash_records::{crash_config, key_for, payload_for, CONVERSATIONS};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -39,11 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("usage: crash_appender <dir> <first_message_id>")?;
     let first_id: u64 = args.next().ok_or("missing first_message_id")?.parse()?;
-    let config = Config {
-        segment_bytes: 256 * 1024,
-        checkpoint_interval_bytes: 128 * 1024,
-        ..Config::default()
-    };
+    let config = crash_config();
     let pipelined = args.next().as_deref() == Some("pipelined");
     let mut log = if pipelined {
         Driver::Pipelined(PipelinedLog::open(FsStorage::open(&dir)?, config, ())?.0)
