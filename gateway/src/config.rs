@@ -12,6 +12,8 @@ use clap::Parser;
 use serde::Deserialize;
 use wire::limits::FRAME_BYTES_MAX;
 
+use crate::auth::password::{self, PasswordParams};
+
 /// The most shards one process runs (one per core; this bounds per-shard metric slots).
 pub const SHARDS_MAX: usize = 256;
 
@@ -20,6 +22,20 @@ pub const DEFAULT_TCP_PORT: u16 = 7070;
 pub const DEFAULT_DATA_DIR: &str = "./confab-data";
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 90_000;
+/// Clients are told to Ping this often (a third of the idle timeout).
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 30_000;
+/// Log segment size: large enough that rolls are rare, small enough that retention
+/// deletes in useful steps.
+pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_ACCESS_TOKEN_TTL_MS: u64 = 15 * 60 * 1000;
+pub const DEFAULT_REFRESH_TOKEN_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Inbound frames per second per connection, sustained.
+pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 200;
+/// Inbound frames a connection may send at once after being quiet.
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 400;
+/// Frames waiting to be written to one connection before it is closed as a slow
+/// consumer (4008).
+pub const DEFAULT_OUTBOUND_QUEUE_FRAMES: usize = 1024;
 
 /// Command-line flags; each also reads its `CONFAB_*` environment variable.
 #[derive(Debug, Default, Parser)]
@@ -56,6 +72,36 @@ pub struct Cli {
     /// Largest accepted protocol frame in bytes; at most 4194304 [default: 4194304].
     #[arg(long, env = "CONFAB_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// This node's id (Snowflake node bits; 0 on a single node) [default: 0].
+    #[arg(long, env = "CONFAB_NODE_ID")]
+    pub node_id: Option<u16>,
+    /// Log segment size in bytes [default: 268435456].
+    #[arg(long, env = "CONFAB_LOG_SEGMENT_BYTES")]
+    pub log_segment_bytes: Option<u64>,
+    /// Heartbeat interval announced in Welcome, in ms [default: 30000].
+    #[arg(long, env = "CONFAB_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Access token lifetime in ms [default: 900000].
+    #[arg(long, env = "CONFAB_ACCESS_TOKEN_TTL_MS")]
+    pub access_token_ttl_ms: Option<u64>,
+    /// Refresh token lifetime in ms [default: 2592000000].
+    #[arg(long, env = "CONFAB_REFRESH_TOKEN_TTL_MS")]
+    pub refresh_token_ttl_ms: Option<u64>,
+    /// argon2id memory cost in KiB for new password hashes [default: 19456].
+    #[arg(long, env = "CONFAB_ARGON2_MEMORY_KIB")]
+    pub argon2_memory_kib: Option<u32>,
+    /// argon2id iterations for new password hashes [default: 2].
+    #[arg(long, env = "CONFAB_ARGON2_ITERATIONS")]
+    pub argon2_iterations: Option<u32>,
+    /// Inbound frames per second per connection [default: 200].
+    #[arg(long, env = "CONFAB_RATE_LIMIT_PER_SEC")]
+    pub rate_limit_per_sec: Option<u32>,
+    /// Inbound frame burst per connection [default: 400].
+    #[arg(long, env = "CONFAB_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Outbound frames queued per connection before 4008 [default: 1024].
+    #[arg(long, env = "CONFAB_OUTBOUND_QUEUE_FRAMES")]
+    pub outbound_queue_frames: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, in snake_case.
@@ -70,10 +116,20 @@ pub struct FileConfig {
     pub handshake_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub max_frame_bytes: Option<usize>,
+    pub node_id: Option<u16>,
+    pub log_segment_bytes: Option<u64>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub access_token_ttl_ms: Option<u64>,
+    pub refresh_token_ttl_ms: Option<u64>,
+    pub argon2_memory_kib: Option<u32>,
+    pub argon2_iterations: Option<u32>,
+    pub rate_limit_per_sec: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
+    pub outbound_queue_frames: Option<usize>,
 }
 
 /// The resolved configuration every shard gets a copy of.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub bind: IpAddr,
     pub http_port: u16,
@@ -83,6 +139,15 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_frame_bytes: usize,
+    pub node_id: u16,
+    pub log_segment_bytes: u64,
+    pub heartbeat_interval: Duration,
+    pub access_token_ttl_ms: u64,
+    pub refresh_token_ttl_ms: u64,
+    pub password: PasswordParams,
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    pub outbound_queue_frames: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +207,47 @@ impl Config {
                 .max_frame_bytes
                 .or(file.max_frame_bytes)
                 .unwrap_or(FRAME_BYTES_MAX),
+            node_id: cli.node_id.or(file.node_id).unwrap_or(0),
+            log_segment_bytes: cli
+                .log_segment_bytes
+                .or(file.log_segment_bytes)
+                .unwrap_or(DEFAULT_LOG_SEGMENT_BYTES),
+            heartbeat_interval: Duration::from_millis(
+                cli.heartbeat_interval_ms
+                    .or(file.heartbeat_interval_ms)
+                    .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_MS),
+            ),
+            access_token_ttl_ms: cli
+                .access_token_ttl_ms
+                .or(file.access_token_ttl_ms)
+                .unwrap_or(DEFAULT_ACCESS_TOKEN_TTL_MS),
+            refresh_token_ttl_ms: cli
+                .refresh_token_ttl_ms
+                .or(file.refresh_token_ttl_ms)
+                .unwrap_or(DEFAULT_REFRESH_TOKEN_TTL_MS),
+            password: PasswordParams {
+                memory_kib: cli
+                    .argon2_memory_kib
+                    .or(file.argon2_memory_kib)
+                    .unwrap_or(password::DEFAULT_MEMORY_KIB),
+                iterations: cli
+                    .argon2_iterations
+                    .or(file.argon2_iterations)
+                    .unwrap_or(password::DEFAULT_ITERATIONS),
+                parallelism: password::DEFAULT_PARALLELISM,
+            },
+            rate_limit_per_sec: cli
+                .rate_limit_per_sec
+                .or(file.rate_limit_per_sec)
+                .unwrap_or(DEFAULT_RATE_LIMIT_PER_SEC),
+            rate_limit_burst: cli
+                .rate_limit_burst
+                .or(file.rate_limit_burst)
+                .unwrap_or(DEFAULT_RATE_LIMIT_BURST),
+            outbound_queue_frames: cli
+                .outbound_queue_frames
+                .or(file.outbound_queue_frames)
+                .unwrap_or(DEFAULT_OUTBOUND_QUEUE_FRAMES),
         };
         config.validate()?;
         Ok(config)
@@ -164,6 +270,19 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() || self.idle_timeout.is_zero() {
             return invalid("timeouts must be greater than zero".to_string());
+        }
+        if self.password.validate().is_err() {
+            return invalid(format!("argon2 parameters rejected: {:?}", self.password));
+        }
+        if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 || self.outbound_queue_frames == 0 {
+            return invalid("rate limits and the outbound queue must be greater than zero".to_string());
+        }
+        if self.access_token_ttl_ms == 0 || self.refresh_token_ttl_ms == 0 || self.heartbeat_interval.is_zero() {
+            return invalid("token lifetimes and the heartbeat must be greater than zero".to_string());
+        }
+        let segment = log_engine::limits::SEGMENT_BYTES_MIN..=log_engine::limits::SEGMENT_BYTES_MAX;
+        if !segment.contains(&self.log_segment_bytes) {
+            return invalid(format!("log_segment_bytes must be in {segment:?}, got {}", self.log_segment_bytes));
         }
         if self.http_port != 0 && self.http_port == self.tcp_port {
             return invalid(format!(

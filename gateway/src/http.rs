@@ -6,9 +6,12 @@
 //! | `GET /metrics` | 200, Prometheus text |
 //! | `GET /ws` + valid upgrade | 101, then a WebSocket session |
 //! | `GET /ws`, bad upgrade | `wire`'s refusal (400/405/426/431 with a reason) |
+//! | `/v1/...` | the JSON API ([`crate::api`], `gateway/API.md`) |
+//! | body over `HTTP_BODY_BYTES_MAX` | 413 |
 //! | head over 8 KiB or over 32 headers | 431 |
 //! | anything else | 404 (405 for a known path with another method) |
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -17,8 +20,10 @@ use wire::limits::{HANDSHAKE_HEADERS_MAX, HANDSHAKE_REQUEST_BYTES_MAX};
 use wire::ws::handshake;
 use wire::HandshakeError;
 
+use crate::api::{self, HTTP_BODY_BYTES_MAX};
+use crate::session::codec::Transport;
 use crate::session::io::{race, Woken};
-use crate::session::ws;
+use crate::session::live::{self, Ended};
 use crate::shard::Shard;
 
 /// A parsed request head: what routing needs, owned so the read buffer can be reused.
@@ -31,8 +36,18 @@ enum Head {
     Malformed,
 }
 
+/// What the head asked for.
+enum Routed {
+    /// The answer is in `out`.
+    Answered,
+    /// A WebSocket upgrade (the 101 is in `out`).
+    Upgrade(handshake::UpgradeRequest),
+    /// An API request with a body of this many bytes.
+    Api { body_len: usize },
+}
+
 /// Serve one HTTP request on `stream`.
-pub async fn serve(shard: &Shard, stream: &mut TcpStream, accepted_at: Instant) {
+pub async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, accepted_at: Instant) -> Ended {
     let deadline = accepted_at + shard.config.handshake_timeout;
     let mut buf = vec![0u8; HANDSHAKE_REQUEST_BYTES_MAX];
     let mut filled = 0;
@@ -45,7 +60,7 @@ pub async fn serve(shard: &Shard, stream: &mut TcpStream, accepted_at: Instant) 
         }
         match race(stream.read(space), deadline, None).await {
             Woken::Io(Ok(n)) if n > 0 => filled += n,
-            _ => return, // EOF, error or timeout before a full head: just close.
+            _ => return Ended::Close, // EOF, error or timeout before a full head.
         }
         match parse_head(buf.get(..filled).unwrap_or_default()) {
             Some(head) => break head,
@@ -63,18 +78,66 @@ pub async fn serve(shard: &Shard, stream: &mut TcpStream, accepted_at: Instant) 
         Head::Malformed => respond(&mut out, 400, "malformed HTTP request\n", "text/plain"),
         Head::Complete { len } => {
             let request = buf.get(..filled).unwrap_or_default();
-            if let Some(upgrade) = route(shard, request, &mut out) {
-                if stream.write_all(&out).await.is_err() {
-                    return;
+            match route(shard, request, &mut out) {
+                Routed::Answered => {}
+                Routed::Upgrade(upgrade) => {
+                    if stream.write_all(&out).await.is_err() {
+                        return Ended::Close;
+                    }
+                    let rest = buf.get(len..filled).unwrap_or_default().to_vec();
+                    drop(buf);
+                    shard.counters().ws_opened();
+                    let transport = Transport::Ws(upgrade.subprotocol);
+                    let ended = live::run(shard, stream, transport, &rest, accepted_at).await;
+                    shard.counters().ws_closed();
+                    return ended;
                 }
-                let rest = buf.get(len..filled).unwrap_or_default().to_vec();
-                drop(buf);
-                ws::run(shard, stream, &upgrade, &rest, accepted_at).await;
-                return;
+                Routed::Api { body_len } => {
+                    let mut body = buf.get(len..filled).unwrap_or_default().to_vec();
+                    while body.len() < body_len {
+                        let mut chunk = vec![0u8; (body_len - body.len()).min(16 * 1024)];
+                        match race(stream.read(&mut chunk), deadline, None).await {
+                            Woken::Io(Ok(n)) if n > 0 => body.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                            _ => return Ended::Close,
+                        }
+                    }
+                    body.truncate(body_len);
+                    let mut headers = [httparse::EMPTY_HEADER; HANDSHAKE_HEADERS_MAX];
+                    let mut parsed = httparse::Request::new(&mut headers);
+                    let head = request.get(..len).unwrap_or_default();
+                    if parsed.parse(head).is_err() {
+                        return Ended::Close;
+                    }
+                    let target = parsed.path.unwrap_or("/");
+                    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                    let authorization = header(&parsed, "authorization")
+                        .and_then(|v| std::str::from_utf8(v).ok());
+                    let response = api::handle(
+                        shard,
+                        api::Request {
+                            method: parsed.method.unwrap_or(""),
+                            path,
+                            query,
+                            authorization,
+                            body: &body,
+                        },
+                    )
+                    .await;
+                    respond(&mut out, response.status, &response.body, "application/json");
+                }
             }
         }
     }
     let _ = stream.write_all(&out).await;
+    Ended::Close
+}
+
+fn header<'a>(request: &httparse::Request<'_, 'a>, name: &str) -> Option<&'a [u8]> {
+    request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
 }
 
 /// `None` while the head is incomplete.
@@ -89,23 +152,39 @@ fn parse_head(bytes: &[u8]) -> Option<Head> {
     }
 }
 
-/// Answer a complete request into `out`, or return the upgrade to accept (with the 101
-/// already in `out`).
-fn route(shard: &Shard, request: &[u8], out: &mut Vec<u8>) -> Option<handshake::UpgradeRequest> {
+/// Answer a complete request into `out`, or say what else it needs.
+fn route(shard: &Shard, request: &[u8], out: &mut Vec<u8>) -> Routed {
     let mut headers = [httparse::EMPTY_HEADER; HANDSHAKE_HEADERS_MAX];
     let mut parsed = httparse::Request::new(&mut headers);
     if parsed.parse(request).is_err() {
         respond(out, 400, "malformed HTTP request\n", "text/plain");
-        return None;
+        return Routed::Answered;
     }
     let path = parsed.path.unwrap_or("/");
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let is_get = parsed.method == Some("GET");
+    if api::owns(path) {
+        let length = header(&parsed, "content-length")
+            .map(|v| std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<usize>().ok()));
+        return match length {
+            None => Routed::Api { body_len: 0 },
+            Some(Some(n)) if n <= HTTP_BODY_BYTES_MAX => Routed::Api { body_len: n },
+            Some(Some(_)) => {
+                let body = format!("{{\"error\":{{\"code\":\"too_large\",\"message\":\"body over {HTTP_BODY_BYTES_MAX} bytes\"}}}}");
+                respond(out, 413, &body, "application/json");
+                Routed::Answered
+            }
+            Some(None) => {
+                respond(out, 400, "bad Content-Length\n", "text/plain");
+                Routed::Answered
+            }
+        };
+    }
     match path {
         "/ws" => match handshake::validate_upgrade(&parsed) {
             Ok(upgrade) => {
                 handshake::write_accept(&upgrade, out);
-                return Some(upgrade);
+                return Routed::Upgrade(upgrade);
             }
             Err(error) => {
                 tracing::debug!(shard = shard.id, %error, "websocket upgrade refused");
@@ -122,13 +201,20 @@ fn route(shard: &Shard, request: &[u8], out: &mut Vec<u8>) -> Option<handshake::
         }
         _ => respond(out, 404, "not found\n", "text/plain"),
     }
-    None
+    Routed::Answered
 }
 
 fn respond(out: &mut Vec<u8>, status: u16, body: &str, content_type: &str) {
     let reason = match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Error",

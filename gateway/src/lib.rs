@@ -12,11 +12,18 @@
 //! - [`metrics`]: per-shard counters (one atomic slot per shard) and Prometheus text.
 //! - [`shutdown`]: SIGTERM/SIGINT → process flag → each shard's local signal.
 //!
-//! Not built yet (issue #4): accounts and tokens, user-affine hand-off, chat, the
-//! cross-shard mesh, storage. Until then every `Hello` is refused with `Unauthenticated`.
+//! - [`auth`]: signed expiring tokens, argon2id password hashes, credential rules.
+//! - [`api`]: the HTTP `/v1` JSON API (accounts, login, refresh, history).
+//! - [`chat`]: mesh messages between shards and their handlers (user home, conversation
+//!   owner): the delivery contract lives here.
+//! - [`state`]: the metadata each shard folds from its log (users, devices, memberships,
+//!   cursors, receipts, direct conversations).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod auth;
+pub mod api;
+pub mod chat;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -24,3 +31,4 @@ pub mod server;
 pub mod session;
 pub mod shard;
 pub mod shutdown;
+pub mod state;

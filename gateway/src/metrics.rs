@@ -26,6 +26,28 @@ pub struct ShardCounters {
     accepted_tcp: AtomicU64,
     ws_sessions: AtomicU64,
     protocol_errors: AtomicU64,
+    sessions: AtomicU64,
+    handed_off: AtomicU64,
+    adopted: AtomicU64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    messages_stored: AtomicU64,
+    pushed: AtomicU64,
+    rate_limited: AtomicU64,
+    storage_errors: AtomicU64,
+    mesh_dropped: AtomicU64,
+    /// Append-to-durable latency: counts per bucket of [`APPEND_BUCKETS_US`], plus +Inf.
+    append_buckets: [AtomicU64; APPEND_BUCKETS_US.len() + 1],
+    append_sum_us: AtomicU64,
+}
+
+/// Upper bounds (µs) of the append-to-durable latency histogram buckets.
+pub const APPEND_BUCKETS_US: [u64; 12] = [
+    100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 500_000, 1_000_000,
+];
+
+fn add(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl ShardCounters {
@@ -54,6 +76,64 @@ impl ShardCounters {
         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn session_opened(&self) {
+        add(&self.sessions);
+    }
+
+    pub fn session_closed(&self) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn handed_off(&self) {
+        add(&self.handed_off);
+    }
+
+    /// A connection handed over by another shard (counted open here).
+    pub fn adopted(&self) {
+        add(&self.adopted);
+        add(&self.connections);
+    }
+
+    pub fn frame_in(&self) {
+        add(&self.frames_in);
+    }
+
+    pub fn frame_out(&self) {
+        add(&self.frames_out);
+    }
+
+    pub fn message_stored(&self) {
+        add(&self.messages_stored);
+    }
+
+    pub fn pushed(&self, n: u64) {
+        self.pushed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn rate_limited(&self) {
+        add(&self.rate_limited);
+    }
+
+    pub fn storage_error(&self) {
+        add(&self.storage_errors);
+    }
+
+    pub fn mesh_dropped(&self) {
+        add(&self.mesh_dropped);
+    }
+
+    fn append_latency(&self, elapsed: std::time::Duration) {
+        let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
+        let bucket = APPEND_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(APPEND_BUCKETS_US.len());
+        if let Some(counter) = self.append_buckets.get(bucket) {
+            add(counter);
+        }
+        self.append_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
     }
@@ -77,20 +157,64 @@ impl Metrics {
         &self.shards[id]
     }
 
+    /// Record one message append's time from call to durable.
+    pub fn append_latency(&self, shard: usize, elapsed: std::time::Duration) {
+        if let Some(counters) = self.shards.get(shard) {
+            counters.append_latency(elapsed);
+        }
+    }
+
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(256 + self.shards.len() * 256);
-        let gauges: [(&str, &str, Field); 2] = [
+        let gauges: [(&str, &str, Field); 3] = [
             ("confab_connections", "Open connections", |c| &c.connections),
             ("confab_ws_sessions", "Open WebSocket sessions", |c| {
                 &c.ws_sessions
             }),
+            ("confab_sessions", "Authenticated sessions", |c| &c.sessions),
         ];
         for (name, help, field) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}, per shard.\n# TYPE {name} gauge");
             for (i, c) in self.shards.iter().enumerate() {
                 let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", load(field(c)));
             }
+        }
+        let counters: [(&str, &str, Field); 10] = [
+            ("confab_handoffs_total", "Connections handed to their user's home shard", |c| &c.handed_off),
+            ("confab_adopted_total", "Connections adopted from another shard", |c| &c.adopted),
+            ("confab_frames_in_total", "Request frames received", |c| &c.frames_in),
+            ("confab_frames_out_total", "Frames sent", |c| &c.frames_out),
+            ("confab_messages_stored_total", "Messages made durable", |c| &c.messages_stored),
+            ("confab_pushes_total", "Messages offered to a user's devices", |c| &c.pushed),
+            ("confab_rate_limited_total", "Frames refused by the rate limit", |c| &c.rate_limited),
+            ("confab_storage_errors_total", "Log appends or reads that failed", |c| &c.storage_errors),
+            ("confab_mesh_dropped_total", "Mesh messages dropped (peer gone or full)", |c| &c.mesh_dropped),
+            ("confab_protocol_errors_total", "Connections failed for bad input", |c| &c.protocol_errors),
+        ];
+        for (name, help, field) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+            for (i, c) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", load(field(c)));
+            }
+        }
+        let name = "confab_append_durable_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Message append to durable (fdatasync covered it).\n# TYPE {name} histogram"
+        );
+        for (i, c) in self.shards.iter().enumerate() {
+            let mut cumulative = 0;
+            for (bound, counter) in APPEND_BUCKETS_US.iter().zip(c.append_buckets.iter()) {
+                cumulative += load(counter);
+                let le = *bound as f64 / 1e6;
+                let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"{le}\"}} {cumulative}");
+            }
+            cumulative += c.append_buckets.last().map_or(0, load);
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}");
+            let sum = load(&c.append_sum_us) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {cumulative}");
         }
         let name = "confab_connections_accepted_total";
         let _ = writeln!(
@@ -101,14 +225,6 @@ impl Metrics {
             let (http, tcp) = (load(&c.accepted_http), load(&c.accepted_tcp));
             let _ = writeln!(out, "{name}{{shard=\"{i}\",listener=\"http\"}} {http}");
             let _ = writeln!(out, "{name}{{shard=\"{i}\",listener=\"tcp\"}} {tcp}");
-        }
-        let name = "confab_protocol_errors_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Connections failed for bad input.\n# TYPE {name} counter"
-        );
-        for (i, c) in self.shards.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", load(&c.protocol_errors));
         }
         out
     }

@@ -10,12 +10,25 @@ use std::sync::mpsc;
 
 use anyhow::{anyhow, Context as _};
 
-use glommio::{CpuSet, LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, LocalExecutorBuilder};
 
+use log_engine::{AsyncLog, FsStorage, PipelinedLog};
+use router::mesh::{full_mesh, MeshEnds, MESH_CHANNEL_BATCHES_DEFAULT};
+use router::{Placement, SnowflakeGenerator};
+
+use crate::auth::TokenKey;
+use crate::chat::ShardMsg;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::shard::{self, Shard};
+use crate::shard::{self, Shard, ShardParts};
 use crate::shutdown::ShutdownFlag;
+use crate::state::ShardState;
+
+/// The file holding the token signing key, in the data directory.
+pub const TOKEN_KEY_FILE: &str = "token.key";
+
+/// The file recording the shard count the data directory was written with.
+pub const LAYOUT_FILE: &str = "layout";
 
 /// io_uring buffer memory per executor. glommio's default (10 MiB) is registered, hence
 /// locked, memory; this machine class allows 8 MiB of locked memory per process, so each
@@ -51,15 +64,29 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
     config
         .create_data_dir()
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    check_layout(&config)?;
+    let token_key = TokenKey::load_or_create(&config.data_dir.join(TOKEN_KEY_FILE))
+        .context("loading the token key")?;
+    let placement = Placement::single_node(config.node_id, config.shards as u32)
+        .map_err(|e| anyhow!("placement: {e}"))?;
     let cpus = cpus()?;
     let metrics = Metrics::new(config.shards);
+    let mut mesh_ends = full_mesh::<ShardMsg>(config.shards, MESH_CHANNEL_BATCHES_DEFAULT).into_iter();
     let (bound_tx, bound_rx) = mpsc::channel::<Bound>();
     let mut handles = Vec::with_capacity(config.shards);
     let mut ports = (config.http_port, config.tcp_port);
     let mut first: Option<(SocketAddr, SocketAddr)> = None;
     for id in 0..config.shards {
         let cpu = cpus[id % cpus.len()];
-        let spawned = spawn_shard(id, cpu, ports, &config, &metrics, &flag, bound_tx.clone());
+        let common = Common {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            flag: flag.clone(),
+            token_key: token_key.clone(),
+            placement: placement.clone(),
+        };
+        let ends = mesh_ends.next().ok_or_else(|| anyhow!("mesh ends for shard {id}"))?;
+        let spawned = spawn_shard(id, cpu, ports, common, ends, bound_tx.clone());
         let bound = spawned.and_then(|handle| {
             handles.push(handle);
             bound_rx
@@ -88,17 +115,68 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
     join(handles)
 }
 
+/// What every shard gets a copy of.
+struct Common {
+    config: Config,
+    metrics: Metrics,
+    flag: ShutdownFlag,
+    token_key: TokenKey,
+    placement: Placement,
+}
+
+/// Refuse to start on a data directory written with another shard count: ownership of
+/// users and conversations follows the count, so their data would be on the wrong shard.
+fn check_layout(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join(LAYOUT_FILE);
+    let want = format!("shards={}\n", config.shards);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == want => Ok(()),
+        Ok(found) => Err(anyhow!(
+            "{} was written with {} but this server runs shards={}; resharding is not \
+             supported, start with the same --shards",
+            config.data_dir.display(),
+            found.trim(),
+            config.shards
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, want).with_context(|| format!("writing {}", path.display()))
+        }
+        Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Open shard `id`'s log (`<data_dir>/shard-<id>/`), recovering it.
+fn open_log(config: &Config, id: usize) -> anyhow::Result<shard::ShardLog> {
+    let dir = config.data_dir.join(format!("shard-{id}"));
+    let storage = FsStorage::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let log_config = log_engine::Config {
+        segment_bytes: config.log_segment_bytes,
+        // Persist before ack: the gateway runs the pipelined log, which is durable-only.
+        durability: log_engine::Durability::Durable,
+        ..log_engine::Config::default()
+    };
+    let (log, report) = PipelinedLog::open(storage, log_config, ShardState::default())
+        .with_context(|| format!("recovering {}", dir.display()))?;
+    tracing::info!(shard = id, ?report, "log open");
+    Ok(AsyncLog::new(log))
+}
+
 fn spawn_shard(
     id: usize,
     cpu: usize,
     (http_port, tcp_port): (u16, u16),
-    config: &Config,
-    metrics: &Metrics,
-    flag: &ShutdownFlag,
+    common: Common,
+    ends: MeshEnds<ShardMsg>,
     bound: mpsc::Sender<Bound>,
 ) -> anyhow::Result<glommio::ExecutorJoinHandle<()>> {
-    let (config, metrics, flag) = (config.clone(), metrics.clone(), flag.clone());
-    LocalExecutorBuilder::new(Placement::Fixed(cpu))
+    let Common {
+        config,
+        metrics,
+        flag,
+        token_key,
+        placement,
+    } = common;
+    LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
         .name(&format!("shard{id}"))
         .io_memory(IO_MEMORY_BYTES)
         .ring_depth(RING_DEPTH)
@@ -112,10 +190,39 @@ fn spawn_shard(
                     return;
                 }
             };
+            let log = match open_log(&config, id) {
+                Ok(log) => log,
+                Err(e) => {
+                    let _ = bound.send(Err(format!("{e:#}")));
+                    return;
+                }
+            };
+            let ids = match SnowflakeGenerator::for_shard(config.node_id, config.shards as u32, id as u32) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    let _ = bound.send(Err(format!("message ids: {e}")));
+                    return;
+                }
+            };
             let addrs = http.local_addr().and_then(|h| Ok((h, tcp.local_addr()?)));
             let _ = bound.send(addrs.map_err(|e| e.to_string()));
+            // Every shard connects its mesh ends; this waits for all of them.
+            let (mesh, incoming) = ends.connect().await;
+            let shard = Shard::new(ShardParts {
+                id,
+                config,
+                metrics,
+                placement,
+                mesh,
+                log,
+                ids,
+                token_key,
+            });
+            for peer in incoming {
+                glommio::spawn_local(shard::receive_loop(shard.clone(), peer)).detach();
+            }
             tracing::info!(shard = id, cpu, "shard listening");
-            shard::serve(Shard::new(id, config, metrics), flag, http, tcp).await;
+            shard::serve(shard, flag, http, tcp).await;
         })
         .map_err(|e| anyhow!("starting executor for shard {id} on cpu {cpu}: {e}"))
 }

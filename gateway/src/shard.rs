@@ -1,18 +1,31 @@
 //! One shard: the state a pinned executor owns, its two accept loops, and its drain.
 //!
-//! A shard's state is `Rc`/`Cell` only: it never leaves its thread. The only state other
-//! threads see is its metrics slot (written here, read by `/metrics` anywhere).
+//! A shard's state is `Rc`/`Cell` only: it never leaves its thread. Other threads see
+//! only its metrics slot (written here, read by `/metrics` anywhere), the mesh channels,
+//! and its log's I/O threads.
+//!
+//! Each shard owns one log (`<data_dir>/shard-<id>/`) holding the messages of the
+//! conversations it owns and the metadata of the users whose home it is.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_channel::oneshot;
 use glommio::net::{TcpListener, TcpStream};
+use log_engine::{AsyncLog, FsStorage};
+use router::mesh::{Incoming, Mesh, SendError};
+use router::{Placement, SnowflakeGenerator};
 
+use crate::auth::TokenKey;
+use crate::chat::{self, ApiError, Reply, ShardMsg};
 use crate::config::Config;
 use crate::metrics::{Listener, Metrics, ShardCounters};
 use crate::session::io::{race, Woken};
+use crate::session::live::{Ended, Registry};
 use crate::shutdown::{Shutdown, ShutdownFlag};
+use crate::state::ShardState;
 use crate::{http, session};
 
 /// How long a shard waits, after shutdown starts, for its sessions to finish closing.
@@ -21,23 +34,61 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
+/// The log type every shard runs.
+pub type ShardLog = AsyncLog<FsStorage, ShardState>;
+
 /// Per-shard state, shared by the shard's tasks.
-#[derive(Debug)]
 pub struct Shard {
     pub id: usize,
     pub config: Config,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
+    pub placement: Placement,
+    pub mesh: Mesh<ShardMsg>,
+    pub log: ShardLog,
+    pub ids: RefCell<SnowflakeGenerator>,
+    pub token_key: TokenKey,
+    pub sessions: RefCell<Registry>,
+    /// Users being registered (their record is not durable yet).
+    pub reserving_users: RefCell<HashSet<u64>>,
+    /// Highest device id handed out per user since start (ids not durable yet).
+    pub reserved_devices: RefCell<HashMap<u64, u64>>,
+    /// The newest sequence this shard has seen per conversation (pushes, reads); not
+    /// persisted: catch-up reads refresh it.
+    last_seqs: RefCell<HashMap<u64, u64>>,
+    next_session: Cell<u64>,
     open: Cell<usize>,
 }
 
+/// What a shard is built from.
+pub struct ShardParts {
+    pub id: usize,
+    pub config: Config,
+    pub metrics: Metrics,
+    pub placement: Placement,
+    pub mesh: Mesh<ShardMsg>,
+    pub log: ShardLog,
+    pub ids: SnowflakeGenerator,
+    pub token_key: TokenKey,
+}
+
 impl Shard {
-    pub fn new(id: usize, config: Config, metrics: Metrics) -> Rc<Shard> {
+    pub fn new(parts: ShardParts) -> Rc<Shard> {
         Rc::new(Shard {
-            id,
-            config,
-            metrics,
+            id: parts.id,
+            config: parts.config,
+            metrics: parts.metrics,
             shutdown: Shutdown::default(),
+            placement: parts.placement,
+            mesh: parts.mesh,
+            log: parts.log,
+            ids: RefCell::new(parts.ids),
+            token_key: parts.token_key,
+            sessions: RefCell::new(Registry::default()),
+            reserving_users: RefCell::new(HashSet::new()),
+            reserved_devices: RefCell::new(HashMap::new()),
+            last_seqs: RefCell::new(HashMap::new()),
+            next_session: Cell::new(1),
             open: Cell::new(0),
         })
     }
@@ -50,15 +101,88 @@ impl Shard {
     pub fn open_connections(&self) -> usize {
         self.open.get()
     }
+
+    /// Read the folded state.
+    pub fn state<R>(&self, f: impl FnOnce(&ShardState) -> R) -> R {
+        self.log.with_log(|log| f(log.state()))
+    }
+
+    /// The shard that is `user_id`'s home.
+    pub fn user_home(&self, user_id: u64) -> usize {
+        self.placement.user_home(user_id).shard as usize
+    }
+
+    /// The shard that owns `conversation_id`.
+    pub fn conversation_owner(&self, conversation_id: u64) -> usize {
+        self.placement.conversation_owner(conversation_id).shard as usize
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        let id = self.next_session.get();
+        self.next_session.set(id + 1);
+        ((self.id as u64) << 48) | id
+    }
+
+    pub fn note_last_seq(&self, conversation_id: u64, seq: u64) {
+        let mut seqs = self.last_seqs.borrow_mut();
+        let entry = seqs.entry(conversation_id).or_insert(0);
+        *entry = (*entry).max(seq);
+    }
+
+    pub fn last_seq(&self, conversation_id: u64) -> u64 {
+        self.last_seqs.borrow().get(&conversation_id).copied().unwrap_or(0)
+    }
+
+    /// Deliver `msg` to shard `to` (this one included, through a task of its own).
+    pub async fn route(self: &Rc<Self>, to: usize, msg: ShardMsg) {
+        if to == self.id {
+            chat::handle(self, msg);
+            return;
+        }
+        match self.mesh.send(to, msg).await {
+            Ok(()) => {}
+            // Dropping the message drops its reply channel: the caller sees Unavailable.
+            Err(SendError::NoPeer(_)) | Err(SendError::Full(_)) => {
+                self.counters().mesh_dropped();
+                tracing::warn!(shard = self.id, to, "mesh message dropped");
+            }
+        }
+    }
+
+    /// Send a request built around a reply channel to shard `to` and wait for the answer.
+    pub async fn call<T>(self: &Rc<Self>, to: usize, make: impl FnOnce(Reply<T>) -> ShardMsg) -> Result<T, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.route(to, make(reply)).await;
+        answer
+            .await
+            .map_err(|_| ApiError::unavailable("shard unavailable"))
+    }
+}
+
+/// Receive batches from one peer until it goes away; every message is handled on this
+/// shard (handlers that wait run as their own tasks, so this loop never blocks).
+pub async fn receive_loop(shard: Rc<Shard>, incoming: Incoming<ShardMsg>) {
+    while let Some(batch) = incoming.recv().await {
+        for msg in batch {
+            chat::handle(&shard, msg);
+        }
+    }
 }
 
 /// Counts one open connection for its lifetime.
-struct ConnGuard(Rc<Shard>);
+pub struct ConnGuard(Rc<Shard>);
 
 impl ConnGuard {
     fn new(shard: &Rc<Shard>, listener: Listener) -> ConnGuard {
         shard.open.set(shard.open.get() + 1);
         shard.counters().accepted(listener);
+        ConnGuard(shard.clone())
+    }
+
+    /// A connection handed over by another shard.
+    pub fn adopted(shard: &Rc<Shard>) -> ConnGuard {
+        shard.open.set(shard.open.get() + 1);
+        shard.counters().adopted();
         ConnGuard(shard.clone())
     }
 }
@@ -81,6 +205,14 @@ pub async fn serve(shard: Rc<Shard>, flag: ShutdownFlag, http: TcpListener, tcp:
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while shard.open_connections() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    // Flush the log: wait for appends still in flight, then checkpoint so the next
+    // start replays little.
+    while shard.log.pending() > 0 && Instant::now() < deadline + DRAIN_TIMEOUT {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if let Err(error) = shard.log.with_log(|log| log.checkpoint()) {
+        tracing::warn!(shard = shard.id, %error, "checkpoint at shutdown failed");
     }
     tracing::info!(
         shard = shard.id,
@@ -112,10 +244,14 @@ async fn connection(guard: ConnGuard, mut stream: TcpStream, kind: Listener) {
     let shard = &guard.0;
     let accepted_at = Instant::now();
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(shard.config.idle_timeout));
-    match kind {
+    let ended = match kind {
         Listener::Http => http::serve(shard, &mut stream, accepted_at).await,
-        Listener::Tcp => session::tcp::run(shard, &mut stream, accepted_at).await,
+        Listener::Tcp => {
+            let transport = session::codec::Transport::Tcp;
+            session::live::run(shard, &mut stream, transport, &[], accepted_at).await
+        }
+    };
+    if ended == Ended::Close {
+        session::io::linger_close(&mut stream).await;
     }
-    session::io::linger_close(&mut stream).await;
 }

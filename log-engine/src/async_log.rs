@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use crate::error::{Error, Result};
+use crate::format::RecordKind;
 use crate::meta::StateMachine;
 use crate::pipeline::PipelinedLog;
 use crate::storage::Storage;
@@ -61,6 +62,20 @@ impl<S: Storage + Send + 'static, M: StateMachine> AsyncLog<S, M> {
     pub fn append(&self, req: &AppendRequest<'_>) -> Durable<'_, S, M> {
         let mut inner = self.inner.borrow_mut();
         let ticket = inner.log.append_nowait(req).and_then(|ticket| {
+            inner.log.flush()?;
+            Ok(ticket)
+        });
+        Durable {
+            log: self,
+            ticket: Some(ticket),
+        }
+    }
+
+    /// Encodes a metadata append now and returns a future that resolves once it is
+    /// durable (and folded into the state machine).
+    pub fn append_meta(&self, kind: RecordKind, payload: &[u8], now_ms: u64) -> Durable<'_, S, M> {
+        let mut inner = self.inner.borrow_mut();
+        let ticket = inner.log.append_meta_nowait(kind, payload, now_ms).and_then(|ticket| {
             inner.log.flush()?;
             Ok(ticket)
         });
@@ -172,7 +187,6 @@ impl<S: Storage + Send + 'static, M: StateMachine> Drop for Durable<'_, S, M> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::format::RecordKind;
     use crate::sim::SimStorage;
     use crate::storage::FsStorage;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -277,6 +291,18 @@ mod tests {
         assert_eq!(last[0].as_ref().unwrap().seq, 11);
         let log = log.into_inner().unwrap();
         assert_eq!(log.last_seq(9), 11);
+    }
+
+    #[test]
+    fn metadata_appends_are_futures_too() {
+        let (log, _) = PipelinedLog::open(SimStorage::new(), Config::default(), ()).unwrap();
+        let log = AsyncLog::new(log);
+        let acks = block_on_all(vec![
+            log.append_meta(RecordKind::User, b"u", 0),
+            log.append_meta(RecordKind::Cursor, b"c", 0),
+        ]);
+        let seqs: Vec<u64> = acks.into_iter().map(|a| a.unwrap().seq).collect();
+        assert_eq!(seqs, vec![1, 2], "metadata sequence, gap-free");
     }
 
     #[test]

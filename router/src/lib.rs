@@ -41,6 +41,7 @@ pub mod error;
 pub mod hash;
 pub mod ids;
 pub mod limits;
+pub mod mesh;
 pub mod placement;
 
 pub use conversation::{direct_conversation_id, ConversationKind};

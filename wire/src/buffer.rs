@@ -45,6 +45,16 @@ impl InputBuffer {
         debug_assert!(self.start <= self.bytes.len());
     }
 
+    /// Every byte not consumed yet (the last event's included: it is released first),
+    /// leaving the buffer empty. For handing a connection to another decoder.
+    pub(crate) fn take_unread(&mut self) -> Vec<u8> {
+        self.release_pending();
+        let rest = self.pending().to_vec();
+        self.bytes.clear();
+        self.start = 0;
+        rest
+    }
+
     /// Unconsumed bytes.
     pub(crate) fn pending(&self) -> &[u8] {
         self.bytes.get(self.start..).unwrap_or_default()

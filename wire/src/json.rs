@@ -138,8 +138,8 @@ impl serde::de::Visitor<'_> for U64Visitor {
     }
 }
 
-/// `u64` as a decimal string; accepts a string or a number.
-pub(crate) mod u64_str {
+/// `u64` as a decimal string; accepts a string or a number (serde `with` module).
+pub mod u64_str {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {

@@ -110,6 +110,12 @@ impl TcpFrameDecoder {
         }
     }
 
+    /// The bytes read but not yet returned as frames (after releasing the last frame),
+    /// leaving the decoder empty: to move a connection to another decoder or thread.
+    pub fn take_unread_input(&mut self) -> Vec<u8> {
+        self.input.take_unread()
+    }
+
     pub fn buffered_bytes(&self) -> usize {
         self.input.capacity()
     }

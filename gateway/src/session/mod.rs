@@ -1,13 +1,13 @@
-//! Connection sessions: WebSocket ([`ws`]) and raw TCP ([`tcp`]), both driving the sans-IO
-//! codecs of the `wire` crate, and the pre-authentication [`gate`] they share.
+//! Connection sessions: WebSocket and raw TCP through one [`codec::Codec`] over the
+//! sans-IO codecs of the `wire` crate; [`live`] runs the Hello gate, the hand-off to the
+//! user's home shard and the authenticated session.
 //!
 //! Per-connection memory is the codec's input buffer (grown only to the frame being read,
 //! at most `max_frame_bytes` plus a header), its output buffer, and a few words of state.
 
-pub mod gate;
+pub mod codec;
 pub mod io;
-pub mod tcp;
-pub mod ws;
+pub mod live;
 
 use std::time::Duration;
 

@@ -40,6 +40,12 @@ impl Server {
                 "0",
                 "--shards",
                 "2",
+                "--log-segment-bytes",
+                "4194304",
+                "--argon2-memory-kib",
+                "1024",
+                "--argon2-iterations",
+                "1",
                 "--data-dir",
             ])
             .arg(&dir)

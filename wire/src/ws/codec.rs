@@ -399,6 +399,17 @@ impl WsCodec {
 
     // ----- bytes out --------------------------------------------------------------------
 
+    /// The bytes read but not yet decoded (after releasing the last event), leaving the
+    /// codec's input empty, to move an open connection to another codec or thread.
+    /// `None` while a fragmented message is half received or output is still queued:
+    /// then the codec's state is more than its unread bytes.
+    pub fn take_unread_input(&mut self) -> Option<Vec<u8>> {
+        if self.reassembly.is_some() || !self.output().is_empty() {
+            return None;
+        }
+        Some(self.input.take_unread())
+    }
+
     /// Queue a complete data message in one frame.
     pub fn send(&mut self, kind: DataKind, payload: &[u8]) -> Result<(), SendError> {
         self.check_can_send()?;

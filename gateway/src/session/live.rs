@@ -1,0 +1,1062 @@
+//! A connection's life after the HTTP upgrade (or the TCP accept): the Hello gate, the
+//! hand-off to the user's home shard, and the authenticated session there.
+//!
+//! # The session loop
+//! One task per connection owns the socket and the codec. Each turn it decodes every
+//! buffered frame (requests that wait — sends, reads, opens — get a task of their own, so
+//! a client may pipeline), encodes everything waiting in the outbound queue, writes, then
+//! waits for the first of: bytes from the peer, something queued, the idle deadline, or
+//! shutdown.
+//!
+//! # The outbound queue and slow consumers
+//! Other tasks (pushes from the mesh, acks, catch-up) put frames in the session's
+//! [`SessionHandle`] queue, bounded by `outbound_queue_frames`. A live push or answer
+//! that finds it full closes the connection with 4008: nothing is lost, because cursors
+//! move only on the device's own receipts, so the device catches up on reconnect.
+//! Catch-up itself waits for room instead (it is the reader's own backlog).
+//!
+//! # Delivery order per device
+//! [`Delivery`] keeps, per conversation, the highest sequence this connection has sent
+//! (`upto`). A push of `upto + 1` is sent at once; an older one is dropped; a newer one
+//! (a gap: catch-up still running, or pushes raced) marks the conversation for a read
+//! from `upto` at the owner, so each connection sees each sequence once, in order.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use wire::message::{
+    Body, ConversationList, ConversationOpened, Deliver, ErrorCode, Frame, HistoryPage, Pong,
+    ReceiptKind, ReceiptState, ReceiptUpdate, StoredMessage, SyncBatch, Welcome,
+};
+use wire::ws::CloseCode;
+
+use crate::auth::{self, Claims, TokenKind};
+use crate::chat::{self, ApiError, AppendMsg, Handoff, ReadRange, ShardMsg};
+use crate::session::codec::{Codec, InputEnd, Transport};
+use crate::session::io::{race, Woken};
+use crate::session::{CLOSE_LINGER, READ_BYTES};
+use crate::shard::{ConnGuard, Shard};
+use crate::state::{Cursor, MetaEvent};
+
+/// Messages per catch-up read.
+pub const SYNC_PAGE_MESSAGES: usize = 200;
+
+/// Body bytes per `SyncBatch` frame (a batch closes early past this), far below the
+/// frame limit so a batch of maximum-size bodies still fits.
+pub const SYNC_BATCH_BODY_BYTES: usize = 512 * 1024;
+
+/// Consecutive rate-limited frames before the connection is closed with 4029.
+pub const RATE_LIMIT_STRIKES_MAX: u32 = 64;
+
+/// How a connection task ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Close the socket (with the lingering close).
+    Close,
+    /// The socket moved to another shard: drop this descriptor without a shutdown.
+    HandedOff,
+}
+
+// ----- the gate -----------------------------------------------------------------------
+
+/// Run a new connection: wait for a valid Hello, then serve it here or hand it to the
+/// user's home shard.
+pub async fn run(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    transport: Transport,
+    early: &[u8],
+    accepted_at: Instant,
+) -> Ended {
+    let mut codec = Codec::new(transport, shard.config.max_frame_bytes);
+    codec.feed(early);
+    let deadline = accepted_at + shard.config.handshake_timeout;
+    let mut stop = shard.shutdown.wait();
+    let (claims, request_id) = loop {
+        match codec.next_frame() {
+            Ok(Some(frame)) => match check_hello(shard, &frame) {
+                Ok(claims) => break (claims, frame.request_id),
+                Err(error) => {
+                    codec.send(&error.frame(frame.request_id));
+                    codec.close(CloseCode::Unauthenticated, "unauthenticated");
+                    finish(stream, &mut codec).await;
+                    return Ended::Close;
+                }
+            },
+            Ok(None) => {}
+            Err(end) => {
+                refuse_input(shard, &mut codec, end);
+                finish(stream, &mut codec).await;
+                return Ended::Close;
+            }
+        }
+        if write_all(stream, &mut codec).await.is_err() {
+            return Ended::Close;
+        }
+        let read = stream.read(codec.read_space(READ_BYTES));
+        match race(read, deadline, Some(&mut stop)).await {
+            Woken::Io(Ok(n)) if n > 0 => codec.commit_read(n, READ_BYTES),
+            Woken::Deadline => {
+                codec.close(CloseCode::HandshakeTimeout, "handshake timeout");
+                finish(stream, &mut codec).await;
+                return Ended::Close;
+            }
+            Woken::Shutdown => {
+                codec.close(CloseCode::GoingAway, "server shutting down");
+                finish(stream, &mut codec).await;
+                return Ended::Close;
+            }
+            Woken::Io(_) => return Ended::Close,
+        }
+    };
+    let home = shard.user_home(claims.user_id);
+    if home == shard.id {
+        let handle = match open_session(shard, &claims) {
+            Ok(handle) => handle,
+            Err(error) => {
+                codec.send(&error.frame(request_id));
+                codec.close(CloseCode::Unauthenticated, "unauthenticated");
+                finish(stream, &mut codec).await;
+                return Ended::Close;
+            }
+        };
+        serve(shard, stream, &mut codec, handle, request_id).await;
+        return Ended::Close;
+    }
+    let Some(unread) = codec.take_unread_input() else {
+        codec.close(CloseCode::PolicyViolation, "hello inside a fragmented message");
+        finish(stream, &mut codec).await;
+        return Ended::Close;
+    };
+    // SAFETY: dup(2) of a descriptor this stream owns and keeps open for the call.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        tracing::warn!(shard = shard.id, "dup failed; serving the connection here is not possible");
+        return Ended::Close;
+    }
+    // SAFETY: `dup` is a new descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+    shard.counters().handed_off();
+    shard
+        .route(
+            home,
+            ShardMsg::Handoff(Handoff {
+                fd,
+                transport,
+                unread,
+                user_id: claims.user_id,
+                device_id: claims.device_id,
+                hello_request_id: request_id,
+            }),
+        )
+        .await;
+    Ended::HandedOff
+}
+
+fn check_hello(shard: &Shard, frame: &Frame) -> Result<Claims, ApiError> {
+    let Body::Hello(hello) = &frame.body else {
+        return Err(ApiError::new(ErrorCode::UnexpectedFrame, "the first frame must be Hello"));
+    };
+    auth::verify(&shard.token_key, &hello.token, chat::now_ms(), TokenKind::Access)
+        .map_err(|e| ApiError::new(ErrorCode::Unauthenticated, format!("bad token: {e}")))
+}
+
+fn refuse_input(shard: &Shard, codec: &mut Codec, end: InputEnd) {
+    if let InputEnd::Invalid(code, reason) = end {
+        shard.counters().protocol_error();
+        tracing::debug!(shard = shard.id, %reason, code = code.as_u16(), "bad input");
+        codec.close(code, "invalid frame");
+    }
+}
+
+/// A connection handed over by another shard.
+pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
+    let Handoff {
+        fd,
+        transport,
+        unread,
+        user_id,
+        device_id,
+        hello_request_id,
+    } = handoff;
+    let claims = Claims {
+        kind: TokenKind::Access,
+        user_id,
+        device_id,
+        expires_ms: 0,
+    };
+    let guard = ConnGuard::adopted(shard);
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        // SAFETY: the descriptor is a connected TCP socket whose ownership moved here.
+        let mut stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+        let mut codec = Codec::new(transport, shard.config.max_frame_bytes);
+        codec.feed(&unread);
+        match open_session(&shard, &claims) {
+            Ok(handle) => serve(&shard, &mut stream, &mut codec, handle, hello_request_id).await,
+            Err(error) => {
+                codec.send(&error.frame(hello_request_id));
+                codec.close(CloseCode::Unauthenticated, "unauthenticated");
+                finish(&mut stream, &mut codec).await;
+            }
+        }
+        crate::session::io::linger_close(&mut stream).await;
+        drop(guard);
+    })
+    .detach();
+}
+
+fn open_session(shard: &Rc<Shard>, claims: &Claims) -> Result<Rc<SessionHandle>, ApiError> {
+    let known = shard.state(|s| {
+        s.users
+            .get(&claims.user_id)
+            .is_some_and(|u| u.devices.contains_key(&claims.device_id))
+    });
+    if !known {
+        return Err(ApiError::new(ErrorCode::Unauthenticated, "unknown user or device"));
+    }
+    let handle = Rc::new(SessionHandle::new(
+        claims.user_id,
+        claims.device_id,
+        shard.next_session_id(),
+        shard.config.outbound_queue_frames,
+    ));
+    shard.sessions.borrow_mut().add(handle.clone());
+    Ok(handle)
+}
+
+// ----- the session handle -------------------------------------------------------------
+
+/// Per conversation: what this connection has been sent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Delivery {
+    /// Highest sequence sent on this connection (or covered by the device's cursor).
+    pub upto: u64,
+    /// A read from `upto` is running.
+    pub reading: bool,
+    /// A push arrived during that read: read again when it ends.
+    pub dirty: bool,
+}
+
+/// What other tasks may do to a live session.
+pub struct SessionHandle {
+    pub user_id: u64,
+    pub device_id: u64,
+    pub session_id: u64,
+    queue: RefCell<VecDeque<Frame>>,
+    queue_max: usize,
+    close: Cell<Option<(CloseCode, &'static str)>>,
+    closed: Cell<bool>,
+    /// The session loop, parked.
+    waker: RefCell<Option<Waker>>,
+    /// Tasks waiting for room in the queue.
+    room: RefCell<Vec<Waker>>,
+    pub delivery: RefCell<HashMap<u64, Delivery>>,
+}
+
+impl SessionHandle {
+    fn new(user_id: u64, device_id: u64, session_id: u64, queue_max: usize) -> SessionHandle {
+        SessionHandle {
+            user_id,
+            device_id,
+            session_id,
+            queue: RefCell::new(VecDeque::new()),
+            queue_max: queue_max.max(1),
+            close: Cell::new(None),
+            closed: Cell::new(false),
+            waker: RefCell::new(None),
+            room: RefCell::new(Vec::new()),
+            delivery: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get() || self.close.get().is_some()
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Ask the session loop to close with `code`.
+    pub fn request_close(&self, code: CloseCode, reason: &'static str) {
+        if self.close.get().is_none() {
+            self.close.set(Some((code, reason)));
+        }
+        self.wake();
+    }
+
+    /// Queue a frame; a full queue closes the connection as a slow consumer.
+    pub fn push_live(&self, frame: Frame) {
+        if self.is_closed() {
+            return;
+        }
+        let mut queue = self.queue.borrow_mut();
+        if queue.len() >= self.queue_max {
+            queue.clear();
+            drop(queue);
+            self.request_close(CloseCode::SlowConsumer, "outbound queue full");
+            return;
+        }
+        queue.push_back(frame);
+        drop(queue);
+        self.wake();
+    }
+
+    /// Queue a frame once there is room. `false` if the session closed meanwhile.
+    pub async fn push_wait(&self, frame: Frame) -> bool {
+        loop {
+            if self.is_closed() {
+                return false;
+            }
+            if self.queue.borrow().len() < self.queue_max {
+                self.queue.borrow_mut().push_back(frame);
+                self.wake();
+                return true;
+            }
+            Room(self, false).await;
+        }
+    }
+
+    fn take_queued(&self) -> VecDeque<Frame> {
+        let frames = std::mem::take(&mut *self.queue.borrow_mut());
+        for waker in self.room.borrow_mut().drain(..) {
+            waker.wake();
+        }
+        frames
+    }
+
+    fn mark_closed(&self) {
+        self.closed.set(true);
+        self.queue.borrow_mut().clear();
+        for waker in self.room.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// This device's own send became `seq`: it needs no push of it.
+    pub fn own_message_acked(&self, conversation_id: u64, seq: u64) {
+        let mut delivery = self.delivery.borrow_mut();
+        if let Some(d) = delivery.get_mut(&conversation_id) {
+            if !d.reading && d.upto + 1 == seq {
+                d.upto = seq;
+            }
+        }
+    }
+}
+
+struct Room<'a>(&'a SessionHandle, bool);
+
+impl Future for Room<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.1 || self.0.is_closed() || self.0.queue.borrow().len() < self.0.queue_max {
+            return Poll::Ready(());
+        }
+        self.1 = true;
+        self.0.room.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Resolves when the session has frames to send or must close.
+struct Notified<'a>(&'a SessionHandle);
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.0.queue.borrow().is_empty() || self.0.close.get().is_some() {
+            return Poll::Ready(());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The sessions a home shard holds, by user.
+#[derive(Default)]
+pub struct Registry {
+    by_user: HashMap<u64, Vec<Rc<SessionHandle>>>,
+}
+
+impl Registry {
+    pub fn add(&mut self, handle: Rc<SessionHandle>) {
+        self.by_user.entry(handle.user_id).or_default().push(handle);
+    }
+
+    pub fn remove(&mut self, handle: &SessionHandle) {
+        if let Some(list) = self.by_user.get_mut(&handle.user_id) {
+            list.retain(|h| h.session_id != handle.session_id);
+            if list.is_empty() {
+                self.by_user.remove(&handle.user_id);
+            }
+        }
+    }
+
+    pub fn of_user(&self, user_id: u64) -> Vec<Rc<SessionHandle>> {
+        self.by_user.get(&user_id).cloned().unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_user.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_user.is_empty()
+    }
+}
+
+// ----- delivery -----------------------------------------------------------------------
+
+/// Offer a new durable message to a session (see the module docs).
+pub fn offer(shard: &Rc<Shard>, session: &Rc<SessionHandle>, message: &StoredMessage) {
+    let conversation_id = message.conversation_id;
+    let start_read = {
+        let mut deliveries = session.delivery.borrow_mut();
+        let delivery = deliveries.entry(conversation_id).or_insert_with(|| Delivery {
+            upto: shard
+                .state(|s| s.cursor(session.user_id, session.device_id, conversation_id))
+                .delivered,
+            ..Delivery::default()
+        });
+        if delivery.reading {
+            delivery.dirty = true;
+            false
+        } else if message.seq <= delivery.upto {
+            false
+        } else if message.seq == delivery.upto + 1 {
+            delivery.upto = message.seq;
+            session.push_live(Frame {
+                request_id: 0,
+                body: Body::Deliver(Deliver {
+                    message: message.clone(),
+                }),
+            });
+            false
+        } else {
+            delivery.reading = true;
+            true
+        }
+    };
+    if start_read {
+        let (shard, session) = (shard.clone(), session.clone());
+        glommio::spawn_local(async move {
+            drain(&shard, &session, conversation_id, Emit::Deliver).await;
+        })
+        .detach();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Emit {
+    Deliver,
+    Sync,
+}
+
+/// Read a conversation from the session's `upto` until caught up (its `reading` flag is
+/// already set), sending what it finds. Returns false if the session ended.
+async fn drain(shard: &Rc<Shard>, session: &Rc<SessionHandle>, conversation_id: u64, emit: Emit) -> bool {
+    let owner = shard.conversation_owner(conversation_id);
+    loop {
+        let after = {
+            let mut deliveries = session.delivery.borrow_mut();
+            let d = deliveries.entry(conversation_id).or_default();
+            d.dirty = false;
+            d.upto
+        };
+        let page = shard
+            .call(owner, |reply| ShardMsg::Read {
+                conversation_id,
+                range: ReadRange::After(after),
+                limit: SYNC_PAGE_MESSAGES,
+                reply,
+            })
+            .await
+            .and_then(|r| r);
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(shard = shard.id, conversation_id, ?error, "catch-up read failed");
+                session.request_close(CloseCode::InternalError, "catch-up failed");
+                return false;
+            }
+        };
+        shard.note_last_seq(conversation_id, page.last_seq);
+        let mut messages: Vec<StoredMessage> = Vec::new();
+        let mut upto = after;
+        for message in page.messages {
+            if message.seq == upto + 1 {
+                upto = message.seq;
+                messages.push(message);
+            }
+        }
+        if let Some(d) = session.delivery.borrow_mut().get_mut(&conversation_id) {
+            d.upto = d.upto.max(upto);
+        }
+        match emit {
+            Emit::Deliver => {
+                for message in messages {
+                    let frame = Frame {
+                        request_id: 0,
+                        body: Body::Deliver(Deliver { message }),
+                    };
+                    if !session.push_wait(frame).await {
+                        return false;
+                    }
+                }
+            }
+            Emit::Sync => {
+                for chunk in sync_chunks(messages) {
+                    let frame = Frame {
+                        request_id: 0,
+                        body: Body::SyncBatch(SyncBatch {
+                            messages: chunk,
+                            receipts: Vec::new(),
+                            has_more: true,
+                        }),
+                    };
+                    if !session.push_wait(frame).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        let again = {
+            let mut deliveries = session.delivery.borrow_mut();
+            let d = deliveries.entry(conversation_id).or_default();
+            let again = page.has_more || d.dirty;
+            if !again {
+                d.reading = false;
+            }
+            again
+        };
+        if !again {
+            return true;
+        }
+        if session.is_closed() {
+            return false;
+        }
+    }
+}
+
+/// Split messages into `SyncBatch`-sized groups by count and body bytes.
+fn sync_chunks(messages: Vec<StoredMessage>) -> Vec<Vec<StoredMessage>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for message in messages {
+        let size = message.body.len();
+        if !chunk.is_empty()
+            && (bytes + size > SYNC_BATCH_BODY_BYTES || chunk.len() >= wire::limits::SYNC_BATCH_MESSAGES_MAX)
+        {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(message);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Catch-up: every conversation of the user from this device's cursor, then a final
+/// batch with the peers' receipt states and `has_more = false`.
+async fn catch_up(shard: Rc<Shard>, session: Rc<SessionHandle>) {
+    let conversations: Vec<(u64, u64)> = shard.state(|s| {
+        s.users.get(&session.user_id).map_or_else(Vec::new, |u| {
+            u.conversations
+                .keys()
+                .map(|&c| (c, s.cursor(session.user_id, session.device_id, c).delivered))
+                .collect()
+        })
+    });
+    {
+        let mut deliveries = session.delivery.borrow_mut();
+        for &(conversation_id, delivered) in &conversations {
+            let d = deliveries.entry(conversation_id).or_default();
+            if !d.reading {
+                d.upto = d.upto.max(delivered);
+                d.reading = true;
+            }
+        }
+    }
+    for &(conversation_id, _) in &conversations {
+        if !drain(&shard, &session, conversation_id, Emit::Sync).await {
+            return;
+        }
+    }
+    let receipts = peer_receipts(&shard, session.user_id);
+    let done = Frame {
+        request_id: 0,
+        body: Body::SyncBatch(SyncBatch {
+            messages: Vec::new(),
+            receipts,
+            has_more: false,
+        }),
+    };
+    let _ = session.push_wait(done).await;
+}
+
+fn peer_receipts(shard: &Shard, user_id: u64) -> Vec<ReceiptUpdate> {
+    shard.state(|s| {
+        let Some(user) = s.users.get(&user_id) else {
+            return Vec::new();
+        };
+        user.conversations
+            .iter()
+            .filter(|(_, m)| !m.peer_receipts.is_empty())
+            .take(wire::limits::SYNC_BATCH_RECEIPT_UPDATES_MAX)
+            .map(|(&conversation_id, m)| ReceiptUpdate {
+                conversation_id,
+                states: m
+                    .peer_receipts
+                    .iter()
+                    .map(|(&device_id, c)| ReceiptState {
+                        user_id: m.peer_user_id,
+                        device_id,
+                        delivered_seq: c.delivered,
+                        read_seq: c.read,
+                    })
+                    .collect(),
+            })
+            .collect()
+    })
+}
+
+// ----- the session loop ---------------------------------------------------------------
+
+/// A token bucket over inbound frames.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+    strikes: u32,
+}
+
+impl RateLimit {
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+
+    fn retry_after_ms(&self) -> u32 {
+        (((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u32
+    }
+}
+
+async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, codec: &mut Codec, session: Rc<SessionHandle>, hello_request_id: u64) {
+    shard.counters().session_opened();
+    let config = &shard.config;
+    session.push_live(Frame {
+        request_id: hello_request_id,
+        body: Body::Welcome(Welcome {
+            user_id: session.user_id,
+            device_id: session.device_id,
+            session_id: session.session_id,
+            node_id: config.node_id,
+            protocol_version: 1,
+            server_time_ms: chat::now_ms(),
+            heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u32,
+            max_frame_bytes: config.max_frame_bytes as u32,
+        }),
+    });
+    glommio::spawn_local(catch_up(shard.clone(), session.clone())).detach();
+    let mut rate = RateLimit {
+        tokens: config.rate_limit_burst as f64,
+        rate: config.rate_limit_per_sec as f64,
+        burst: config.rate_limit_burst as f64,
+        last: Instant::now(),
+        strikes: 0,
+    };
+    let mut deadline = Instant::now() + config.idle_timeout;
+    let mut stop = Some(shard.shutdown.wait());
+    loop {
+        // Input.
+        loop {
+            match codec.next_frame() {
+                Ok(Some(frame)) => {
+                    let now = Instant::now();
+                    if !codec.is_closing() {
+                        deadline = now + config.idle_timeout;
+                    }
+                    if !rate.allow(now) {
+                        shard.counters().rate_limited();
+                        if rate.strikes > RATE_LIMIT_STRIKES_MAX {
+                            session.request_close(CloseCode::RateLimited, "rate limit exceeded");
+                            break;
+                        }
+                        let mut error = ApiError::new(ErrorCode::RateLimited, "slow down").frame(frame.request_id);
+                        if let Body::Error(e) = &mut error.body {
+                            e.retry_after_ms = rate.retry_after_ms();
+                        }
+                        session.push_live(error);
+                        continue;
+                    }
+                    dispatch(shard, &session, frame);
+                }
+                Ok(None) => break,
+                Err(end) => {
+                    if let InputEnd::Invalid(..) = end {
+                        refuse_input(shard, codec, end);
+                    }
+                    break;
+                }
+            }
+        }
+        // Output.
+        for frame in session.take_queued() {
+            if !codec.send(&frame) {
+                break;
+            }
+            shard.counters().frame_out();
+        }
+        if let Some((code, reason)) = session.close.get() {
+            codec.close(code, reason);
+            session.mark_closed();
+            deadline = deadline.min(Instant::now() + CLOSE_LINGER);
+        }
+        if write_all(stream, codec).await.is_err() || codec.is_finished() {
+            break;
+        }
+        // Wait.
+        let read = stream.read(codec.read_space(READ_BYTES));
+        let queued = async {
+            Notified(&session).await;
+            Ok(usize::MAX)
+        };
+        match race(future::or(read, queued), deadline, stop.as_mut()).await {
+            Woken::Io(Ok(usize::MAX)) => codec.commit_read(0, READ_BYTES),
+            Woken::Io(Ok(0)) | Woken::Io(Err(_)) => break,
+            Woken::Io(Ok(n)) => codec.commit_read(n, READ_BYTES),
+            Woken::Deadline if codec.is_closing() => break,
+            Woken::Deadline => {
+                codec.commit_read(0, READ_BYTES);
+                session.request_close(CloseCode::IdleTimeout, "idle timeout");
+            }
+            Woken::Shutdown => {
+                codec.commit_read(0, READ_BYTES);
+                stop = None;
+                session.request_close(CloseCode::GoingAway, "server shutting down");
+            }
+        }
+    }
+    session.mark_closed();
+    shard.sessions.borrow_mut().remove(&session);
+    shard.counters().session_closed();
+}
+
+/// Write everything the codec has queued.
+async fn write_all(stream: &mut TcpStream, codec: &mut Codec) -> std::io::Result<()> {
+    while !codec.output().is_empty() {
+        let n = stream.write(codec.output()).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        codec.advance_output(n);
+    }
+    stream.flush().await
+}
+
+/// Write what is queued (a close frame, an error) and give the peer `CLOSE_LINGER` to
+/// answer a WebSocket close.
+async fn finish(stream: &mut TcpStream, codec: &mut Codec) {
+    let _ = write_all(stream, codec).await;
+}
+
+/// Handle one request frame of an authenticated session.
+fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
+    let request_id = frame.request_id;
+    shard.counters().frame_in();
+    if let Err(error) = wire::message::validate(&frame) {
+        session.push_live(ApiError::new(ErrorCode::InvalidArgument, error.to_string()).frame(request_id));
+        return;
+    }
+    match frame.body {
+        Body::Ping(ping) => session.push_live(Frame {
+            request_id,
+            body: Body::Pong(Pong {
+                nonce: ping.nonce,
+                server_time_ms: chat::now_ms(),
+            }),
+        }),
+        Body::Receipt(receipt) => {
+            if let Err(error) = on_receipt(shard, session, receipt.conversation_id, receipt.kind, receipt.up_to_seq) {
+                session.push_live(error.frame(request_id));
+            }
+        }
+        Body::ConversationListRequest(request) => {
+            let limit = (request.limit as usize).clamp(1, wire::limits::CONVERSATION_LIST_MAX);
+            let ids: Vec<u64> = shard.state(|s| {
+                s.users
+                    .get(&session.user_id)
+                    .map_or_else(Vec::new, |u| u.conversations.keys().copied().take(limit).collect())
+            });
+            let conversations = ids
+                .into_iter()
+                .map(|c| chat::summary(shard, session.user_id, session.device_id, c, String::new()))
+                .collect();
+            session.push_live(Frame {
+                request_id,
+                body: Body::ConversationList(ConversationList { conversations }),
+            });
+        }
+        Body::SyncRequest(_) => {
+            glommio::spawn_local(catch_up(shard.clone(), session.clone())).detach();
+        }
+        body @ (Body::Send(_) | Body::HistoryRequest(_) | Body::OpenDirect(_)) => {
+            let (shard, session) = (shard.clone(), session.clone());
+            glommio::spawn_local(async move {
+                let answer = match request(&shard, &session, body).await {
+                    Ok(body) => Frame { request_id, body },
+                    Err(error) => error.frame(request_id),
+                };
+                session.push_live(answer);
+            })
+            .detach();
+        }
+        Body::Hello(_) => session.push_live(
+            ApiError::new(ErrorCode::UnexpectedFrame, "already authenticated").frame(request_id),
+        ),
+        _ => session.push_live(
+            ApiError::new(ErrorCode::UnexpectedFrame, "not supported by this server yet").frame(request_id),
+        ),
+    }
+}
+
+async fn request(shard: &Rc<Shard>, session: &Rc<SessionHandle>, body: Body) -> Result<Body, ApiError> {
+    match body {
+        Body::Send(send) => {
+            let conversation_id = send.conversation_id;
+            if shard.state(|s| s.membership(session.user_id, conversation_id).is_none()) {
+                return Err(ApiError::forbidden());
+            }
+            let append = AppendMsg {
+                conversation_id,
+                sender_user_id: session.user_id,
+                sender_device_id: session.device_id,
+                key: send.idempotency_key.0,
+                kind: send.kind,
+                body: send.body,
+                media: send.media,
+                reply_to_seq: send.reply_to_seq,
+            };
+            let owner = shard.conversation_owner(conversation_id);
+            let ack = shard
+                .call(owner, |reply| ShardMsg::Append { append, reply })
+                .await??;
+            session.own_message_acked(conversation_id, ack.seq);
+            Ok(Body::Ack(ack))
+        }
+        Body::HistoryRequest(history) => {
+            let conversation_id = history.conversation_id;
+            if shard.state(|s| s.membership(session.user_id, conversation_id).is_none()) {
+                return Err(ApiError::forbidden());
+            }
+            let page = history_page(shard, conversation_id, history.before_seq, history.after_seq, history.limit as usize).await?;
+            Ok(Body::HistoryPage(page))
+        }
+        Body::OpenDirect(open) => {
+            let peer = if open.peer_user_id != 0 {
+                open.peer_user_id
+            } else {
+                chat::user_id_of(&open.peer_username)
+            };
+            let peer_home = shard.user_home(peer);
+            let name = shard
+                .call(peer_home, |reply| ShardMsg::UserName { user_id: peer, reply })
+                .await?;
+            let Some(title) = name else {
+                return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
+            };
+            let (a, b) = (session.user_id, peer);
+            let conversation_id = router::direct_conversation_id(a, b);
+            let owner = shard.conversation_owner(conversation_id);
+            let last_seq = shard
+                .call(owner, |reply| ShardMsg::OpenDirect { a, b, reply })
+                .await??;
+            shard.note_last_seq(conversation_id, last_seq);
+            for (user_id, peer_user_id) in [(a, b), (b, a)] {
+                let home = shard.user_home(user_id);
+                shard
+                    .call(home, |reply| ShardMsg::Joined {
+                        user_id,
+                        conversation_id,
+                        peer_user_id,
+                        reply,
+                    })
+                    .await?;
+            }
+            let conversation = chat::summary(shard, session.user_id, session.device_id, conversation_id, title);
+            Ok(Body::ConversationOpened(ConversationOpened { conversation }))
+        }
+        _ => Err(ApiError::new(ErrorCode::UnexpectedFrame, "unexpected frame")),
+    }
+}
+
+/// A history page from the conversation's owner (membership already checked).
+pub async fn history_page(shard: &Rc<Shard>, conversation_id: u64, before: u64, after: u64, limit: usize) -> Result<HistoryPage, ApiError> {
+    let range = match (before, after) {
+        (0, 0) => ReadRange::Latest,
+        (before, 0) => ReadRange::Before(before),
+        (0, after) => ReadRange::After(after),
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "at most one of before and after may be set",
+            ))
+        }
+    };
+    let limit = if limit == 0 { crate::api::HISTORY_PAGE_DEFAULT } else { limit.min(wire::limits::HISTORY_PAGE_MESSAGES_MAX) };
+    let owner = shard.conversation_owner(conversation_id);
+    let page = shard
+        .call(owner, |reply| ShardMsg::Read {
+            conversation_id,
+            range,
+            limit,
+            reply,
+        })
+        .await??;
+    Ok(HistoryPage {
+        conversation_id,
+        messages: page.messages,
+        has_more: page.has_more,
+    })
+}
+
+fn on_receipt(shard: &Rc<Shard>, session: &Rc<SessionHandle>, conversation_id: u64, kind: ReceiptKind, up_to: u64) -> Result<(), ApiError> {
+    let (user_id, device_id) = (session.user_id, session.device_id);
+    let Some(peer) = shard.state(|s| s.membership(user_id, conversation_id).map(|m| m.peer_user_id)) else {
+        return Err(ApiError::forbidden());
+    };
+    // A device can only acknowledge what exists: clamp to what this connection was sent
+    // or the newest sequence this shard has seen.
+    let known = session
+        .delivery
+        .borrow()
+        .get(&conversation_id)
+        .map_or(0, |d| d.upto)
+        .max(shard.last_seq(conversation_id));
+    let up_to = up_to.min(known);
+    let current = shard.state(|s| s.cursor(user_id, device_id, conversation_id));
+    let mut next = current;
+    match kind {
+        ReceiptKind::Delivered => next.merge(Cursor { delivered: up_to, read: 0 }),
+        ReceiptKind::Read => next.merge(Cursor { delivered: up_to, read: up_to }),
+    }
+    if next == current {
+        return Ok(());
+    }
+    chat::persist_later(
+        shard,
+        MetaEvent::Cursor {
+            user_id,
+            device_id,
+            conversation_id,
+            delivered: next.delivered,
+            read: next.read,
+        },
+    );
+    let state = ReceiptState {
+        user_id,
+        device_id,
+        delivered_seq: next.delivered,
+        read_seq: next.read,
+    };
+    let mut targets = vec![user_id];
+    if peer != user_id {
+        targets.push(peer);
+    }
+    for target in targets {
+        let home = shard.user_home(target);
+        let msg = ShardMsg::ReceiptPush {
+            user_id: target,
+            conversation_id,
+            state: state.clone(),
+        };
+        let shard = shard.clone();
+        glommio::spawn_local(async move { shard.route(home, msg).await }).detach();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, body: usize) -> StoredMessage {
+        StoredMessage {
+            seq,
+            body: vec![0; body],
+            ..StoredMessage::default()
+        }
+    }
+
+    #[test]
+    fn sync_chunks_split_by_bytes_and_count() {
+        let small: Vec<_> = (1..=1200).map(|s| message(s, 10)).collect();
+        let chunks = sync_chunks(small);
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|c| c.len() <= wire::limits::SYNC_BATCH_MESSAGES_MAX));
+        let big: Vec<_> = (1..=20).map(|s| message(s, 64 * 1024)).collect();
+        let chunks = sync_chunks(big);
+        assert!(chunks.iter().all(|c| c.len() * 64 * 1024 <= SYNC_BATCH_BODY_BYTES));
+        let seqs: Vec<u64> = chunks.into_iter().flatten().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "order kept");
+    }
+
+    #[test]
+    fn slow_consumer_queue_overflow_requests_4008() {
+        let session = SessionHandle::new(1, 1, 1, 2);
+        let frame = Frame {
+            request_id: 0,
+            body: Body::Pong(Pong::default()),
+        };
+        session.push_live(frame.clone());
+        session.push_live(frame.clone());
+        assert!(!session.is_closed());
+        session.push_live(frame);
+        assert_eq!(session.close.get().map(|c| c.0), Some(CloseCode::SlowConsumer));
+        assert!(session.queue.borrow().is_empty(), "queue dropped, not grown");
+    }
+
+    #[test]
+    fn rate_limit_refills_over_time() {
+        let start = Instant::now();
+        let mut rate = RateLimit {
+            tokens: 2.0,
+            rate: 10.0,
+            burst: 2.0,
+            last: start,
+            strikes: 0,
+        };
+        assert!(rate.allow(start));
+        assert!(rate.allow(start));
+        assert!(!rate.allow(start));
+        assert_eq!(rate.strikes, 1);
+        assert!(rate.retry_after_ms() > 0);
+        assert!(rate.allow(start + std::time::Duration::from_millis(150)));
+        assert_eq!(rate.strikes, 0);
+    }
+}

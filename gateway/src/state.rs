@@ -1,0 +1,355 @@
+//! A shard's durable state, folded from the metadata records of its own log.
+//!
+//! Each shard's log holds two kinds of metadata, for two roles (see docs/architecture.md):
+//! - as **user home** (`user_home(user) == this shard`): the user record (name, argon2
+//!   hash), devices, the user's conversations (with the peer), each device's
+//!   delivered/read cursor per conversation, and the latest receipt state of the peers'
+//!   devices (so a reconnecting sender learns what was delivered and read meanwhile);
+//! - as **conversation owner**: each direct conversation's two members.
+//!
+//! Records are JSON ([`MetaEvent`], tagged by `"type"`) in log records of the matching
+//! [`RecordKind`]; the log folds them in order once durable and snapshots the whole state
+//! (JSON of [`ShardState`]) in its checkpoints. JSON because metadata is small and rare
+//! next to messages, and an operator can read it with `jq`; message payloads are
+//! FlatBuffers. An event that does not decode is logged and skipped: the log already
+//! CRC-checked it, so it can only come from a newer version of this code.
+//!
+//! Cursors only move forward: folding takes the max, so replays and reordering are harmless.
+
+use std::collections::{BTreeMap, HashMap};
+
+use log_engine::{MetaRecord, RecordKind, StateMachine};
+use serde::{Deserialize, Serialize};
+
+/// Application record kind for [`MetaEvent::Member`].
+pub const KIND_MEMBER: u8 = 64;
+/// Application record kind for [`MetaEvent::PeerReceipt`].
+pub const KIND_PEER_RECEIPT: u8 = 65;
+
+/// One metadata record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetaEvent {
+    /// A user registered (home shard).
+    User {
+        user_id: u64,
+        username: String,
+        password_hash: String,
+        created_ms: u64,
+    },
+    /// A device registered at login (home shard).
+    Device {
+        user_id: u64,
+        device_id: u64,
+        name: String,
+    },
+    /// `user_id` belongs to the direct conversation with `peer_user_id` (home shard).
+    Member {
+        user_id: u64,
+        conversation_id: u64,
+        peer_user_id: u64,
+    },
+    /// A device's cursors in a conversation moved (home shard).
+    Cursor {
+        user_id: u64,
+        device_id: u64,
+        conversation_id: u64,
+        delivered: u64,
+        read: u64,
+    },
+    /// A peer device's receipt state, as seen by `user_id` (home shard of `user_id`).
+    PeerReceipt {
+        user_id: u64,
+        conversation_id: u64,
+        peer_user_id: u64,
+        peer_device_id: u64,
+        delivered: u64,
+        read: u64,
+    },
+    /// A direct conversation and its two members (owner shard).
+    Direct { conversation_id: u64, a: u64, b: u64 },
+}
+
+impl MetaEvent {
+    /// The log record kind this event is stored as.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            MetaEvent::User { .. } => RecordKind::User,
+            MetaEvent::Device { .. } => RecordKind::Device,
+            MetaEvent::Member { .. } => RecordKind::Custom(KIND_MEMBER),
+            MetaEvent::Cursor { .. } => RecordKind::Cursor,
+            MetaEvent::PeerReceipt { .. } => RecordKind::Custom(KIND_PEER_RECEIPT),
+            MetaEvent::Direct { .. } => RecordKind::Group,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Delivered/read position of one device in one conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub delivered: u64,
+    pub read: u64,
+}
+
+impl Cursor {
+    /// Both positions moved forward to at least `other`'s (read implies delivered).
+    pub fn merge(&mut self, other: Cursor) {
+        self.read = self.read.max(other.read);
+        self.delivered = self.delivered.max(other.delivered).max(self.read);
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub name: String,
+    /// Per conversation.
+    pub cursors: HashMap<u64, Cursor>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub peer_user_id: u64,
+    /// Receipt state of the peer's devices, by device id.
+    pub peer_receipts: BTreeMap<u64, Cursor>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub username: String,
+    pub password_hash: String,
+    pub created_ms: u64,
+    pub devices: BTreeMap<u64, Device>,
+    /// By conversation id.
+    pub conversations: HashMap<u64, Membership>,
+}
+
+impl User {
+    /// The id the next registered device gets (ids start at 1, never reused).
+    pub fn next_device_id(&self) -> u64 {
+        self.devices.keys().next_back().map_or(1, |last| last + 1)
+    }
+}
+
+/// Everything a shard folds from its log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardState {
+    /// Users whose home is this shard.
+    pub users: HashMap<u64, User>,
+    /// Direct conversations this shard owns: their members `(a, b)`.
+    pub directs: HashMap<u64, (u64, u64)>,
+    /// Metadata records that did not decode (skipped).
+    #[serde(skip)]
+    pub skipped: u64,
+}
+
+impl ShardState {
+    pub fn fold(&mut self, event: MetaEvent) {
+        match event {
+            MetaEvent::User {
+                user_id,
+                username,
+                password_hash,
+                created_ms,
+            } => {
+                let user = self.users.entry(user_id).or_default();
+                user.username = username;
+                user.password_hash = password_hash;
+                user.created_ms = created_ms;
+            }
+            MetaEvent::Device {
+                user_id,
+                device_id,
+                name,
+            } => {
+                if let Some(user) = self.users.get_mut(&user_id) {
+                    user.devices.entry(device_id).or_default().name = name;
+                }
+            }
+            MetaEvent::Member {
+                user_id,
+                conversation_id,
+                peer_user_id,
+            } => {
+                if let Some(user) = self.users.get_mut(&user_id) {
+                    user.conversations
+                        .entry(conversation_id)
+                        .or_default()
+                        .peer_user_id = peer_user_id;
+                }
+            }
+            MetaEvent::Cursor {
+                user_id,
+                device_id,
+                conversation_id,
+                delivered,
+                read,
+            } => {
+                let device = self
+                    .users
+                    .get_mut(&user_id)
+                    .and_then(|u| u.devices.get_mut(&device_id));
+                if let Some(device) = device {
+                    device
+                        .cursors
+                        .entry(conversation_id)
+                        .or_default()
+                        .merge(Cursor { delivered, read });
+                }
+            }
+            MetaEvent::PeerReceipt {
+                user_id,
+                conversation_id,
+                peer_user_id,
+                peer_device_id,
+                delivered,
+                read,
+            } => {
+                let membership = self
+                    .users
+                    .get_mut(&user_id)
+                    .and_then(|u| u.conversations.get_mut(&conversation_id))
+                    .filter(|m| m.peer_user_id == peer_user_id);
+                if let Some(membership) = membership {
+                    membership
+                        .peer_receipts
+                        .entry(peer_device_id)
+                        .or_default()
+                        .merge(Cursor { delivered, read });
+                }
+            }
+            MetaEvent::Direct {
+                conversation_id,
+                a,
+                b,
+            } => {
+                self.directs.insert(conversation_id, (a.min(b), a.max(b)));
+            }
+        }
+    }
+
+    /// The user's membership of `conversation_id`, if any.
+    pub fn membership(&self, user_id: u64, conversation_id: u64) -> Option<&Membership> {
+        self.users.get(&user_id)?.conversations.get(&conversation_id)
+    }
+
+    /// A device's cursor in a conversation (zero if it never moved).
+    pub fn cursor(&self, user_id: u64, device_id: u64, conversation_id: u64) -> Cursor {
+        self.users
+            .get(&user_id)
+            .and_then(|u| u.devices.get(&device_id))
+            .and_then(|d| d.cursors.get(&conversation_id))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+impl StateMachine for ShardState {
+    fn apply(&mut self, record: &MetaRecord<'_>) {
+        match serde_json::from_slice::<MetaEvent>(record.payload) {
+            Ok(event) => self.fold(event),
+            Err(error) => {
+                self.skipped += 1;
+                tracing::warn!(offset = record.offset, kind = ?record.kind, %error,
+                    "metadata record skipped: it does not decode");
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: Option<&[u8]>) -> Result<(), String> {
+        *self = match snapshot {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| e.to_string())?,
+            None => ShardState::default(),
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: u64) -> MetaEvent {
+        MetaEvent::User {
+            user_id: id,
+            username: format!("u{id}"),
+            password_hash: "$argon2id$...".into(),
+            created_ms: 1,
+        }
+    }
+
+    #[test]
+    fn cursors_only_move_forward_and_read_implies_delivered() {
+        let mut state = ShardState::default();
+        state.fold(user(1));
+        state.fold(MetaEvent::Device {
+            user_id: 1,
+            device_id: 1,
+            name: "phone".into(),
+        });
+        let cursor = |delivered, read| MetaEvent::Cursor {
+            user_id: 1,
+            device_id: 1,
+            conversation_id: 9,
+            delivered,
+            read,
+        };
+        state.fold(cursor(5, 0));
+        state.fold(cursor(3, 0)); // late, lower: ignored
+        assert_eq!(state.cursor(1, 1, 9), Cursor { delivered: 5, read: 0 });
+        state.fold(cursor(0, 7));
+        assert_eq!(state.cursor(1, 1, 9), Cursor { delivered: 7, read: 7 });
+        assert_eq!(state.cursor(1, 2, 9), Cursor::default(), "unknown device");
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_bad_records_are_skipped() {
+        let mut state = ShardState::default();
+        state.fold(user(1));
+        state.fold(MetaEvent::Member {
+            user_id: 1,
+            conversation_id: 9,
+            peer_user_id: 2,
+        });
+        state.fold(MetaEvent::Direct {
+            conversation_id: 9,
+            a: 2,
+            b: 1,
+        });
+        let mut copy = ShardState::default();
+        copy.restore(Some(&state.snapshot())).unwrap();
+        assert_eq!(copy, state);
+        assert_eq!(copy.directs[&9], (1, 2));
+        assert_eq!(copy.membership(1, 9).unwrap().peer_user_id, 2);
+        copy.apply(&MetaRecord {
+            kind: RecordKind::User,
+            seq: 9,
+            offset: 64,
+            timestamp_ms: 0,
+            payload: b"{not json",
+        });
+        assert_eq!(copy.skipped, 1);
+        assert!(copy.restore(Some(b"[]")).is_err());
+    }
+
+    #[test]
+    fn events_are_stored_as_their_kinds() {
+        assert_eq!(user(1).kind(), RecordKind::User);
+        let member = MetaEvent::Member {
+            user_id: 1,
+            conversation_id: 2,
+            peer_user_id: 3,
+        };
+        assert_eq!(member.kind(), RecordKind::Custom(KIND_MEMBER));
+        let text = String::from_utf8(member.encode()).unwrap();
+        assert!(text.starts_with("{\"type\":\"member\""), "{text}");
+    }
+}
