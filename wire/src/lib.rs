@@ -1,5 +1,6 @@
 //! Confab's wire protocol: everything a client and the server say to each other, and how
-//! it is framed. Sans-IO: bytes in, frames out; no sockets, no executors.
+//! it is framed. Sans-IO: bytes in, frames out; no sockets, no executors — except
+//! [`client`], the blocking client library (std::net) that tests, `loadgen` and bots use.
 //!
 //! # Layout
 //! - [`limits`]: every size limit, and the FlatBuffers verifier options built from them.
@@ -29,6 +30,7 @@
 )]
 
 mod buffer;
+pub mod client;
 pub mod error;
 pub mod json;
 pub mod limits;
