@@ -14,6 +14,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# The interop test drives the server with an independent client: Python's `websockets`.
+if ! python3 -c "import websockets" >/dev/null 2>&1; then
+  step "installing python websockets (interop test)"
+  python3 -m pip install --quiet "websockets>=12" \
+    || python3 -m pip install --quiet --break-system-packages "websockets>=12"
+fi
+
 step "format"
 cargo fmt --all --check
 

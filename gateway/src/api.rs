@@ -106,9 +106,10 @@ pub async fn handle(shard: &Rc<Shard>, request: Request<'_>) -> Response {
         ("POST", "/v1/login") => login(shard, request.body).await,
         ("POST", "/v1/token/refresh") => refresh(shard, request.body).await,
         ("GET", path) if path.starts_with("/v1/conversations/") => history(shard, &request).await,
-        (_, "/v1/users" | "/v1/login" | "/v1/token/refresh") => {
-            Err(ApiError::new(ErrorCode::InvalidArgument, "method not allowed"))
-        }
+        (_, "/v1/users" | "/v1/login" | "/v1/token/refresh") => Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "method not allowed",
+        )),
         _ => Err(ApiError::new(ErrorCode::NotFound, "no such endpoint")),
     };
     result.unwrap_or_else(Response::from)
@@ -121,7 +122,8 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 
 async fn register(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError> {
     let body: RegisterBody = parse(body)?;
-    let invalid = |e: password::CredentialError| ApiError::new(ErrorCode::InvalidArgument, e.to_string());
+    let invalid =
+        |e: password::CredentialError| ApiError::new(ErrorCode::InvalidArgument, e.to_string());
     password::check_username(&body.username).map_err(invalid)?;
     password::check_password(&body.password).map_err(invalid)?;
     let params = shard.config.password;
@@ -152,8 +154,13 @@ async fn register(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError> 
 
 async fn login(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError> {
     let body: LoginBody = parse(body)?;
-    if password::check_username(&body.username).is_err() || body.password.len() > password::PASSWORD_BYTES_MAX {
-        return Err(ApiError::new(ErrorCode::Unauthenticated, "wrong username or password"));
+    if password::check_username(&body.username).is_err()
+        || body.password.len() > password::PASSWORD_BYTES_MAX
+    {
+        return Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "wrong username or password",
+        ));
     }
     let mut device_name = body.device_name;
     if device_name.len() > DEVICE_NAME_BYTES_MAX {
@@ -182,8 +189,18 @@ async fn login(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError> {
 
 async fn refresh(shard: &Rc<Shard>, body: &[u8]) -> Result<Response, ApiError> {
     let body: RefreshBody = parse(body)?;
-    let claims = auth::verify(&shard.token_key, &body.refresh_token, chat::now_ms(), TokenKind::Refresh)
-        .map_err(|e| ApiError::new(ErrorCode::Unauthenticated, format!("bad refresh token: {e}")))?;
+    let claims = auth::verify(
+        &shard.token_key,
+        &body.refresh_token,
+        chat::now_ms(),
+        TokenKind::Refresh,
+    )
+    .map_err(|e| {
+        ApiError::new(
+            ErrorCode::Unauthenticated,
+            format!("bad refresh token: {e}"),
+        )
+    })?;
     let home = shard.user_home(claims.user_id);
     let (user_id, device_id) = (claims.user_id, claims.device_id);
     let exists = shard
@@ -235,16 +252,22 @@ async fn history(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, A
     let id = rest
         .strip_suffix("/messages")
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such endpoint"))?;
-    let conversation_id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::new(ErrorCode::InvalidArgument, "conversation id must be a number"))?;
+    let conversation_id: u64 = id.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            "conversation id must be a number",
+        )
+    })?;
     let (mut before, mut after, mut limit) = (0u64, 0u64, 0usize);
     for pair in request.query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| ApiError::new(ErrorCode::InvalidArgument, format!("{key} must be a number")))
+            value.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("{key} must be a number"),
+                )
+            })
         };
         match key {
             "before" => before = number()?,
@@ -270,16 +293,27 @@ async fn history(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, A
     if !member {
         return Err(ApiError::forbidden());
     }
-    let page: HistoryPage = live::history_page(shard, conversation_id, before, after, limit).await?;
+    let page: HistoryPage =
+        live::history_page(shard, conversation_id, before, after, limit).await?;
     Ok(Response::json(200, &page))
 }
 
 fn bearer(shard: &Shard, authorization: Option<&str>) -> Result<Claims, ApiError> {
     let token = authorization
         .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing Authorization: Bearer token"))?;
-    auth::verify(&shard.token_key, token.trim(), chat::now_ms(), TokenKind::Access)
-        .map_err(|e| ApiError::new(ErrorCode::Unauthenticated, format!("bad token: {e}")))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "missing Authorization: Bearer token",
+            )
+        })?;
+    auth::verify(
+        &shard.token_key,
+        token.trim(),
+        chat::now_ms(),
+        TokenKind::Access,
+    )
+    .map_err(|e| ApiError::new(ErrorCode::Unauthenticated, format!("bad token: {e}")))
 }
 
 #[cfg(test)]

@@ -455,14 +455,19 @@ async fn login(
         return if exists {
             Ok(device_id)
         } else {
-            Err(ApiError::new(ErrorCode::NotFound, "no such device for this user"))
+            Err(ApiError::new(
+                ErrorCode::NotFound,
+                "no such device for this user",
+            ))
         };
     }
     // A new device: its id is reserved now, so concurrent logins get different ones.
     let stored_next = shard.state(|s| s.users.get(&user_id).map_or(1, |u| u.next_device_id()));
     let device_id = {
         let mut reserved = shard.reserved_devices.borrow_mut();
-        let next = reserved.get(&user_id).map_or(stored_next, |r| (*r + 1).max(stored_next));
+        let next = reserved
+            .get(&user_id)
+            .map_or(stored_next, |r| (*r + 1).max(stored_next));
         reserved.insert(user_id, next);
         next
     };
@@ -493,12 +498,20 @@ async fn join(shard: &Rc<Shard>, user_id: u64, conversation_id: u64, peer_user_i
     .await;
 }
 
-fn push(shard: &Rc<Shard>, user_id: u64, peer_user_id: u64, message: StoredMessage, skip_device: u64) {
+fn push(
+    shard: &Rc<Shard>,
+    user_id: u64,
+    peer_user_id: u64,
+    message: StoredMessage,
+    skip_device: u64,
+) {
     let conversation_id = message.conversation_id;
     shard.note_last_seq(conversation_id, message.seq);
     // Repair: a member whose membership record was lost to a crash between the owner's
     // record and this shard's gets it now, before any device needs it for catch-up.
-    if shard.state(|s| s.users.contains_key(&user_id) && s.membership(user_id, conversation_id).is_none()) {
+    if shard.state(|s| {
+        s.users.contains_key(&user_id) && s.membership(user_id, conversation_id).is_none()
+    }) {
         persist_later(
             shard,
             MetaEvent::Member {
@@ -511,7 +524,8 @@ fn push(shard: &Rc<Shard>, user_id: u64, peer_user_id: u64, message: StoredMessa
     let sessions = shard.sessions.borrow().of_user(user_id);
     for session in sessions {
         if session.device_id == skip_device {
-            session.own_message_acked(conversation_id, message.seq);
+            let cursor = shard.state(|s| s.cursor(user_id, session.device_id, conversation_id));
+            session.own_message_acked(conversation_id, message.seq, cursor.delivered);
         } else {
             crate::session::live::offer(shard, &session, &message);
         }
@@ -550,10 +564,17 @@ fn receipt_push(shard: &Rc<Shard>, user_id: u64, conversation_id: u64, state: Re
 }
 
 /// The summary of a conversation for `user_id`'s `device_id` (home shard).
-pub fn summary(shard: &Shard, user_id: u64, device_id: u64, conversation_id: u64, title: String) -> ConversationSummary {
+pub fn summary(
+    shard: &Shard,
+    user_id: u64,
+    device_id: u64,
+    conversation_id: u64,
+    title: String,
+) -> ConversationSummary {
     let (peer, cursor) = shard.state(|s| {
         (
-            s.membership(user_id, conversation_id).map_or(0, |m| m.peer_user_id),
+            s.membership(user_id, conversation_id)
+                .map_or(0, |m| m.peer_user_id),
             s.cursor(user_id, device_id, conversation_id),
         )
     });
@@ -694,7 +715,12 @@ async fn append_message(shard: &Rc<Shard>, append: AppendMsg) -> Result<message:
     })
 }
 
-fn read(shard: &Shard, conversation_id: u64, range: ReadRange, limit: usize) -> Result<ReadPage, ApiError> {
+fn read(
+    shard: &Shard,
+    conversation_id: u64,
+    range: ReadRange,
+    limit: usize,
+) -> Result<ReadPage, ApiError> {
     let limit = limit.clamp(1, wire::limits::SYNC_BATCH_MESSAGES_MAX);
     let page = shard.log.with_log(|l| {
         let last = l.last_seq(conversation_id);
@@ -767,7 +793,12 @@ mod tests {
         };
         let message = decode_record(&record).unwrap();
         assert_eq!(
-            (message.conversation_id, message.seq, message.message_id, message.timestamp_ms),
+            (
+                message.conversation_id,
+                message.seq,
+                message.message_id,
+                message.timestamp_ms
+            ),
             (9, 3, 44, 55)
         );
         assert_eq!((message.sender_user_id, message.sender_device_id), (1, 2));

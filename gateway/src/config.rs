@@ -274,15 +274,28 @@ impl Config {
         if self.password.validate().is_err() {
             return invalid(format!("argon2 parameters rejected: {:?}", self.password));
         }
-        if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 || self.outbound_queue_frames == 0 {
-            return invalid("rate limits and the outbound queue must be greater than zero".to_string());
+        if self.rate_limit_per_sec == 0
+            || self.rate_limit_burst == 0
+            || self.outbound_queue_frames == 0
+        {
+            return invalid(
+                "rate limits and the outbound queue must be greater than zero".to_string(),
+            );
         }
-        if self.access_token_ttl_ms == 0 || self.refresh_token_ttl_ms == 0 || self.heartbeat_interval.is_zero() {
-            return invalid("token lifetimes and the heartbeat must be greater than zero".to_string());
+        if self.access_token_ttl_ms == 0
+            || self.refresh_token_ttl_ms == 0
+            || self.heartbeat_interval.is_zero()
+        {
+            return invalid(
+                "token lifetimes and the heartbeat must be greater than zero".to_string(),
+            );
         }
         let segment = log_engine::limits::SEGMENT_BYTES_MIN..=log_engine::limits::SEGMENT_BYTES_MAX;
         if !segment.contains(&self.log_segment_bytes) {
-            return invalid(format!("log_segment_bytes must be in {segment:?}, got {}", self.log_segment_bytes));
+            return invalid(format!(
+                "log_segment_bytes must be in {segment:?}, got {}",
+                self.log_segment_bytes
+            ));
         }
         if self.http_port != 0 && self.http_port == self.tcp_port {
             return invalid(format!(

@@ -97,7 +97,9 @@ pub async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, accepted_at: Insta
                     while body.len() < body_len {
                         let mut chunk = vec![0u8; (body_len - body.len()).min(16 * 1024)];
                         match race(stream.read(&mut chunk), deadline, None).await {
-                            Woken::Io(Ok(n)) if n > 0 => body.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                            Woken::Io(Ok(n)) if n > 0 => {
+                                body.extend_from_slice(chunk.get(..n).unwrap_or_default())
+                            }
                             _ => return Ended::Close,
                         }
                     }
@@ -110,8 +112,8 @@ pub async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, accepted_at: Insta
                     }
                     let target = parsed.path.unwrap_or("/");
                     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                    let authorization = header(&parsed, "authorization")
-                        .and_then(|v| std::str::from_utf8(v).ok());
+                    let authorization =
+                        header(&parsed, "authorization").and_then(|v| std::str::from_utf8(v).ok());
                     let response = api::handle(
                         shard,
                         api::Request {
@@ -123,7 +125,12 @@ pub async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, accepted_at: Insta
                         },
                     )
                     .await;
-                    respond(&mut out, response.status, &response.body, "application/json");
+                    respond(
+                        &mut out,
+                        response.status,
+                        &response.body,
+                        "application/json",
+                    );
                 }
             }
         }
@@ -164,8 +171,11 @@ fn route(shard: &Shard, request: &[u8], out: &mut Vec<u8>) -> Routed {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let is_get = parsed.method == Some("GET");
     if api::owns(path) {
-        let length = header(&parsed, "content-length")
-            .map(|v| std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<usize>().ok()));
+        let length = header(&parsed, "content-length").map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+        });
         return match length {
             None => Routed::Api { body_len: 0 },
             Some(Some(n)) if n <= HTTP_BODY_BYTES_MAX => Routed::Api { body_len: n },

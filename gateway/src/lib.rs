@@ -21,8 +21,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod auth;
 pub mod api;
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod http;

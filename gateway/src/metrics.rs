@@ -181,16 +181,50 @@ impl Metrics {
             }
         }
         let counters: [(&str, &str, Field); 10] = [
-            ("confab_handoffs_total", "Connections handed to their user's home shard", |c| &c.handed_off),
-            ("confab_adopted_total", "Connections adopted from another shard", |c| &c.adopted),
-            ("confab_frames_in_total", "Request frames received", |c| &c.frames_in),
+            (
+                "confab_handoffs_total",
+                "Connections handed to their user's home shard",
+                |c| &c.handed_off,
+            ),
+            (
+                "confab_adopted_total",
+                "Connections adopted from another shard",
+                |c| &c.adopted,
+            ),
+            ("confab_frames_in_total", "Request frames received", |c| {
+                &c.frames_in
+            }),
             ("confab_frames_out_total", "Frames sent", |c| &c.frames_out),
-            ("confab_messages_stored_total", "Messages made durable", |c| &c.messages_stored),
-            ("confab_pushes_total", "Messages offered to a user's devices", |c| &c.pushed),
-            ("confab_rate_limited_total", "Frames refused by the rate limit", |c| &c.rate_limited),
-            ("confab_storage_errors_total", "Log appends or reads that failed", |c| &c.storage_errors),
-            ("confab_mesh_dropped_total", "Mesh messages dropped (peer gone or full)", |c| &c.mesh_dropped),
-            ("confab_protocol_errors_total", "Connections failed for bad input", |c| &c.protocol_errors),
+            (
+                "confab_messages_stored_total",
+                "Messages made durable",
+                |c| &c.messages_stored,
+            ),
+            (
+                "confab_pushes_total",
+                "Messages offered to a user's devices",
+                |c| &c.pushed,
+            ),
+            (
+                "confab_rate_limited_total",
+                "Frames refused by the rate limit",
+                |c| &c.rate_limited,
+            ),
+            (
+                "confab_storage_errors_total",
+                "Log appends or reads that failed",
+                |c| &c.storage_errors,
+            ),
+            (
+                "confab_mesh_dropped_total",
+                "Mesh messages dropped (peer gone or full)",
+                |c| &c.mesh_dropped,
+            ),
+            (
+                "confab_protocol_errors_total",
+                "Connections failed for bad input",
+                |c| &c.protocol_errors,
+            ),
         ];
         for (name, help, field) in counters {
             let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
@@ -208,10 +242,16 @@ impl Metrics {
             for (bound, counter) in APPEND_BUCKETS_US.iter().zip(c.append_buckets.iter()) {
                 cumulative += load(counter);
                 let le = *bound as f64 / 1e6;
-                let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"{le}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{shard=\"{i}\",le=\"{le}\"}} {cumulative}"
+                );
             }
             cumulative += c.append_buckets.last().map_or(0, load);
-            let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
+            );
             let sum = load(&c.append_sum_us) as f64 / 1e6;
             let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}");
             let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {cumulative}");

@@ -71,7 +71,8 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
         .map_err(|e| anyhow!("placement: {e}"))?;
     let cpus = cpus()?;
     let metrics = Metrics::new(config.shards);
-    let mut mesh_ends = full_mesh::<ShardMsg>(config.shards, MESH_CHANNEL_BATCHES_DEFAULT).into_iter();
+    let mut mesh_ends =
+        full_mesh::<ShardMsg>(config.shards, MESH_CHANNEL_BATCHES_DEFAULT).into_iter();
     let (bound_tx, bound_rx) = mpsc::channel::<Bound>();
     let mut handles = Vec::with_capacity(config.shards);
     let mut ports = (config.http_port, config.tcp_port);
@@ -85,7 +86,9 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
             token_key: token_key.clone(),
             placement: placement.clone(),
         };
-        let ends = mesh_ends.next().ok_or_else(|| anyhow!("mesh ends for shard {id}"))?;
+        let ends = mesh_ends
+            .next()
+            .ok_or_else(|| anyhow!("mesh ends for shard {id}"))?;
         let spawned = spawn_shard(id, cpu, ports, common, ends, bound_tx.clone());
         let bound = spawned.and_then(|handle| {
             handles.push(handle);
@@ -197,7 +200,11 @@ fn spawn_shard(
                     return;
                 }
             };
-            let ids = match SnowflakeGenerator::for_shard(config.node_id, config.shards as u32, id as u32) {
+            let ids = match SnowflakeGenerator::for_shard(
+                config.node_id,
+                config.shards as u32,
+                id as u32,
+            ) {
                 Ok(ids) => ids,
                 Err(e) => {
                     let _ = bound.send(Err(format!("message ids: {e}")));

@@ -130,7 +130,11 @@ impl Shard {
     }
 
     pub fn last_seq(&self, conversation_id: u64) -> u64 {
-        self.last_seqs.borrow().get(&conversation_id).copied().unwrap_or(0)
+        self.last_seqs
+            .borrow()
+            .get(&conversation_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Deliver `msg` to shard `to` (this one included, through a task of its own).
@@ -150,7 +154,11 @@ impl Shard {
     }
 
     /// Send a request built around a reply channel to shard `to` and wait for the answer.
-    pub async fn call<T>(self: &Rc<Self>, to: usize, make: impl FnOnce(Reply<T>) -> ShardMsg) -> Result<T, ApiError> {
+    pub async fn call<T>(
+        self: &Rc<Self>,
+        to: usize,
+        make: impl FnOnce(Reply<T>) -> ShardMsg,
+    ) -> Result<T, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.route(to, make(reply)).await;
         answer
@@ -244,6 +252,8 @@ async fn connection(guard: ConnGuard, mut stream: TcpStream, kind: Listener) {
     let shard = &guard.0;
     let accepted_at = Instant::now();
     let _ = stream.set_nodelay(true);
+    // A peer that stops reading cannot hold a session's writer forever.
+    let _ = stream.set_write_timeout(Some(shard.config.idle_timeout));
     let ended = match kind {
         Listener::Http => http::serve(shard, &mut stream, accepted_at).await,
         Listener::Tcp => {

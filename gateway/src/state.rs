@@ -67,7 +67,11 @@ pub enum MetaEvent {
         read: u64,
     },
     /// A direct conversation and its two members (owner shard).
-    Direct { conversation_id: u64, a: u64, b: u64 },
+    Direct {
+        conversation_id: u64,
+        a: u64,
+        b: u64,
+    },
 }
 
 impl MetaEvent {
@@ -234,7 +238,10 @@ impl ShardState {
 
     /// The user's membership of `conversation_id`, if any.
     pub fn membership(&self, user_id: u64, conversation_id: u64) -> Option<&Membership> {
-        self.users.get(&user_id)?.conversations.get(&conversation_id)
+        self.users
+            .get(&user_id)?
+            .conversations
+            .get(&conversation_id)
     }
 
     /// A device's cursor in a conversation (zero if it never moved).
@@ -304,9 +311,21 @@ mod tests {
         };
         state.fold(cursor(5, 0));
         state.fold(cursor(3, 0)); // late, lower: ignored
-        assert_eq!(state.cursor(1, 1, 9), Cursor { delivered: 5, read: 0 });
+        assert_eq!(
+            state.cursor(1, 1, 9),
+            Cursor {
+                delivered: 5,
+                read: 0
+            }
+        );
         state.fold(cursor(0, 7));
-        assert_eq!(state.cursor(1, 1, 9), Cursor { delivered: 7, read: 7 });
+        assert_eq!(
+            state.cursor(1, 1, 9),
+            Cursor {
+                delivered: 7,
+                read: 7
+            }
+        );
         assert_eq!(state.cursor(1, 2, 9), Cursor::default(), "unknown device");
     }
 

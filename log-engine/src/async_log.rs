@@ -75,10 +75,13 @@ impl<S: Storage + Send + 'static, M: StateMachine> AsyncLog<S, M> {
     /// durable (and folded into the state machine).
     pub fn append_meta(&self, kind: RecordKind, payload: &[u8], now_ms: u64) -> Durable<'_, S, M> {
         let mut inner = self.inner.borrow_mut();
-        let ticket = inner.log.append_meta_nowait(kind, payload, now_ms).and_then(|ticket| {
-            inner.log.flush()?;
-            Ok(ticket)
-        });
+        let ticket = inner
+            .log
+            .append_meta_nowait(kind, payload, now_ms)
+            .and_then(|ticket| {
+                inner.log.flush()?;
+                Ok(ticket)
+            });
         Durable {
             log: self,
             ticket: Some(ticket),

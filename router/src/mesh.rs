@@ -201,7 +201,9 @@ async fn flush_loop<T: Send + 'static>(outbox: Rc<Outbox<T>>, sender: ConnectedS
         glommio::executor().yield_task_queue_now().await;
         let batch = outbox.take_batch();
         outbox.batches.set(outbox.batches.get() + 1);
-        outbox.messages.set(outbox.messages.get() + batch.len() as u64);
+        outbox
+            .messages
+            .set(outbox.messages.get() + batch.len() as u64);
         if sender.send(batch).await.is_err() {
             return; // the peer shard is gone (shutdown)
         }
@@ -325,7 +327,10 @@ mod tests {
                                 mesh.send(to, (me, i)).await.unwrap();
                             }
                         }
-                        assert!(matches!(mesh.try_send(me, (me, 0)), Err(SendError::NoPeer(_))));
+                        assert!(matches!(
+                            mesh.try_send(me, (me, 0)),
+                            Err(SendError::NoPeer(_))
+                        ));
                         let mut got = Vec::new();
                         for peer in &incoming {
                             let mut next = 0u32;

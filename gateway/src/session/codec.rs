@@ -113,7 +113,9 @@ impl Codec {
                 };
                 return decoded.map(Some).map_err(|e| invalid(&e));
             },
-            Codec::Tcp { decoder, closed, .. } => {
+            Codec::Tcp {
+                decoder, closed, ..
+            } => {
                 if *closed {
                     return Ok(None);
                 }

@@ -132,14 +132,20 @@ pub async fn run(
         return Ended::Close;
     }
     let Some(unread) = codec.take_unread_input() else {
-        codec.close(CloseCode::PolicyViolation, "hello inside a fragmented message");
+        codec.close(
+            CloseCode::PolicyViolation,
+            "hello inside a fragmented message",
+        );
         finish(stream, &mut codec).await;
         return Ended::Close;
     };
     // SAFETY: dup(2) of a descriptor this stream owns and keeps open for the call.
     let dup = unsafe { libc::dup(stream.as_raw_fd()) };
     if dup < 0 {
-        tracing::warn!(shard = shard.id, "dup failed; serving the connection here is not possible");
+        tracing::warn!(
+            shard = shard.id,
+            "dup failed; serving the connection here is not possible"
+        );
         return Ended::Close;
     }
     // SAFETY: `dup` is a new descriptor owned by nobody else.
@@ -163,10 +169,18 @@ pub async fn run(
 
 fn check_hello(shard: &Shard, frame: &Frame) -> Result<Claims, ApiError> {
     let Body::Hello(hello) = &frame.body else {
-        return Err(ApiError::new(ErrorCode::UnexpectedFrame, "the first frame must be Hello"));
+        return Err(ApiError::new(
+            ErrorCode::UnexpectedFrame,
+            "the first frame must be Hello",
+        ));
     };
-    auth::verify(&shard.token_key, &hello.token, chat::now_ms(), TokenKind::Access)
-        .map_err(|e| ApiError::new(ErrorCode::Unauthenticated, format!("bad token: {e}")))
+    auth::verify(
+        &shard.token_key,
+        &hello.token,
+        chat::now_ms(),
+        TokenKind::Access,
+    )
+    .map_err(|e| ApiError::new(ErrorCode::Unauthenticated, format!("bad token: {e}")))
 }
 
 fn refuse_input(shard: &Shard, codec: &mut Codec, end: InputEnd) {
@@ -198,6 +212,8 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
     glommio::spawn_local(async move {
         // SAFETY: the descriptor is a connected TCP socket whose ownership moved here.
         let mut stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(shard.config.idle_timeout));
         let mut codec = Codec::new(transport, shard.config.max_frame_bytes);
         codec.feed(&unread);
         match open_session(&shard, &claims) {
@@ -221,7 +237,10 @@ fn open_session(shard: &Rc<Shard>, claims: &Claims) -> Result<Rc<SessionHandle>,
             .is_some_and(|u| u.devices.contains_key(&claims.device_id))
     });
     if !known {
-        return Err(ApiError::new(ErrorCode::Unauthenticated, "unknown user or device"));
+        return Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "unknown user or device",
+        ));
     }
     let handle = Rc::new(SessionHandle::new(
         claims.user_id,
@@ -344,13 +363,16 @@ impl SessionHandle {
         }
     }
 
-    /// This device's own send became `seq`: it needs no push of it.
-    pub fn own_message_acked(&self, conversation_id: u64, seq: u64) {
+    /// This device's own send became `seq`: it needs no push of it. `cursor` is the
+    /// device's delivered cursor, for a conversation this connection has not seen yet.
+    pub fn own_message_acked(&self, conversation_id: u64, seq: u64, cursor: u64) {
         let mut delivery = self.delivery.borrow_mut();
-        if let Some(d) = delivery.get_mut(&conversation_id) {
-            if !d.reading && d.upto + 1 == seq {
-                d.upto = seq;
-            }
+        let d = delivery.entry(conversation_id).or_insert_with(|| Delivery {
+            upto: cursor,
+            ..Delivery::default()
+        });
+        if !d.reading && d.upto + 1 == seq {
+            d.upto = seq;
         }
     }
 }
@@ -375,7 +397,10 @@ struct Notified<'a>(&'a SessionHandle);
 impl Future for Notified<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.0.queue.borrow().is_empty() || self.0.close.get().is_some() {
+        // A close request wakes the loop once: after it acted (`closed`), only the peer's
+        // answer or the linger deadline may end the wait.
+        let close_pending = self.0.close.get().is_some() && !self.0.closed.get();
+        if !self.0.queue.borrow().is_empty() || close_pending {
             return Poll::Ready(());
         }
         *self.0.waker.borrow_mut() = Some(cx.waker().clone());
@@ -423,12 +448,14 @@ pub fn offer(shard: &Rc<Shard>, session: &Rc<SessionHandle>, message: &StoredMes
     let conversation_id = message.conversation_id;
     let start_read = {
         let mut deliveries = session.delivery.borrow_mut();
-        let delivery = deliveries.entry(conversation_id).or_insert_with(|| Delivery {
-            upto: shard
-                .state(|s| s.cursor(session.user_id, session.device_id, conversation_id))
-                .delivered,
-            ..Delivery::default()
-        });
+        let delivery = deliveries
+            .entry(conversation_id)
+            .or_insert_with(|| Delivery {
+                upto: shard
+                    .state(|s| s.cursor(session.user_id, session.device_id, conversation_id))
+                    .delivered,
+                ..Delivery::default()
+            });
         if delivery.reading {
             delivery.dirty = true;
             false
@@ -465,7 +492,12 @@ enum Emit {
 
 /// Read a conversation from the session's `upto` until caught up (its `reading` flag is
 /// already set), sending what it finds. Returns false if the session ended.
-async fn drain(shard: &Rc<Shard>, session: &Rc<SessionHandle>, conversation_id: u64, emit: Emit) -> bool {
+async fn drain(
+    shard: &Rc<Shard>,
+    session: &Rc<SessionHandle>,
+    conversation_id: u64,
+    emit: Emit,
+) -> bool {
     let owner = shard.conversation_owner(conversation_id);
     loop {
         let after = {
@@ -486,7 +518,12 @@ async fn drain(shard: &Rc<Shard>, session: &Rc<SessionHandle>, conversation_id: 
         let page = match page {
             Ok(page) => page,
             Err(error) => {
-                tracing::warn!(shard = shard.id, conversation_id, ?error, "catch-up read failed");
+                tracing::warn!(
+                    shard = shard.id,
+                    conversation_id,
+                    ?error,
+                    "catch-up read failed"
+                );
                 session.request_close(CloseCode::InternalError, "catch-up failed");
                 return false;
             }
@@ -557,7 +594,8 @@ fn sync_chunks(messages: Vec<StoredMessage>) -> Vec<Vec<StoredMessage>> {
     for message in messages {
         let size = message.body.len();
         if !chunk.is_empty()
-            && (bytes + size > SYNC_BATCH_BODY_BYTES || chunk.len() >= wire::limits::SYNC_BATCH_MESSAGES_MAX)
+            && (bytes + size > SYNC_BATCH_BODY_BYTES
+                || chunk.len() >= wire::limits::SYNC_BATCH_MESSAGES_MAX)
         {
             chunks.push(std::mem::take(&mut chunk));
             bytes = 0;
@@ -666,7 +704,13 @@ impl RateLimit {
     }
 }
 
-async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, codec: &mut Codec, session: Rc<SessionHandle>, hello_request_id: u64) {
+async fn serve(
+    shard: &Rc<Shard>,
+    stream: &mut TcpStream,
+    codec: &mut Codec,
+    session: Rc<SessionHandle>,
+    hello_request_id: u64,
+) {
     shard.counters().session_opened();
     let config = &shard.config;
     session.push_live(Frame {
@@ -707,7 +751,8 @@ async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, codec: &mut Codec, ses
                             session.request_close(CloseCode::RateLimited, "rate limit exceeded");
                             break;
                         }
-                        let mut error = ApiError::new(ErrorCode::RateLimited, "slow down").frame(frame.request_id);
+                        let mut error = ApiError::new(ErrorCode::RateLimited, "slow down")
+                            .frame(frame.request_id);
                         if let Body::Error(e) = &mut error.body {
                             e.retry_after_ms = rate.retry_after_ms();
                         }
@@ -732,7 +777,7 @@ async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, codec: &mut Codec, ses
             }
             shard.counters().frame_out();
         }
-        if let Some((code, reason)) = session.close.get() {
+        if let Some((code, reason)) = session.close.get().filter(|_| !session.closed.get()) {
             codec.close(code, reason);
             session.mark_closed();
             deadline = deadline.min(Instant::now() + CLOSE_LINGER);
@@ -790,7 +835,9 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
     let request_id = frame.request_id;
     shard.counters().frame_in();
     if let Err(error) = wire::message::validate(&frame) {
-        session.push_live(ApiError::new(ErrorCode::InvalidArgument, error.to_string()).frame(request_id));
+        session.push_live(
+            ApiError::new(ErrorCode::InvalidArgument, error.to_string()).frame(request_id),
+        );
         return;
     }
     match frame.body {
@@ -802,16 +849,22 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
             }),
         }),
         Body::Receipt(receipt) => {
-            if let Err(error) = on_receipt(shard, session, receipt.conversation_id, receipt.kind, receipt.up_to_seq) {
+            if let Err(error) = on_receipt(
+                shard,
+                session,
+                receipt.conversation_id,
+                receipt.kind,
+                receipt.up_to_seq,
+            ) {
                 session.push_live(error.frame(request_id));
             }
         }
         Body::ConversationListRequest(request) => {
             let limit = (request.limit as usize).clamp(1, wire::limits::CONVERSATION_LIST_MAX);
             let ids: Vec<u64> = shard.state(|s| {
-                s.users
-                    .get(&session.user_id)
-                    .map_or_else(Vec::new, |u| u.conversations.keys().copied().take(limit).collect())
+                s.users.get(&session.user_id).map_or_else(Vec::new, |u| {
+                    u.conversations.keys().copied().take(limit).collect()
+                })
             });
             let conversations = ids
                 .into_iter()
@@ -840,12 +893,20 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
             ApiError::new(ErrorCode::UnexpectedFrame, "already authenticated").frame(request_id),
         ),
         _ => session.push_live(
-            ApiError::new(ErrorCode::UnexpectedFrame, "not supported by this server yet").frame(request_id),
+            ApiError::new(
+                ErrorCode::UnexpectedFrame,
+                "not supported by this server yet",
+            )
+            .frame(request_id),
         ),
     }
 }
 
-async fn request(shard: &Rc<Shard>, session: &Rc<SessionHandle>, body: Body) -> Result<Body, ApiError> {
+async fn request(
+    shard: &Rc<Shard>,
+    session: &Rc<SessionHandle>,
+    body: Body,
+) -> Result<Body, ApiError> {
     match body {
         Body::Send(send) => {
             let conversation_id = send.conversation_id;
@@ -866,7 +927,9 @@ async fn request(shard: &Rc<Shard>, session: &Rc<SessionHandle>, body: Body) -> 
             let ack = shard
                 .call(owner, |reply| ShardMsg::Append { append, reply })
                 .await??;
-            session.own_message_acked(conversation_id, ack.seq);
+            let cursor =
+                shard.state(|s| s.cursor(session.user_id, session.device_id, conversation_id));
+            session.own_message_acked(conversation_id, ack.seq, cursor.delivered);
             Ok(Body::Ack(ack))
         }
         Body::HistoryRequest(history) => {
@@ -874,7 +937,14 @@ async fn request(shard: &Rc<Shard>, session: &Rc<SessionHandle>, body: Body) -> 
             if shard.state(|s| s.membership(session.user_id, conversation_id).is_none()) {
                 return Err(ApiError::forbidden());
             }
-            let page = history_page(shard, conversation_id, history.before_seq, history.after_seq, history.limit as usize).await?;
+            let page = history_page(
+                shard,
+                conversation_id,
+                history.before_seq,
+                history.after_seq,
+                history.limit as usize,
+            )
+            .await?;
             Ok(Body::HistoryPage(page))
         }
         Body::OpenDirect(open) => {
@@ -885,7 +955,10 @@ async fn request(shard: &Rc<Shard>, session: &Rc<SessionHandle>, body: Body) -> 
             };
             let peer_home = shard.user_home(peer);
             let name = shard
-                .call(peer_home, |reply| ShardMsg::UserName { user_id: peer, reply })
+                .call(peer_home, |reply| ShardMsg::UserName {
+                    user_id: peer,
+                    reply,
+                })
                 .await?;
             let Some(title) = name else {
                 return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
@@ -908,15 +981,32 @@ async fn request(shard: &Rc<Shard>, session: &Rc<SessionHandle>, body: Body) -> 
                     })
                     .await?;
             }
-            let conversation = chat::summary(shard, session.user_id, session.device_id, conversation_id, title);
-            Ok(Body::ConversationOpened(ConversationOpened { conversation }))
+            let conversation = chat::summary(
+                shard,
+                session.user_id,
+                session.device_id,
+                conversation_id,
+                title,
+            );
+            Ok(Body::ConversationOpened(ConversationOpened {
+                conversation,
+            }))
         }
-        _ => Err(ApiError::new(ErrorCode::UnexpectedFrame, "unexpected frame")),
+        _ => Err(ApiError::new(
+            ErrorCode::UnexpectedFrame,
+            "unexpected frame",
+        )),
     }
 }
 
 /// A history page from the conversation's owner (membership already checked).
-pub async fn history_page(shard: &Rc<Shard>, conversation_id: u64, before: u64, after: u64, limit: usize) -> Result<HistoryPage, ApiError> {
+pub async fn history_page(
+    shard: &Rc<Shard>,
+    conversation_id: u64,
+    before: u64,
+    after: u64,
+    limit: usize,
+) -> Result<HistoryPage, ApiError> {
     let range = match (before, after) {
         (0, 0) => ReadRange::Latest,
         (before, 0) => ReadRange::Before(before),
@@ -928,7 +1018,11 @@ pub async fn history_page(shard: &Rc<Shard>, conversation_id: u64, before: u64, 
             ))
         }
     };
-    let limit = if limit == 0 { crate::api::HISTORY_PAGE_DEFAULT } else { limit.min(wire::limits::HISTORY_PAGE_MESSAGES_MAX) };
+    let limit = if limit == 0 {
+        crate::api::HISTORY_PAGE_DEFAULT
+    } else {
+        limit.min(wire::limits::HISTORY_PAGE_MESSAGES_MAX)
+    };
     let owner = shard.conversation_owner(conversation_id);
     let page = shard
         .call(owner, |reply| ShardMsg::Read {
@@ -945,9 +1039,18 @@ pub async fn history_page(shard: &Rc<Shard>, conversation_id: u64, before: u64, 
     })
 }
 
-fn on_receipt(shard: &Rc<Shard>, session: &Rc<SessionHandle>, conversation_id: u64, kind: ReceiptKind, up_to: u64) -> Result<(), ApiError> {
+fn on_receipt(
+    shard: &Rc<Shard>,
+    session: &Rc<SessionHandle>,
+    conversation_id: u64,
+    kind: ReceiptKind,
+    up_to: u64,
+) -> Result<(), ApiError> {
     let (user_id, device_id) = (session.user_id, session.device_id);
-    let Some(peer) = shard.state(|s| s.membership(user_id, conversation_id).map(|m| m.peer_user_id)) else {
+    let Some(peer) = shard.state(|s| {
+        s.membership(user_id, conversation_id)
+            .map(|m| m.peer_user_id)
+    }) else {
         return Err(ApiError::forbidden());
     };
     // A device can only acknowledge what exists: clamp to what this connection was sent
@@ -962,8 +1065,14 @@ fn on_receipt(shard: &Rc<Shard>, session: &Rc<SessionHandle>, conversation_id: u
     let current = shard.state(|s| s.cursor(user_id, device_id, conversation_id));
     let mut next = current;
     match kind {
-        ReceiptKind::Delivered => next.merge(Cursor { delivered: up_to, read: 0 }),
-        ReceiptKind::Read => next.merge(Cursor { delivered: up_to, read: up_to }),
+        ReceiptKind::Delivered => next.merge(Cursor {
+            delivered: up_to,
+            read: 0,
+        }),
+        ReceiptKind::Read => next.merge(Cursor {
+            delivered: up_to,
+            read: up_to,
+        }),
     }
     if next == current {
         return Ok(());
@@ -1018,10 +1127,14 @@ mod tests {
         let small: Vec<_> = (1..=1200).map(|s| message(s, 10)).collect();
         let chunks = sync_chunks(small);
         assert_eq!(chunks.len(), 3);
-        assert!(chunks.iter().all(|c| c.len() <= wire::limits::SYNC_BATCH_MESSAGES_MAX));
+        assert!(chunks
+            .iter()
+            .all(|c| c.len() <= wire::limits::SYNC_BATCH_MESSAGES_MAX));
         let big: Vec<_> = (1..=20).map(|s| message(s, 64 * 1024)).collect();
         let chunks = sync_chunks(big);
-        assert!(chunks.iter().all(|c| c.len() * 64 * 1024 <= SYNC_BATCH_BODY_BYTES));
+        assert!(chunks
+            .iter()
+            .all(|c| c.len() * 64 * 1024 <= SYNC_BATCH_BODY_BYTES));
         let seqs: Vec<u64> = chunks.into_iter().flatten().map(|m| m.seq).collect();
         assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "order kept");
     }
@@ -1037,8 +1150,14 @@ mod tests {
         session.push_live(frame.clone());
         assert!(!session.is_closed());
         session.push_live(frame);
-        assert_eq!(session.close.get().map(|c| c.0), Some(CloseCode::SlowConsumer));
-        assert!(session.queue.borrow().is_empty(), "queue dropped, not grown");
+        assert_eq!(
+            session.close.get().map(|c| c.0),
+            Some(CloseCode::SlowConsumer)
+        );
+        assert!(
+            session.queue.borrow().is_empty(),
+            "queue dropped, not grown"
+        );
     }
 
     #[test]
