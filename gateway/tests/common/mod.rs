@@ -19,6 +19,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running server; SIGKILLed on drop if still running.
 pub struct Server {
     pub child: Child,
+    pub data_dir: PathBuf,
     pub http: SocketAddr,
     pub tcp: SocketAddr,
     pub shards: usize,
@@ -26,12 +27,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "confab-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        Server::start_in(fresh_dir(), extra)
+    }
+
+    /// Start on an existing data directory (a restart).
+    pub fn start_in(dir: PathBuf, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
             .args([
                 "--http-port",
@@ -74,10 +74,17 @@ impl Server {
         assert!(dir.is_dir(), "data dir created");
         Server {
             child,
+            data_dir: dir,
             http,
             tcp,
             shards,
         }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Send SIGTERM.
@@ -109,6 +116,16 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A data directory no other server uses.
+pub fn fresh_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "confab-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 fn parse_ready(line: &str) -> (SocketAddr, SocketAddr, usize) {
