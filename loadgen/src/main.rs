@@ -1,12 +1,529 @@
-//! `loadgen`: load generator for Confab. Lands with the capacity issue (#7).
+//! `loadgen`: load generator for Confab (a client of `wire` only).
+//!
+//! This first version runs two scenarios in one process with blocking threads (the
+//! multi-process coordinator, more scenarios and the live progress line are issue #7):
+//!
+//! - `chat`: `--pairs` 1:1 conversations; each sender sends at `--rate / pairs` per second
+//!   in an **open loop** (sends are scheduled on a fixed timeline and latency is measured
+//!   from the *scheduled* time, so a stalled server is charged for the sends it delayed:
+//!   coordinated-omission correction as in wrk2), or with `--rate 0` in a closed loop
+//!   with `--window` sends outstanding per sender (the maximum rate). Each body carries its
+//!   scheduled send time; the receiver records send→deliver, the sender send→ack.
+//! - `idle`: opens `--conns` authenticated connections (spread over `--users` users),
+//!   holds them, and reports the server's resident memory per connection (from
+//!   `/proc/<--server-pid>/status`).
+//!
+//! Output: a human summary, or one JSON object with `--json`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use wire::client::http::{self, Login};
+use wire::client::{new_key, sync_until_live, Connection, Transport};
+use wire::message::{Body, Frame, MessageKind, ReceiptKind, Send};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[derive(Parser)]
+#[command(name = "loadgen", version, about = "Confab load generator")]
+struct Cli {
+    /// Server HTTP address (accounts API and WebSocket).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Server raw-TCP address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    tcp: SocketAddr,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    transport: Proto,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Proto {
+    Tcp,
+    Ws,
+    WsJson,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// 1:1 pairs at a fixed total rate (open loop) or as fast as possible (--rate 0).
+    Chat {
+        #[arg(long, default_value_t = 8)]
+        pairs: usize,
+        /// Total messages per second over all pairs; 0 = closed loop (maximum rate).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Closed loop: sends outstanding per sender.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Seconds of measured load (after a 1 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Message body bytes (at least 8: the scheduled send time).
+        #[arg(long, default_value_t = 64)]
+        body: usize,
+    },
+    /// Hold authenticated idle connections and report server memory per connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// The server's pid, to read its resident memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Seconds to hold the connections after the last one opened.
+        #[arg(long, default_value_t = 3)]
+        hold: u64,
+    },
+}
+
+const PASSWORD: &str = "loadgen password";
+
 fn main() {
-    eprintln!(
-        "loadgen {}: not built yet (issue #7).",
-        env!("CARGO_PKG_VERSION")
+    let cli = Cli::parse();
+    raise_fd_limit();
+    let result = match cli.scenario {
+        Scenario::Chat {
+            pairs,
+            rate,
+            window,
+            duration,
+            body,
+        } => chat(
+            &cli,
+            pairs,
+            rate,
+            window,
+            Duration::from_secs(duration),
+            body.max(8),
+        ),
+        Scenario::Idle {
+            conns,
+            users,
+            server_pid,
+            hold,
+        } => idle(
+            &cli,
+            conns,
+            users.max(1),
+            server_pid,
+            Duration::from_secs(hold),
+        ),
+    };
+    if let Err(error) = result {
+        eprintln!("loadgen: {error}");
+        std::process::exit(1);
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn transport(cli: &Cli) -> (Transport, SocketAddr) {
+    match cli.transport {
+        Proto::Tcp => (Transport::Tcp, cli.tcp),
+        Proto::Ws => (Transport::WsBinary, cli.http),
+        Proto::WsJson => (Transport::WsJson, cli.http),
+    }
+}
+
+/// A fresh user (random name prefix so runs never collide).
+fn new_user(cli: &Cli, run: &str, role: &str, i: usize) -> Result<Login> {
+    let name = format!("lg{run}{role}{i}");
+    http::register(cli.http, &name, PASSWORD).map_err(|e| format!("register {name}: {e}"))?;
+    http::login(cli.http, &name, PASSWORD, None, Some("loadgen"))
+        .map_err(|e| format!("login {name}: {e}"))
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{:x}", std::process::id(), nanos)
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 100 s, 3 significant digits; `record` saturates only past that.
+    Histogram::new_with_bounds(1, 100_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+struct ChatTotals {
+    deliver: Histogram<u64>,
+    ack: Histogram<u64>,
+    sent: u64,
+    delivered: u64,
+    errors: HashMap<String, u64>,
+}
+
+fn chat(
+    cli: &Cli,
+    pairs: usize,
+    rate: u64,
+    window: usize,
+    duration: Duration,
+    body: usize,
+) -> Result<()> {
+    let run = run_id();
+    let (transport, addr) = transport(cli);
+    let mut setups = Vec::new();
+    for i in 0..pairs {
+        let sender = new_user(cli, &run, "s", i)?;
+        let receiver = new_user(cli, &run, "r", i)?;
+        let (mut conn, _) = Connection::connect(addr, transport, &sender.access_token)
+            .map_err(|e| e.to_string())?;
+        sync_until_live(&mut conn, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        let id = conn
+            .open_direct(receiver.user_id)
+            .map_err(|e| e.to_string())?
+            .conversation_id;
+        setups.push((conn, receiver, id));
+    }
+    let epoch = Instant::now();
+    let warmup = Duration::from_secs(1);
+    let measure_from = epoch + warmup;
+    let end = measure_from + duration;
+    let stop = Arc::new(AtomicBool::new(false));
+    let per_sender = if rate == 0 {
+        0.0
+    } else {
+        rate as f64 / pairs as f64
+    };
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (conn, receiver, id) in setups {
+        let stop_r = stop.clone();
+        let (rconn, _) = Connection::connect(addr, transport, &receiver.access_token)
+            .map_err(|e| e.to_string())?;
+        receivers.push(std::thread::spawn(move || {
+            receive(rconn, id, epoch, measure_from, end, stop_r)
+        }));
+        senders.push(std::thread::spawn(move || {
+            send(conn, id, epoch, measure_from, end, per_sender, window, body)
+        }));
+    }
+    let mut totals = ChatTotals {
+        deliver: histogram(),
+        ack: histogram(),
+        sent: 0,
+        delivered: 0,
+        errors: HashMap::new(),
+    };
+    for s in senders {
+        let (ack, sent, errors) = s.join().map_err(|_| "sender panicked")?;
+        let _ = totals.ack.add(&ack);
+        totals.sent += sent;
+        for (k, v) in errors {
+            *totals.errors.entry(k).or_default() += v;
+        }
+    }
+    // Give deliveries in flight a moment, then stop the receivers.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for r in receivers {
+        let (deliver, delivered) = r.join().map_err(|_| "receiver panicked")?;
+        let _ = totals.deliver.add(&deliver);
+        totals.delivered += delivered;
+    }
+    report_chat(cli, pairs, rate, window, duration, body, &totals);
+    Ok(())
+}
+
+fn nanos_since(epoch: Instant, t: Instant) -> u64 {
+    t.saturating_duration_since(epoch).as_nanos() as u64
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    mut conn: Connection,
+    id: u64,
+    epoch: Instant,
+    measure_from: Instant,
+    end: Instant,
+    per_sec: f64,
+    window: usize,
+    body_len: usize,
+) -> (Histogram<u64>, u64, HashMap<String, u64>) {
+    let mut acks = histogram();
+    let mut errors: HashMap<String, u64> = HashMap::new();
+    let mut outstanding: HashMap<u64, Instant> = HashMap::new();
+    let mut sent = 0u64;
+    let interval = if per_sec > 0.0 {
+        Duration::from_secs_f64(1.0 / per_sec)
+    } else {
+        Duration::ZERO
+    };
+    let mut next = Instant::now();
+    let mut body = vec![0u8; body_len];
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let may_send = if per_sec > 0.0 {
+            now >= next
+        } else {
+            outstanding.len() < window
+        };
+        if may_send {
+            let scheduled = if per_sec > 0.0 { next } else { now };
+            body[..8].copy_from_slice(&nanos_since(epoch, scheduled).to_le_bytes());
+            let frame = Body::Send(Send {
+                conversation_id: id,
+                idempotency_key: new_key(),
+                kind: MessageKind::Chat,
+                body: body.clone(),
+                media: None,
+                reply_to_seq: 0,
+            });
+            match conn.request(frame) {
+                Ok(request_id) => {
+                    outstanding.insert(request_id, scheduled);
+                    if scheduled >= measure_from {
+                        sent += 1;
+                    }
+                }
+                Err(e) => {
+                    *errors.entry(format!("send: {e}")).or_default() += 1;
+                    break;
+                }
+            }
+            next += interval;
+            continue;
+        }
+        let wait = if per_sec > 0.0 {
+            next.saturating_duration_since(now)
+                .min(Duration::from_millis(50))
+        } else {
+            Duration::from_millis(50)
+        };
+        match conn.recv(wait) {
+            Ok(Some(Frame { request_id, body })) => {
+                if let Some(scheduled) = outstanding.remove(&request_id) {
+                    match body {
+                        Body::Ack(_) if scheduled >= measure_from => {
+                            let _ = acks.record(
+                                Instant::now()
+                                    .saturating_duration_since(scheduled)
+                                    .as_micros() as u64,
+                            );
+                        }
+                        Body::Ack(_) => {}
+                        Body::Error(e) => *errors.entry(format!("{:?}", e.code)).or_default() += 1,
+                        _ => {}
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                *errors.entry(format!("recv: {e}")).or_default() += 1;
+                break;
+            }
+        }
+    }
+    (acks, sent, errors)
+}
+
+fn receive(
+    mut conn: Connection,
+    id: u64,
+    epoch: Instant,
+    measure_from: Instant,
+    end: Instant,
+    stop: Arc<AtomicBool>,
+) -> (Histogram<u64>, u64) {
+    let mut latency = histogram();
+    let mut delivered = 0u64;
+    let mut highest = 0u64;
+    let mut last_receipt = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let frame = match conn.recv(Duration::from_millis(50)) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => continue,
+            Err(_) => break,
+        };
+        let messages = match frame.body {
+            Body::Deliver(d) => vec![d.message],
+            Body::SyncBatch(b) => b.messages,
+            _ => continue,
+        };
+        let now = Instant::now();
+        for m in messages {
+            highest = highest.max(m.seq);
+            let Some(stamp) = m.body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
+            let scheduled = epoch + Duration::from_nanos(u64::from_le_bytes(stamp));
+            if scheduled >= measure_from && scheduled < end {
+                delivered += 1;
+                let _ = latency.record(now.saturating_duration_since(scheduled).as_micros() as u64);
+            }
+        }
+        // Delivered receipts, coalesced: what a real client does.
+        if now.duration_since(last_receipt) > Duration::from_millis(100) {
+            let _ = conn.receipt(id, ReceiptKind::Delivered, highest);
+            last_receipt = now;
+        }
+    }
+    (latency, delivered)
+}
+
+fn report_chat(
+    cli: &Cli,
+    pairs: usize,
+    rate: u64,
+    window: usize,
+    duration: Duration,
+    body: usize,
+    t: &ChatTotals,
+) {
+    let secs = duration.as_secs_f64();
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
+    if cli.json {
+        let errors: Vec<String> = t
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{:?}: {v}", k))
+            .collect();
+        println!(
+            "{{\"scenario\":\"chat\",\"pairs\":{pairs},\"rate\":{rate},\"window\":{window},\"body\":{body},\
+             \"seconds\":{secs},\"sent\":{},\"delivered\":{},\"sent_per_sec\":{:.0},\"delivered_per_sec\":{:.0},\
+             \"deliver_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\
+             \"ack_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"errors\":{{{}}}}}",
+            t.sent,
+            t.delivered,
+            t.sent as f64 / secs,
+            t.delivered as f64 / secs,
+            q(&t.deliver, 0.5),
+            q(&t.deliver, 0.9),
+            q(&t.deliver, 0.99),
+            q(&t.deliver, 0.999),
+            t.deliver.max(),
+            q(&t.ack, 0.5),
+            q(&t.ack, 0.99),
+            q(&t.ack, 0.999),
+            t.ack.max(),
+            errors.join(",")
+        );
+        return;
+    }
+    let mode = if rate == 0 {
+        format!("closed loop, window {window}")
+    } else {
+        format!("open loop, {rate}/s")
+    };
+    println!("chat: {pairs} pairs, {mode}, {body} B bodies, {secs:.0} s measured");
+    println!(
+        "  sent {} ({:.0}/s), delivered {} ({:.0}/s)",
+        t.sent,
+        t.sent as f64 / secs,
+        t.delivered,
+        t.delivered as f64 / secs
     );
-    std::process::exit(2);
+    for (name, h) in [("send->deliver", &t.deliver), ("send->ack", &t.ack)] {
+        println!(
+            "  {name:14} µs  p50 {}  p90 {}  p99 {}  p999 {}  max {}",
+            q(h, 0.5),
+            q(h, 0.9),
+            q(h, 0.99),
+            q(h, 0.999),
+            h.max()
+        );
+    }
+    if !t.errors.is_empty() {
+        println!("  errors: {:?}", t.errors);
+    }
+}
+
+fn idle(
+    cli: &Cli,
+    conns: usize,
+    users: usize,
+    server_pid: Option<u32>,
+    hold: Duration,
+) -> Result<()> {
+    let run = run_id();
+    let (transport, addr) = transport(cli);
+    let logins: Vec<Login> = (0..users)
+        .map(|i| new_user(cli, &run, "i", i))
+        .collect::<Result<_>>()?;
+    let rss_before = server_pid.and_then(rss_bytes);
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let login = &logins[i % users];
+        let (mut conn, _) = Connection::connect(addr, transport, &login.access_token)
+            .map_err(|e| format!("connection {i}: {e}"))?;
+        sync_until_live(&mut conn, Duration::from_secs(10))
+            .map_err(|e| format!("connection {i}: {e}"))?;
+        open.push(conn);
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(hold);
+    let rss_after = server_pid.and_then(rss_bytes);
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / conns as f64),
+        _ => None,
+    };
+    if cli.json {
+        println!(
+            "{{\"scenario\":\"idle\",\"conns\":{conns},\"users\":{users},\"connect_per_sec\":{:.0},\
+             \"server_rss_before\":{},\"server_rss_after\":{},\"server_bytes_per_conn\":{}}}",
+            conns as f64 / connect_secs,
+            rss_before.unwrap_or(0),
+            rss_after.unwrap_or(0),
+            per_conn.map_or("null".to_string(), |b| format!("{b:.0}"))
+        );
+    } else {
+        println!(
+            "idle: {conns} authenticated connections over {users} users, {:.0} connects/s",
+            conns as f64 / connect_secs
+        );
+        match per_conn {
+            Some(b) => println!(
+                "  server RSS {} -> {} KiB: {:.0} bytes ({:.2} KiB) per connection",
+                rss_before.unwrap_or(0) / 1024,
+                rss_after.unwrap_or(0) / 1024,
+                b,
+                b / 1024.0
+            ),
+            None => println!("  (pass --server-pid to measure server memory)"),
+        }
+    }
+    drop(open);
+    Ok(())
+}
+
+/// VmRSS of a process, in bytes.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Raise the soft open-files limit to the hard limit (connections are files).
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
