@@ -99,6 +99,10 @@ pub struct Cli {
     /// Inbound frame burst per connection [default: 400].
     #[arg(long, env = "CONFAB_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+    /// Idempotency keys each shard's log remembers (the newest; a retry older than the
+    /// newest this-many keys of its shard is stored again) [default: 1048576].
+    #[arg(long, env = "CONFAB_DEDUPE_ENTRIES")]
+    pub dedupe_entries: Option<usize>,
     /// Outbound frames queued per connection before 4008 [default: 1024].
     #[arg(long, env = "CONFAB_OUTBOUND_QUEUE_FRAMES")]
     pub outbound_queue_frames: Option<usize>,
@@ -126,6 +130,7 @@ pub struct FileConfig {
     pub rate_limit_per_sec: Option<u32>,
     pub rate_limit_burst: Option<u32>,
     pub outbound_queue_frames: Option<usize>,
+    pub dedupe_entries: Option<usize>,
 }
 
 /// The resolved configuration every shard gets a copy of.
@@ -148,6 +153,7 @@ pub struct Config {
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     pub outbound_queue_frames: usize,
+    pub dedupe_entries: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +254,10 @@ impl Config {
                 .outbound_queue_frames
                 .or(file.outbound_queue_frames)
                 .unwrap_or(DEFAULT_OUTBOUND_QUEUE_FRAMES),
+            dedupe_entries: cli
+                .dedupe_entries
+                .or(file.dedupe_entries)
+                .unwrap_or(log_engine::limits::DEDUPE_ENTRIES_DEFAULT),
         };
         config.validate()?;
         Ok(config)

@@ -156,6 +156,7 @@ fn open_log(config: &Config, id: usize) -> anyhow::Result<shard::ShardLog> {
         segment_bytes: config.log_segment_bytes,
         // Persist before ack: the gateway runs the pipelined log, which is durable-only.
         durability: log_engine::Durability::Durable,
+        dedupe_entries: config.dedupe_entries,
         ..log_engine::Config::default()
     };
     let (log, report) = PipelinedLog::open(storage, log_config, ShardState::default())
@@ -183,6 +184,12 @@ fn spawn_shard(
         .name(&format!("shard{id}"))
         .io_memory(IO_MEMORY_BYTES)
         .ring_depth(RING_DEPTH)
+        .spin_before_park(std::time::Duration::from_micros(
+            std::env::var("CONFAB_SPIN_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        ))
         .spawn(move || async move {
             let bind = |port| glommio::net::TcpListener::bind(SocketAddr::new(config.bind, port));
             let listeners = bind(http_port).and_then(|h| Ok((h, bind(tcp_port)?)));

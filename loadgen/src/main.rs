@@ -232,9 +232,12 @@ fn chat(
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     for r in receivers {
-        let (deliver, delivered) = r.join().map_err(|_| "receiver panicked")?;
+        let (deliver, delivered, error) = r.join().map_err(|_| "receiver panicked")?;
         let _ = totals.deliver.add(&deliver);
         totals.delivered += delivered;
+        if let Some(error) = error {
+            *totals.errors.entry(error).or_default() += 1;
+        }
     }
     report_chat(cli, pairs, rate, window, duration, body, &totals);
     Ok(())
@@ -308,7 +311,11 @@ fn send(
         } else {
             Duration::from_millis(50)
         };
-        match conn.recv(wait) {
+        // Wait with ppoll (a high-resolution timer), then take what arrived without
+        // blocking: a socket read timeout (SO_RCVTIMEO) counts in jiffies and would wake
+        // the sender up to a few ms late, which the open loop charges as latency.
+        wait_readable(&mut conn, wait);
+        match conn.recv(Duration::ZERO) {
             Ok(Some(Frame { request_id, body })) => {
                 if let Some(scheduled) = outstanding.remove(&request_id) {
                     match body {
@@ -342,7 +349,7 @@ fn receive(
     measure_from: Instant,
     end: Instant,
     stop: Arc<AtomicBool>,
-) -> (Histogram<u64>, u64) {
+) -> (Histogram<u64>, u64, Option<String>) {
     let mut latency = histogram();
     let mut delivered = 0u64;
     let mut highest = 0u64;
@@ -351,7 +358,7 @@ fn receive(
         let frame = match conn.recv(Duration::from_millis(50)) {
             Ok(Some(frame)) => frame,
             Ok(None) => continue,
-            Err(_) => break,
+            Err(e) => return (latency, delivered, Some(format!("receiver: {e}"))),
         };
         let messages = match frame.body {
             Body::Deliver(d) => vec![d.message],
@@ -376,7 +383,7 @@ fn receive(
             last_receipt = now;
         }
     }
-    (latency, delivered)
+    (latency, delivered, None)
 }
 
 fn report_chat(
@@ -503,6 +510,24 @@ fn idle(
     }
     drop(open);
     Ok(())
+}
+
+/// Block until the connection's socket is readable or `timeout` passes.
+fn wait_readable(conn: &mut Connection, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd {
+        fd: conn.raw_stream().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+    unsafe {
+        libc::ppoll(&mut fds, 1, &ts, std::ptr::null());
+    }
 }
 
 /// VmRSS of a process, in bytes.

@@ -55,6 +55,19 @@ impl InputBuffer {
         rest
     }
 
+    /// Free the allocation if nothing is pending (an idle connection then holds no input
+    /// buffer while it waits). Returns whether it is empty.
+    pub(crate) fn release_if_empty(&mut self) -> bool {
+        self.release_pending();
+        if self.pending().is_empty() {
+            self.bytes = Vec::new();
+            self.start = 0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Unconsumed bytes.
     pub(crate) fn pending(&self) -> &[u8] {
         self.bytes.get(self.start..).unwrap_or_default()

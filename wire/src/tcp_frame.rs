@@ -110,6 +110,12 @@ impl TcpFrameDecoder {
         }
     }
 
+    /// Free the input buffer if it holds no partial frame (see `WsCodec::
+    /// release_idle_memory`). Returns whether the input is empty.
+    pub fn release_idle_memory(&mut self) -> bool {
+        self.input.release_if_empty()
+    }
+
     /// The bytes read but not yet returned as frames (after releasing the last frame),
     /// leaving the decoder empty: to move a connection to another decoder or thread.
     pub fn take_unread_input(&mut self) -> Vec<u8> {
@@ -125,6 +131,22 @@ impl TcpFrameDecoder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn idle_memory_is_released_only_without_a_partial_frame() {
+        let mut decoder = TcpFrameDecoder::new(1024);
+        let mut bytes = Vec::new();
+        encode(b"hello", &mut bytes).unwrap();
+        decoder.feed(&bytes[..6]); // a partial frame stays
+        assert!(!decoder.release_idle_memory());
+        decoder.feed(&bytes[6..]);
+        assert_eq!(decoder.poll().unwrap(), Some(&b"hello"[..]));
+        assert_eq!(decoder.poll().unwrap(), None);
+        assert!(decoder.release_idle_memory());
+        assert_eq!(decoder.input.capacity(), 0, "the buffer is freed");
+        decoder.feed(&bytes);
+        assert_eq!(decoder.poll().unwrap(), Some(&b"hello"[..]), "and works after");
+    }
 
     #[test]
     fn golden_bytes() {

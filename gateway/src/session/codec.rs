@@ -209,6 +209,22 @@ impl Codec {
         }
     }
 
+    /// Free buffers that hold nothing; returns whether no input is pending (then the
+    /// next read may offer a small buffer).
+    pub fn release_idle_memory(&mut self) -> bool {
+        match self {
+            Codec::Ws { codec, .. } => codec.release_idle_memory(),
+            Codec::Tcp {
+                decoder, output, ..
+            } => {
+                if output.is_empty() {
+                    *output = Vec::new();
+                }
+                decoder.release_idle_memory()
+            }
+        }
+    }
+
     /// Bytes read but not decoded, for a hand-off (`None`: cannot be handed off now).
     pub fn take_unread_input(&mut self) -> Option<Vec<u8>> {
         match self {

@@ -42,7 +42,7 @@ use crate::auth::{self, Claims, TokenKind};
 use crate::chat::{self, ApiError, AppendMsg, Handoff, ReadRange, ShardMsg};
 use crate::session::codec::{Codec, InputEnd, Transport};
 use crate::session::io::{race, Woken};
-use crate::session::{CLOSE_LINGER, READ_BYTES};
+use crate::session::{CLOSE_LINGER, READ_BYTES, READ_BYTES_IDLE};
 use crate::shard::{ConnGuard, Shard};
 use crate::state::{Cursor, MetaEvent};
 
@@ -785,23 +785,29 @@ async fn serve(
         if write_all(stream, codec).await.is_err() || codec.is_finished() {
             break;
         }
-        // Wait.
-        let read = stream.read(codec.read_space(READ_BYTES));
+        // Wait. An idle connection keeps no buffers: they are freed here and the next
+        // read offers a small one (a read that fills it is followed by full-size ones).
+        let offered = if codec.release_idle_memory() {
+            READ_BYTES_IDLE
+        } else {
+            READ_BYTES
+        };
+        let read = stream.read(codec.read_space(offered));
         let queued = async {
             Notified(&session).await;
             Ok(usize::MAX)
         };
         match race(future::or(read, queued), deadline, stop.as_mut()).await {
-            Woken::Io(Ok(usize::MAX)) => codec.commit_read(0, READ_BYTES),
+            Woken::Io(Ok(usize::MAX)) => codec.commit_read(0, offered),
             Woken::Io(Ok(0)) | Woken::Io(Err(_)) => break,
-            Woken::Io(Ok(n)) => codec.commit_read(n, READ_BYTES),
+            Woken::Io(Ok(n)) => codec.commit_read(n, offered),
             Woken::Deadline if codec.is_closing() => break,
             Woken::Deadline => {
-                codec.commit_read(0, READ_BYTES);
+                codec.commit_read(0, offered);
                 session.request_close(CloseCode::IdleTimeout, "idle timeout");
             }
             Woken::Shutdown => {
-                codec.commit_read(0, READ_BYTES);
+                codec.commit_read(0, offered);
                 stop = None;
                 session.request_close(CloseCode::GoingAway, "server shutting down");
             }

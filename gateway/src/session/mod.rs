@@ -14,6 +14,11 @@ use std::time::Duration;
 /// Bytes offered to each socket read.
 pub const READ_BYTES: usize = 4096;
 
+/// Bytes offered to the first read of an idle session (its buffers were freed): enough
+/// for a Ping or a small Send, and an idle connection holds no 4 KiB buffer while it
+/// waits (the read buffer is allocated when the read is posted).
+pub const READ_BYTES_IDLE: usize = 512;
+
 /// After our close frame (or on a failed connection), how long we keep reading and
 /// discarding the peer's bytes before dropping the socket, so the peer sees our close frame
 /// rather than a reset.

@@ -399,6 +399,20 @@ impl WsCodec {
 
     // ----- bytes out --------------------------------------------------------------------
 
+    /// Free every buffer that holds nothing (input with no partial frame, output fully
+    /// written, no message being reassembled), so an idle connection costs a few words.
+    /// Returns whether the input is empty.
+    pub fn release_idle_memory(&mut self) -> bool {
+        if self.output.is_empty() {
+            self.output = Vec::new();
+        }
+        if self.reassembly.is_none() {
+            self.message = Vec::new();
+            self.message_delivered = false;
+        }
+        self.input.release_if_empty()
+    }
+
     /// The bytes read but not yet decoded (after releasing the last event), leaving the
     /// codec's input empty, to move an open connection to another codec or thread.
     /// `None` while a fragmented message is half received or output is still queued:
