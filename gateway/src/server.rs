@@ -184,12 +184,6 @@ fn spawn_shard(
         .name(&format!("shard{id}"))
         .io_memory(IO_MEMORY_BYTES)
         .ring_depth(RING_DEPTH)
-        .spin_before_park(std::time::Duration::from_micros(
-            std::env::var("CONFAB_SPIN_US")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        ))
         .spawn(move || async move {
             let bind = |port| glommio::net::TcpListener::bind(SocketAddr::new(config.bind, port));
             let listeners = bind(http_port).and_then(|h| Ok((h, bind(tcp_port)?)));
