@@ -145,7 +145,11 @@ mod tests {
         assert!(decoder.release_idle_memory());
         assert_eq!(decoder.input.capacity(), 0, "the buffer is freed");
         decoder.feed(&bytes);
-        assert_eq!(decoder.poll().unwrap(), Some(&b"hello"[..]), "and works after");
+        assert_eq!(
+            decoder.poll().unwrap(),
+            Some(&b"hello"[..]),
+            "and works after"
+        );
     }
 
     #[test]
