@@ -214,8 +214,19 @@ fn spawn_shard(
             };
             let addrs = http.local_addr().and_then(|h| Ok((h, tcp.local_addr()?)));
             let _ = bound.send(addrs.map_err(|e| e.to_string()));
-            // Every shard connects its mesh ends; this waits for all of them.
-            let (mesh, incoming) = ends.connect().await;
+            // Every shard connects its mesh ends; this waits for all of them — or for the
+            // process to stop (another shard failed to start: it will never connect).
+            let stopped = async {
+                while !flag.is_set() {
+                    glommio::timer::sleep(crate::shutdown::WATCH_INTERVAL).await;
+                }
+                None
+            };
+            let connected = async { Some(ends.connect().await) };
+            let Some((mesh, incoming)) = futures_lite::future::or(connected, stopped).await else {
+                tracing::warn!(shard = id, "stopped before every shard started");
+                return;
+            };
             let shard = Shard::new(ShardParts {
                 id,
                 config,

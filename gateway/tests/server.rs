@@ -238,3 +238,50 @@ fn sigterm_closes_sessions_with_1001_and_exits_0() {
     }
     assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+#[test]
+fn a_shard_that_cannot_open_its_log_stops_the_server_with_an_error() {
+    let dir = common::fresh_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Shard 1's log directory is a file: shard 0 starts, shard 1 cannot.
+    std::fs::write(dir.join("shard-1"), b"not a directory").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "--http-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("server hung instead of failing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("shard 1") && stderr.contains("shard-1"),
+        "{stderr}"
+    );
+}
