@@ -58,6 +58,10 @@ pub const PIPELINE_IN_FLIGHT_DEFAULT: usize = 1;
 /// `PipelinedLog::append_nowait` blocks for a completion (backpressure). With 4 MiB
 /// batches: at most (2 + 4) × 4 MiB = 24 MiB of encoded records held in memory.
 pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
+
+/// A checkpoint encoding that holds the owner thread longer than this is logged (the
+/// owner is a shard's executor in the gateway: this time is a stall of every session).
+pub const CHECKPOINT_ENCODE_WARN: std::time::Duration = std::time::Duration::from_millis(10);
 /// Batch buffers a writer keeps for reuse, each `GROUP_COMMIT_BYTES_MAX` plus two
 /// blocks, touched at open by `PipelinedLog`: ~16 MiB per log, so that no batch pays
 /// page faults on the owner thread.

@@ -48,7 +48,7 @@ use std::time::Instant;
 use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
-use crate::limits::PIPELINE_QUEUED_BATCHES_MAX;
+use crate::limits::{CHECKPOINT_ENCODE_WARN, PIPELINE_QUEUED_BATCHES_MAX};
 use crate::log::{write_checkpoint_file, Log};
 use crate::meta::StateMachine;
 use crate::reader::{Page, Record};
@@ -310,7 +310,17 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         if checkpoints.in_flight.is_some() || !self.log.checkpoint_due(self.log.checkpoint_offset) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let (offset, bytes) = self.log.checkpoint_snapshot()?;
+        let took = started.elapsed();
+        if took > CHECKPOINT_ENCODE_WARN {
+            tracing::warn!(
+                ?took,
+                bytes = bytes.len(),
+                "checkpoint encoding held the owner thread"
+            );
+        }
+        let checkpoints = &mut self.threads.checkpoints;
         let sent = match &checkpoints.jobs {
             Some(jobs) => jobs.send((offset, bytes)).is_ok(),
             None => false,
