@@ -82,55 +82,82 @@ pub(crate) fn encode_checkpoint_from<'a>(
     keys: impl Iterator<Item = (IdempotencyKey, DedupeEntry)>,
     size_hint: usize,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size_hint);
-    // A count is written as 0 and patched once its items are out.
-    let patch = |out: &mut Vec<u8>, at: usize, count: u64| {
-        if let Some(slot) = out.get_mut(at..at + 8) {
-            slot.copy_from_slice(&count.to_le_bytes());
-        }
-    };
-    let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
-    out.extend_from_slice(&CHECKPOINT_MAGIC);
-    out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    for v in [
-        parts.offset,
-        parts.last_record,
-        parts.meta_tip.0,
-        parts.meta_tip.1,
-    ] {
-        put(&mut out, v);
+    let mut draft = KeysDraft::begin(parts, convs, size_hint);
+    for (key, entry) in keys {
+        draft.push_key(&key, &entry);
     }
-    put(&mut out, parts.segments.len() as u64);
-    for base in parts.segments {
-        put(&mut out, *base);
-    }
-    let conv_count_at = out.len();
-    put(&mut out, 0);
-    let mut conv_count = 0;
-    for (id, conv) in convs {
-        conv_count += 1;
+    draft.finish(parts.state)
+}
+
+/// A checkpoint encoded in steps: everything before the keys at once, then the keys in
+/// as many calls as the owner likes, then the state and the CRC. The bytes are the same
+/// format as [`encode_checkpoint_from`] writes.
+#[derive(Debug)]
+pub(crate) struct KeysDraft {
+    out: Vec<u8>,
+    key_count_at: usize,
+    key_count: u64,
+}
+
+fn put(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+impl KeysDraft {
+    /// Header, segments and the index; the key count is patched in `finish`.
+    pub(crate) fn begin<'a>(
+        parts: &CheckpointParts<'_>,
+        convs: impl Iterator<Item = (u64, &'a ConvIndex)>,
+        size_hint: usize,
+    ) -> KeysDraft {
+        let mut out = Vec::with_capacity(size_hint);
+        out.extend_from_slice(&CHECKPOINT_MAGIC);
+        out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
         for v in [
-            id,
-            conv.first_seq,
-            conv.last_seq,
-            conv.last_offset,
-            conv.anchor_seq,
-            conv.anchors.len() as u64,
+            parts.offset,
+            parts.last_record,
+            parts.meta_tip.0,
+            parts.meta_tip.1,
         ] {
             put(&mut out, v);
         }
-        for offset in &conv.anchors {
-            put(&mut out, *offset);
+        put(&mut out, parts.segments.len() as u64);
+        for base in parts.segments {
+            put(&mut out, *base);
+        }
+        let conv_count_at = out.len();
+        put(&mut out, 0);
+        let mut conv_count = 0u64;
+        for (id, conv) in convs {
+            conv_count += 1;
+            for v in [
+                id,
+                conv.first_seq,
+                conv.last_seq,
+                conv.last_offset,
+                conv.anchor_seq,
+                conv.anchors.len() as u64,
+            ] {
+                put(&mut out, v);
+            }
+            for offset in &conv.anchors {
+                put(&mut out, *offset);
+            }
+        }
+        patch(&mut out, conv_count_at, conv_count);
+        let key_count_at = out.len();
+        put(&mut out, 0);
+        KeysDraft {
+            out,
+            key_count_at,
+            key_count: 0,
         }
     }
-    patch(&mut out, conv_count_at, conv_count);
-    let key_count_at = out.len();
-    put(&mut out, 0);
-    let mut key_count = 0;
-    for (key, e) in keys {
-        key_count += 1;
-        out.extend_from_slice(&key);
+
+    pub(crate) fn push_key(&mut self, key: &IdempotencyKey, e: &DedupeEntry) {
+        self.key_count += 1;
+        self.out.extend_from_slice(key);
         for v in [
             e.conversation_id,
             e.seq,
@@ -138,15 +165,31 @@ pub(crate) fn encode_checkpoint_from<'a>(
             e.offset,
             e.timestamp_ms,
         ] {
-            put(&mut out, v);
+            put(&mut self.out, v);
         }
     }
-    patch(&mut out, key_count_at, key_count);
-    put(&mut out, parts.state.len() as u64);
-    out.extend_from_slice(parts.state);
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+
+    /// The key count, the state snapshot and the CRC: the finished file's bytes.
+    pub(crate) fn finish(self, state: &[u8]) -> Vec<u8> {
+        let KeysDraft {
+            mut out,
+            key_count_at,
+            key_count,
+        } = self;
+        patch(&mut out, key_count_at, key_count);
+        put(&mut out, state.len() as u64);
+        out.extend_from_slice(state);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+}
+
+/// Overwrites the count written as 0 at `at` once its items are out.
+fn patch(out: &mut [u8], at: usize, count: u64) {
+    if let Some(slot) = out.get_mut(at..at + 8) {
+        slot.copy_from_slice(&count.to_le_bytes());
+    }
 }
 
 /// Reads fields front to back, refusing counts larger than the bytes left (so a corrupt

@@ -33,6 +33,9 @@ pub struct Dedupe {
     max_entries: usize,
     newest_ms: u64,
     evicted_early: u64,
+    /// Entries ever popped from the front of `order`: `order[i]` is at absolute
+    /// position `popped + i` (positions let a checkpoint walk the keys across calls).
+    popped: u64,
 }
 
 impl Dedupe {
@@ -45,6 +48,7 @@ impl Dedupe {
             max_entries,
             newest_ms: 0,
             evicted_early: 0,
+            popped: 0,
         }
     }
 
@@ -74,6 +78,7 @@ impl Dedupe {
                 break;
             }
             self.order.pop_front();
+            self.popped += 1;
             if !stale {
                 self.map.remove(&key);
                 if over && !expired {
@@ -100,6 +105,41 @@ impl Dedupe {
         self.map.is_empty()
     }
 
+    /// The absolute position after the newest entry.
+    pub fn end_position(&self) -> u64 {
+        self.popped + self.order.len() as u64
+    }
+
+    /// Live entries at absolute positions `[from, to)`, oldest first, at most `max`
+    /// (entries evicted since `from` are skipped). Returns the position to continue from;
+    /// `to` (or more) when done.
+    pub fn visit_between(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+        mut visit: impl FnMut(IdempotencyKey, DedupeEntry),
+    ) -> u64 {
+        let start = from.max(self.popped);
+        let stop = to.min(self.end_position());
+        let mut position = start;
+        let first = (start - self.popped) as usize;
+        for (key, offset) in self.order.range(first..).take(max) {
+            if position >= stop {
+                break;
+            }
+            position += 1;
+            if let Some(entry) = self.map.get(key).filter(|e| e.offset == *offset) {
+                visit(*key, *entry);
+            }
+        }
+        if position >= stop {
+            to.max(position)
+        } else {
+            position
+        }
+    }
+
     /// Entries oldest first (for checkpoints).
     pub fn iter(&self) -> impl Iterator<Item = (IdempotencyKey, DedupeEntry)> + '_ {
         self.order.iter().filter_map(|(key, offset)| {
@@ -112,6 +152,32 @@ impl Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visiting_by_position_survives_evictions_between_calls() {
+        let mut d = Dedupe::new(u64::MAX, 4);
+        for i in 0..4u64 {
+            d.insert([i as u8; 16], entry(i + 1, 10));
+        }
+        let end = d.end_position();
+        let mut seen = Vec::new();
+        let next = d.visit_between(0, end, 2, |k, _| seen.push(k[0]));
+        assert_eq!((next, seen.clone()), (2, vec![0, 1]));
+        // Two more keys evict keys 0 and 1; the walk goes on from where it was.
+        d.insert([8; 16], entry(9, 10));
+        d.insert([9; 16], entry(10, 10));
+        let next = d.visit_between(next, end, 10, |k, _| seen.push(k[0]));
+        assert_eq!(next, end, "done at the end captured before");
+        assert_eq!(
+            seen,
+            vec![0, 1, 2, 3],
+            "newer keys are not part of this walk"
+        );
+        // A walk that starts before evicted entries skips them.
+        let mut rest = Vec::new();
+        d.visit_between(0, d.end_position(), 10, |k, _| rest.push(k[0]));
+        assert_eq!(rest, vec![2, 3, 8, 9]);
+    }
 
     fn entry(seq: u64, ts: u64) -> DedupeEntry {
         DedupeEntry {

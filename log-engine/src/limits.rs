@@ -59,7 +59,12 @@ pub const PIPELINE_IN_FLIGHT_DEFAULT: usize = 1;
 /// batches: at most (2 + 4) × 4 MiB = 24 MiB of encoded records held in memory.
 pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
 
-/// A checkpoint encoding that holds the owner thread longer than this is logged (the
+/// Idempotency keys a checkpoint encodes per step on the owner thread (a step runs after
+/// each batch completion while a checkpoint is being drafted): ~16K keys take a few ms,
+/// where a whole 1M-key map took 100–500 ms in one go.
+pub const CHECKPOINT_KEYS_PER_STEP: usize = 16 * 1024;
+
+/// A checkpoint encoding step that holds the owner thread longer than this is logged (the
 /// owner is a shard's executor in the gateway: this time is a stall of every session).
 pub const CHECKPOINT_ENCODE_WARN: std::time::Duration = std::time::Duration::from_millis(10);
 /// Batch buffers a writer keeps for reuse, each `GROUP_COMMIT_BYTES_MAX` plus two

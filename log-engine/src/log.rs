@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::checkpoint::{
-    encode_checkpoint_from, CheckpointParts, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME,
+    encode_checkpoint_from, CheckpointParts, KeysDraft, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME,
 };
 use crate::config::{Config, Durability};
 use crate::dedupe::{Dedupe, DedupeEntry};
@@ -21,6 +21,18 @@ use crate::storage::{Storage, DIRECT_ALIGN};
 use crate::writer::{
     Ack, AppendRequest, Batch, BatchJob, Ticket, Watermarks, Writer, WriterLimits,
 };
+
+/// A checkpoint being encoded in steps (see [`Log::checkpoint_begin`]).
+#[derive(Debug)]
+pub(crate) struct CheckpointDraft {
+    offset: u64,
+    keys: KeysDraft,
+    state: Vec<u8>,
+    /// Absolute dedupe position of the next key to encode.
+    next_key: u64,
+    /// The dedupe end position when the draft began: keys after it are not walked.
+    end_key: u64,
+}
 
 /// One shard's log: a directory of segments plus in-memory index, idempotency map and
 /// the caller's metadata state.
@@ -491,6 +503,59 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         let bytes = encode_checkpoint_from(&parts, convs, keys, self.checkpoint_bytes);
         self.checkpoint_bytes = bytes.len();
         Ok((offset, bytes))
+    }
+
+    /// Starts a checkpoint that is encoded in steps ([`Log::checkpoint_step`]), so a
+    /// large idempotency map never holds the owner thread in one go. Everything but the
+    /// keys is captured now, as of the written end; the keys are walked by position
+    /// later. Keys evicted meanwhile are left out (eviction is allowed to forget) and keys
+    /// added meanwhile are not walked: they belong to records after the checkpoint's
+    /// offset, which recovery scans anyway.
+    pub(crate) fn checkpoint_begin(&mut self) -> Result<CheckpointDraft> {
+        if self.writer.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        self.sync()?;
+        let offset = match self.last_record {
+            OFFSET_NONE => self.writer.watermarks().written,
+            _ => self.last_record_end,
+        };
+        let segments: Vec<u64> = self.segments.keys().copied().collect();
+        let state = self.state.snapshot();
+        let parts = CheckpointParts {
+            offset,
+            last_record: self.last_record,
+            meta_tip: self.durable_meta_tip(),
+            segments: &segments,
+            state: &state,
+        };
+        let convs = self.index.iter().map(|(id, conv)| (*id, conv));
+        let keys = KeysDraft::begin(&parts, convs, self.checkpoint_bytes);
+        Ok(CheckpointDraft {
+            offset,
+            keys,
+            state,
+            next_key: 0,
+            end_key: self.dedupe.end_position(),
+        })
+    }
+
+    /// Encodes up to `max_keys` more keys of `draft`; true once every key is in.
+    pub(crate) fn checkpoint_step(&self, draft: &mut CheckpointDraft, max_keys: usize) -> bool {
+        let keys = &mut draft.keys;
+        draft.next_key =
+            self.dedupe
+                .visit_between(draft.next_key, draft.end_key, max_keys, |key, entry| {
+                    keys.push_key(&key, &entry);
+                });
+        draft.next_key >= draft.end_key
+    }
+
+    /// The encoded checkpoint of a finished draft, and its offset.
+    pub(crate) fn checkpoint_finish(&mut self, draft: CheckpointDraft) -> (u64, Vec<u8>) {
+        let bytes = draft.keys.finish(&draft.state);
+        self.checkpoint_bytes = bytes.len();
+        (draft.offset, bytes)
     }
 
     /// Records that the checkpoint as of `offset` is durable on disk.

@@ -48,7 +48,10 @@ use std::time::Instant;
 use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
-use crate::limits::{CHECKPOINT_ENCODE_WARN, PIPELINE_QUEUED_BATCHES_MAX};
+use crate::limits::{
+    CHECKPOINT_ENCODE_WARN, CHECKPOINT_KEYS_PER_STEP, PIPELINE_QUEUED_BATCHES_MAX,
+};
+use crate::log::CheckpointDraft;
 use crate::log::{write_checkpoint_file, Log};
 use crate::meta::StateMachine;
 use crate::reader::{Page, Record};
@@ -92,6 +95,8 @@ pub struct PipelinedLog<S: Storage + Send + 'static, M: StateMachine = ()> {
     ready: Vec<(Ticket, Ack)>,
     /// Woken by the I/O thread after each completion.
     notify: Arc<CompletionWaker>,
+    /// A checkpoint being encoded in steps (see `checkpoint_in_background`).
+    draft: Option<CheckpointDraft>,
 }
 
 /// The I/O, spare and checkpoint threads; dropping it stops and joins them.
@@ -168,6 +173,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             threads,
             done: done_rx,
             ready: Vec::new(),
+            draft: None,
             notify,
         };
         Ok((log, report))
@@ -302,24 +308,35 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         Ok(acks)
     }
 
-    /// Starts a checkpoint on the checkpoint thread when one is due and none is being
-    /// written; records a finished one.
+    /// Advances the checkpoint: when one is due and none is being written, begins a
+    /// draft; each call encodes up to `CHECKPOINT_KEYS_PER_STEP` more keys; a finished
+    /// draft goes to the checkpoint thread. A finished write is recorded. The owner never
+    /// encodes a whole large key map in one call.
     fn checkpoint_in_background(&mut self) -> Result<()> {
         self.collect_checkpoint(false);
-        let checkpoints = &mut self.threads.checkpoints;
-        if checkpoints.in_flight.is_some() || !self.log.checkpoint_due(self.log.checkpoint_offset) {
+        if self.threads.checkpoints.in_flight.is_some() {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let (offset, bytes) = self.log.checkpoint_snapshot()?;
+        let mut draft = match self.draft.take() {
+            Some(draft) => draft,
+            None if self.log.checkpoint_due(self.log.checkpoint_offset) => {
+                self.log.checkpoint_begin()?
+            }
+            None => return Ok(()),
+        };
+        let done = self
+            .log
+            .checkpoint_step(&mut draft, CHECKPOINT_KEYS_PER_STEP);
         let took = started.elapsed();
         if took > CHECKPOINT_ENCODE_WARN {
-            tracing::warn!(
-                ?took,
-                bytes = bytes.len(),
-                "checkpoint encoding held the owner thread"
-            );
+            tracing::warn!(?took, "checkpoint encoding step held the owner thread");
         }
+        if !done {
+            self.draft = Some(draft);
+            return Ok(());
+        }
+        let (offset, bytes) = self.log.checkpoint_finish(draft);
         let checkpoints = &mut self.threads.checkpoints;
         let sent = match &checkpoints.jobs {
             Some(jobs) => jobs.send((offset, bytes)).is_ok(),
@@ -445,6 +462,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// Writes a checkpoint as of the last published record (see [`Log::checkpoint`]),
     /// after any background one finished.
     pub fn checkpoint(&mut self) -> Result<u64> {
+        self.draft = None; // superseded by this complete one
         self.collect_checkpoint(true);
         self.log.checkpoint()
     }
@@ -452,6 +470,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// Deletes sealed segments past the retention limits (see `Log::apply_retention`),
     /// after any background checkpoint finished (retention may write one itself).
     pub fn apply_retention(&mut self, now_ms: u64) -> Result<RetentionReport> {
+        self.draft = None; // retention may write a complete one itself
         self.collect_checkpoint(true);
         self.log.apply_retention(now_ms)
     }

@@ -30,9 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = crash_config();
     let pipelined = args.next().as_deref() == Some("pipelined");
     let mut log = if pipelined {
-        Driver::Pipelined(PipelinedLog::open(FsStorage::open(&dir)?, config, ())?.0)
+        Driver::Pipelined(Box::new(
+            PipelinedLog::open(FsStorage::open(&dir)?, config, ())?.0,
+        ))
     } else {
-        Driver::Sync(Log::open(FsStorage::open(&dir)?, config, ())?.0)
+        Driver::Sync(Box::new(Log::open(FsStorage::open(&dir)?, config, ())?.0))
     };
     let mut rng = SimRng::new(first_id);
     let mut out = std::io::stdout().lock();
@@ -89,6 +91,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The two drivers of the same log.
 enum Driver {
-    Sync(Log<FsStorage>),
-    Pipelined(PipelinedLog<FsStorage>),
+    Sync(Box<Log<FsStorage>>),
+    Pipelined(Box<PipelinedLog<FsStorage>>),
 }
