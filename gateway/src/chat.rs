@@ -235,22 +235,35 @@ pub fn scoped_key(sender_user_id: u64, key: &[u8; 16]) -> [u8; 16] {
 
 /// A message record's payload: the `StoredMessage` without the fields the log record
 /// header already holds (conversation, sequence, id, timestamp), as a FlatBuffers
-/// `Deliver` frame — the verified schema of the wire crate, no second format.
-pub fn encode_payload(append: &AppendMsg) -> Vec<u8> {
-    message::to_flatbuffers(&Frame {
+/// `Deliver` frame — the verified schema of the wire crate, no second format. Takes the
+/// message and gives it back, so the body is not copied to encode it.
+pub fn encode_payload(message: StoredMessage) -> (Vec<u8>, StoredMessage) {
+    let frame = Frame {
         request_id: 0,
-        body: Body::Deliver(Deliver {
-            message: StoredMessage {
-                sender_user_id: append.sender_user_id,
-                sender_device_id: append.sender_device_id,
-                kind: append.kind,
-                body: append.body.clone(),
-                media: append.media.clone(),
-                reply_to_seq: append.reply_to_seq,
-                ..StoredMessage::default()
-            },
-        }),
-    })
+        body: Body::Deliver(Deliver { message }),
+    };
+    let payload = message::to_flatbuffers(&frame);
+    match frame.body {
+        Body::Deliver(Deliver { message }) => (payload, message),
+        // Built as a Deliver two lines up.
+        _ => (payload, StoredMessage::default()),
+    }
+}
+
+impl AppendMsg {
+    /// The message as it will be stored, before the owner gives it a position.
+    pub fn into_message(self) -> StoredMessage {
+        StoredMessage {
+            conversation_id: self.conversation_id,
+            sender_user_id: self.sender_user_id,
+            sender_device_id: self.sender_device_id,
+            kind: self.kind,
+            body: self.body,
+            media: self.media,
+            reply_to_seq: self.reply_to_seq,
+            ..StoredMessage::default()
+        }
+    }
 }
 
 /// The stored message of a log record; `None` (logged) if its payload does not decode.
@@ -640,8 +653,8 @@ async fn append_message(shard: &Rc<Shard>, append: AppendMsg) -> Result<message:
         .borrow_mut()
         .next(now)
         .map_err(|e| ApiError::unavailable(&format!("message id: {e}")))?;
-    let payload = encode_payload(&append);
     let key = scoped_key(sender, &append.key);
+    let (payload, mut stored) = encode_payload(append.into_message());
     let started = std::time::Instant::now();
     let ack = shard
         .log
@@ -672,24 +685,14 @@ async fn append_message(shard: &Rc<Shard>, append: AppendMsg) -> Result<message:
         });
     }
     shard.counters().message_stored();
-    let stored = StoredMessage {
-        conversation_id,
-        seq: ack.seq,
-        message_id,
-        sender_user_id: sender,
-        sender_device_id: append.sender_device_id,
-        timestamp_ms: now,
-        kind: append.kind,
-        body: append.body,
-        media: append.media,
-        reply_to_seq: append.reply_to_seq,
-        system: None,
-    };
+    stored.seq = ack.seq;
+    stored.message_id = message_id;
+    stored.timestamp_ms = now;
     let recipients: &[u64] = if a == b { &[a] } else { &[a, b] };
     for &user_id in recipients {
         let peer_user_id = if user_id == a { b } else { a };
         let skip_device = if user_id == sender {
-            append.sender_device_id
+            stored.sender_device_id
         } else {
             0
         };
@@ -789,7 +792,7 @@ mod tests {
             offset: 64,
             key: None,
             prev_offset: 0,
-            payload: encode_payload(&append),
+            payload: encode_payload(append.into_message()).0,
         };
         let message = decode_record(&record).unwrap();
         assert_eq!(

@@ -164,6 +164,14 @@ impl Metrics {
         }
     }
 
+    /// One metric family with a sample per shard.
+    fn family(&self, out: &mut String, name: &str, help: &str, kind: &str, field: Field) {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+        for (i, c) in self.shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", load(field(c)));
+        }
+    }
+
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(256 + self.shards.len() * 256);
@@ -175,10 +183,13 @@ impl Metrics {
             ("confab_sessions", "Authenticated sessions", |c| &c.sessions),
         ];
         for (name, help, field) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}, per shard.\n# TYPE {name} gauge");
-            for (i, c) in self.shards.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", load(field(c)));
-            }
+            self.family(
+                &mut out,
+                name,
+                &format!("{help}, per shard"),
+                "gauge",
+                field,
+            );
         }
         let counters: [(&str, &str, Field); 10] = [
             (
@@ -227,10 +238,7 @@ impl Metrics {
             ),
         ];
         for (name, help, field) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
-            for (i, c) in self.shards.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", load(field(c)));
-            }
+            self.family(&mut out, name, help, "counter", field);
         }
         let name = "confab_append_durable_seconds";
         let _ = writeln!(

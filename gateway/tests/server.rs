@@ -245,17 +245,7 @@ fn a_shard_that_cannot_open_its_log_stops_the_server_with_an_error() {
     std::fs::create_dir_all(&dir).unwrap();
     // Shard 1's log directory is a file: shard 0 starts, shard 1 cannot.
     std::fs::write(dir.join("shard-1"), b"not a directory").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args([
-            "--http-port",
-            "0",
-            "--tcp-port",
-            "0",
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
-        .arg(&dir)
+    let mut child = common::command(&dir)
         .env("RUST_LOG", "off")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::checkpoint::{
-    encode_checkpoint_from, CheckpointParts, KeysDraft, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME,
-};
+use crate::checkpoint::{CheckpointParts, KeysDraft, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME};
 use crate::config::{Config, Durability};
 use crate::dedupe::{Dedupe, DedupeEntry};
 use crate::error::{io_err, CapacityError, Error, Result};
@@ -479,30 +477,9 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     /// file is written by [`write_checkpoint_file`], here or on another thread; only
     /// then may [`Log::checkpoint_written`] record it (retention trusts that offset).
     pub(crate) fn checkpoint_snapshot(&mut self) -> Result<(u64, Vec<u8>)> {
-        if self.writer.is_poisoned() {
-            return Err(Error::Poisoned);
-        }
-        self.sync()?;
-        // The end of the last record, not the written end: when a crash left an empty
-        // new segment, the written end is past its header, which no record ends at.
-        let offset = match self.last_record {
-            OFFSET_NONE => self.writer.watermarks().written,
-            _ => self.last_record_end,
-        };
-        let segments: Vec<u64> = self.segments.keys().copied().collect();
-        let state = self.state.snapshot();
-        let parts = CheckpointParts {
-            offset,
-            last_record: self.last_record,
-            meta_tip: self.durable_meta_tip(),
-            segments: &segments,
-            state: &state,
-        };
-        let convs = self.index.iter().map(|(id, conv)| (*id, conv));
-        let keys = self.dedupe.iter();
-        let bytes = encode_checkpoint_from(&parts, convs, keys, self.checkpoint_bytes);
-        self.checkpoint_bytes = bytes.len();
-        Ok((offset, bytes))
+        let mut draft = self.checkpoint_begin()?;
+        self.checkpoint_step(&mut draft, usize::MAX);
+        Ok(self.checkpoint_finish(draft))
     }
 
     /// Starts a checkpoint that is encoded in steps ([`Log::checkpoint_step`]), so a

@@ -87,14 +87,14 @@ pub async fn run(
                 Err(error) => {
                     codec.send(&error.frame(frame.request_id));
                     codec.close(CloseCode::Unauthenticated, "unauthenticated");
-                    finish(stream, &mut codec).await;
+                    let _ = write_all(stream, &mut codec).await;
                     return Ended::Close;
                 }
             },
             Ok(None) => {}
             Err(end) => {
                 refuse_input(shard, &mut codec, end);
-                finish(stream, &mut codec).await;
+                let _ = write_all(stream, &mut codec).await;
                 return Ended::Close;
             }
         }
@@ -106,12 +106,12 @@ pub async fn run(
             Woken::Io(Ok(n)) if n > 0 => codec.commit_read(n, READ_BYTES),
             Woken::Deadline => {
                 codec.close(CloseCode::HandshakeTimeout, "handshake timeout");
-                finish(stream, &mut codec).await;
+                let _ = write_all(stream, &mut codec).await;
                 return Ended::Close;
             }
             Woken::Shutdown => {
                 codec.close(CloseCode::GoingAway, "server shutting down");
-                finish(stream, &mut codec).await;
+                let _ = write_all(stream, &mut codec).await;
                 return Ended::Close;
             }
             Woken::Io(_) => return Ended::Close,
@@ -124,7 +124,7 @@ pub async fn run(
             Err(error) => {
                 codec.send(&error.frame(request_id));
                 codec.close(CloseCode::Unauthenticated, "unauthenticated");
-                finish(stream, &mut codec).await;
+                let _ = write_all(stream, &mut codec).await;
                 return Ended::Close;
             }
         };
@@ -136,7 +136,7 @@ pub async fn run(
             CloseCode::PolicyViolation,
             "hello inside a fragmented message",
         );
-        finish(stream, &mut codec).await;
+        let _ = write_all(stream, &mut codec).await;
         return Ended::Close;
     };
     // SAFETY: dup(2) of a descriptor this stream owns and keeps open for the call.
@@ -221,7 +221,7 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
             Err(error) => {
                 codec.send(&error.frame(hello_request_id));
                 codec.close(CloseCode::Unauthenticated, "unauthenticated");
-                finish(&mut stream, &mut codec).await;
+                let _ = write_all(&mut stream, &mut codec).await;
             }
         }
         crate::session::io::linger_close(&mut stream).await;
@@ -830,22 +830,11 @@ async fn write_all(stream: &mut TcpStream, codec: &mut Codec) -> std::io::Result
     stream.flush().await
 }
 
-/// Write what is queued (a close frame, an error) and give the peer `CLOSE_LINGER` to
-/// answer a WebSocket close.
-async fn finish(stream: &mut TcpStream, codec: &mut Codec) {
-    let _ = write_all(stream, codec).await;
-}
-
 /// Handle one request frame of an authenticated session.
 fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
     let request_id = frame.request_id;
+    // Both decoders (FlatBuffers, JSON) already validated the frame's limits.
     shard.counters().frame_in();
-    if let Err(error) = wire::message::validate(&frame) {
-        session.push_live(
-            ApiError::new(ErrorCode::InvalidArgument, error.to_string()).frame(request_id),
-        );
-        return;
-    }
     match frame.body {
         Body::Ping(ping) => session.push_live(Frame {
             request_id,

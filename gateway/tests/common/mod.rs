@@ -32,23 +32,7 @@ impl Server {
 
     /// Start on an existing data directory (a restart).
     pub fn start_in(dir: PathBuf, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
-            .args([
-                "--http-port",
-                "0",
-                "--tcp-port",
-                "0",
-                "--shards",
-                "2",
-                "--log-segment-bytes",
-                "4194304",
-                "--argon2-memory-kib",
-                "1024",
-                "--argon2-iterations",
-                "1",
-                "--data-dir",
-            ])
-            .arg(&dir)
+        let mut child = command(&dir)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -116,6 +100,30 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The server command the tests run: ephemeral ports, two shards, small segments and
+/// cheap password hashing, on `dir`.
+pub fn command(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_confab"));
+    command
+        .args([
+            "--http-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--shards",
+            "2",
+            "--log-segment-bytes",
+            "4194304",
+            "--argon2-memory-kib",
+            "1024",
+            "--argon2-iterations",
+            "1",
+            "--data-dir",
+        ])
+        .arg(dir);
+    command
 }
 
 /// A data directory no other server uses.
