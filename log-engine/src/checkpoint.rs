@@ -62,7 +62,36 @@ pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
         state: &ckpt.state,
     };
     let convs = ckpt.convs.iter().map(|(id, conv)| (*id, conv));
-    encode_checkpoint_from(&parts, convs, ckpt.keys.iter().copied(), 0)
+    let size = encoded_len(&parts, ckpt.convs.iter().map(|(_, c)| c), ckpt.keys.len());
+    encode_checkpoint_from(
+        &parts,
+        convs,
+        ckpt.keys.iter().copied(),
+        Vec::with_capacity(size),
+    )
+}
+
+/// Bytes of one encoded idempotency key entry: the key and five u64 fields.
+const KEY_ENTRY_BYTES: usize = 16 + 5 * 8;
+/// Bytes of one index entry before its anchors: six u64 fields.
+const CONV_ENTRY_BYTES: usize = 6 * 8;
+
+/// The exact encoded size of a checkpoint with these parts, conversations and `keys`
+/// key entries, so its buffer is sized once (a 60 MB checkpoint that grows by doubling
+/// copies itself on the owner thread).
+pub(crate) fn encoded_len<'a>(
+    parts: &CheckpointParts<'_>,
+    convs: impl Iterator<Item = &'a ConvIndex>,
+    keys: usize,
+) -> usize {
+    let header = CHECKPOINT_MAGIC.len() + 4 + 4 + 4 * 8;
+    let segments = 8 + parts.segments.len() * 8;
+    let convs: usize = 8 + convs
+        .map(|c| CONV_ENTRY_BYTES + c.anchors.len() * 8)
+        .sum::<usize>();
+    let keys = 8 + keys * KEY_ENTRY_BYTES;
+    let state = 8 + parts.state.len();
+    header + segments + convs + keys + state + 4
 }
 
 /// The fixed parts of a checkpoint, borrowed.
@@ -80,9 +109,9 @@ pub(crate) fn encode_checkpoint_from<'a>(
     parts: &CheckpointParts<'_>,
     convs: impl Iterator<Item = (u64, &'a ConvIndex)>,
     keys: impl Iterator<Item = (IdempotencyKey, DedupeEntry)>,
-    size_hint: usize,
+    buffer: Vec<u8>,
 ) -> Vec<u8> {
-    let mut draft = KeysDraft::begin(parts, convs, size_hint);
+    let mut draft = KeysDraft::begin(parts, convs, buffer);
     for (key, entry) in keys {
         draft.push_key(&key, &entry);
     }
@@ -108,9 +137,9 @@ impl KeysDraft {
     pub(crate) fn begin<'a>(
         parts: &CheckpointParts<'_>,
         convs: impl Iterator<Item = (u64, &'a ConvIndex)>,
-        size_hint: usize,
+        mut out: Vec<u8>,
     ) -> KeysDraft {
-        let mut out = Vec::with_capacity(size_hint);
+        out.clear();
         out.extend_from_slice(&CHECKPOINT_MAGIC);
         out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
@@ -362,6 +391,7 @@ mod tests {
     #[test]
     fn every_flip_and_cut_is_refused() {
         let bytes = encode_checkpoint(&sample());
+        assert_eq!(bytes.len(), bytes.capacity(), "encoded_len is exact");
         for bit in 0..bytes.len() * 8 {
             let mut bad = bytes.clone();
             bad[bit / 8] ^= 1 << (bit % 8);

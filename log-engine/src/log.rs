@@ -47,7 +47,9 @@ pub struct Log<S: Storage, M: StateMachine = ()> {
     pub(crate) last_sync: Instant,
     pub(crate) checkpoint_offset: u64,
     /// Size of the last checkpoint encoded (the next one reserves that much).
-    checkpoint_bytes: usize,
+    /// The last checkpoint's buffer, given back once written and reused, so a large
+    /// checkpoint neither reallocates while it grows nor faults in fresh pages each time.
+    checkpoint_buffer: Vec<u8>,
     /// Offset of the last durable record (for checkpoints).
     pub(crate) last_record: u64,
     /// Log offset just past the last durable record.
@@ -138,7 +140,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             maps: HashMap::new(),
             last_sync: Instant::now(),
             checkpoint_offset: rec.checkpoint_offset,
-            checkpoint_bytes: 0,
+            checkpoint_buffer: Vec::new(),
             last_record: rec.last_record,
             last_record_end: rec.last_record_end,
             durable_meta: start.meta_tip,
@@ -470,6 +472,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         let (offset, bytes) = self.checkpoint_snapshot()?;
         write_checkpoint_file(&mut self.storage, &bytes)?;
         self.checkpoint_written(offset, bytes.len());
+        self.recycle_checkpoint_buffer(bytes);
         Ok(offset)
     }
 
@@ -507,7 +510,15 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             state: &state,
         };
         let convs = self.index.iter().map(|(id, conv)| (*id, conv));
-        let keys = KeysDraft::begin(&parts, convs, self.checkpoint_bytes);
+        let size = crate::checkpoint::encoded_len(
+            &parts,
+            self.index.iter().map(|(_, c)| c),
+            self.dedupe.held_entries(),
+        );
+        let mut buffer = std::mem::take(&mut self.checkpoint_buffer);
+        buffer.clear();
+        buffer.reserve_exact(size);
+        let keys = KeysDraft::begin(&parts, convs, buffer);
         Ok(CheckpointDraft {
             offset,
             keys,
@@ -530,9 +541,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
 
     /// The encoded checkpoint of a finished draft, and its offset.
     pub(crate) fn checkpoint_finish(&mut self, draft: CheckpointDraft) -> (u64, Vec<u8>) {
-        let bytes = draft.keys.finish(&draft.state);
-        self.checkpoint_bytes = bytes.len();
-        (draft.offset, bytes)
+        (draft.offset, draft.keys.finish(&draft.state))
     }
 
     /// Records that the checkpoint as of `offset` is durable on disk.
@@ -540,6 +549,11 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         // Never backwards: a late background write must not undo a newer inline one.
         self.checkpoint_offset = self.checkpoint_offset.max(offset);
         tracing::debug!(offset, bytes, "checkpoint written");
+    }
+
+    /// Gives a written checkpoint's buffer back for the next one.
+    pub(crate) fn recycle_checkpoint_buffer(&mut self, buffer: Vec<u8>) {
+        self.checkpoint_buffer = buffer;
     }
 
     /// Metadata tip of published (durable) records: pending ones are excluded because

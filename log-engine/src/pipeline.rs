@@ -368,9 +368,13 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         };
         checkpoints.in_flight = None;
         match done {
-            Some((offset, bytes, Ok(()))) => self.log.checkpoint_written(offset, bytes),
-            Some((offset, _, Err(e))) => {
+            Some((offset, bytes, Ok(()))) => {
+                self.log.checkpoint_written(offset, bytes.len());
+                self.log.recycle_checkpoint_buffer(bytes);
+            }
+            Some((offset, bytes, Err(e))) => {
                 tracing::warn!(offset, error = %e, "background checkpoint failed");
+                self.log.recycle_checkpoint_buffer(bytes);
             }
             None => tracing::warn!("checkpoint thread gone"),
         }
@@ -508,7 +512,8 @@ fn lower_priority() {
 /// trusts) only once its write is reported.
 struct CheckpointThread {
     jobs: Option<Sender<(u64, Vec<u8>)>>,
-    done: Receiver<(u64, usize, Result<()>)>,
+    /// Offset, the written bytes (their buffer goes back to the log for reuse), result.
+    done: Receiver<(u64, Vec<u8>, Result<()>)>,
     thread: Option<JoinHandle<()>>,
     /// Offset of the checkpoint being written.
     in_flight: Option<u64>,
@@ -524,7 +529,7 @@ impl CheckpointThread {
                 lower_priority();
                 for (offset, bytes) in inbox {
                     let result = write_checkpoint_file(&mut storage, &bytes);
-                    if outbox.send((offset, bytes.len(), result)).is_err() {
+                    if outbox.send((offset, bytes, result)).is_err() {
                         return;
                     }
                 }
