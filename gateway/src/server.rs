@@ -27,6 +27,11 @@ use crate::state::ShardState;
 /// The file holding the token signing key, in the data directory.
 pub const TOKEN_KEY_FILE: &str = "token.key";
 
+/// The file a running server holds an exclusive lock on, so a second server on the same
+/// data directory refuses to start (SO_REUSEPORT would let it bind the same ports, and two
+/// writers would interleave one log).
+pub const LOCK_FILE: &str = "lock";
+
 /// The file recording the shard count the data directory was written with.
 pub const LAYOUT_FILE: &str = "layout";
 
@@ -64,6 +69,7 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
     config
         .create_data_dir()
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let _lock = lock_data_dir(&config)?;
     check_layout(&config)?;
     let token_key = TokenKey::load_or_create(&config.data_dir.join(TOKEN_KEY_FILE))
         .context("loading the token key")?;
@@ -125,6 +131,27 @@ struct Common {
     flag: ShutdownFlag,
     token_key: TokenKey,
     placement: Placement,
+}
+
+/// Lock the data directory for this process's lifetime (the lock goes with the file
+/// handle, also when the process is killed).
+fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+    let path = config.data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow!(
+            "{} is in use by another confab process (it holds {})",
+            config.data_dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow!("locking {}: {e}", path.display())),
+    }
 }
 
 /// Refuse to start on a data directory written with another shard count: ownership of

@@ -245,7 +245,16 @@ fn a_shard_that_cannot_open_its_log_stops_the_server_with_an_error() {
     std::fs::create_dir_all(&dir).unwrap();
     // Shard 1's log directory is a file: shard 0 starts, shard 1 cannot.
     std::fs::write(dir.join("shard-1"), b"not a directory").unwrap();
-    let mut child = common::command(&dir)
+    let stderr = start_failure(&dir);
+    assert!(
+        stderr.contains("shard 1") && stderr.contains("shard-1"),
+        "{stderr}"
+    );
+}
+
+/// Runs the server on `dir` expecting it to fail to start; returns its stderr.
+fn start_failure(dir: &std::path::Path) -> String {
+    let mut child = common::command(dir)
         .env("RUST_LOG", "off")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -270,8 +279,21 @@ fn a_shard_that_cannot_open_its_log_stops_the_server_with_an_error() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
+    stderr
+}
+
+#[test]
+fn a_second_server_on_a_data_dir_in_use_refuses_to_start() {
+    let mut first = Server::start(&[]);
+    let stderr = start_failure(&first.data_dir);
     assert!(
-        stderr.contains("shard 1") && stderr.contains("shard-1"),
+        stderr.contains("in use by another confab process"),
         "{stderr}"
     );
+    // The first is unaffected, and once it is gone (killed: the lock goes with the
+    // process) the directory can be used again.
+    assert!(http_get(first.http, "/healthz").starts_with("HTTP/1.1 200 OK"));
+    first.kill();
+    let again = Server::start_in(first.data_dir.clone(), &[]);
+    assert!(http_get(again.http, "/healthz").starts_with("HTTP/1.1 200 OK"));
 }
