@@ -294,7 +294,7 @@ async fn history(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, A
         return Err(ApiError::forbidden());
     }
     let page: HistoryPage =
-        live::history_page(shard, conversation_id, before, after, limit).await?;
+        live::history_page(shard, user_id, conversation_id, before, after, limit).await?;
     Ok(Response::json(200, &page))
 }
 

@@ -26,8 +26,9 @@ use wire::message::{
 };
 
 use crate::auth::password;
+use crate::group;
 use crate::shard::Shard;
-use crate::state::MetaEvent;
+use crate::state::{Cursor, MetaEvent};
 
 /// The answer channel of a request.
 pub type Reply<T> = oneshot::Sender<T>;
@@ -196,7 +197,64 @@ pub enum ShardMsg {
         conversation_id: u64,
         range: ReadRange,
         limit: usize,
+        /// Whose read this is (groups: membership and join point are checked by the
+        /// owner); 0 for reads already checked at the reader's home.
+        reader: u64,
         reply: Reply<Result<ReadPage, ApiError>>,
+    },
+    GroupCreate {
+        conversation_id: u64,
+        creator: u64,
+        name: String,
+        member_user_ids: Vec<u64>,
+        reply: Reply<Result<message::GroupInfo, ApiError>>,
+    },
+    GroupUpdate {
+        actor: u64,
+        update: message::GroupUpdate,
+        reply: Reply<Result<message::GroupInfo, ApiError>>,
+    },
+    GroupInfo {
+        conversation_id: u64,
+        reader: u64,
+        reply: Reply<Result<(message::GroupInfo, Vec<ReceiptState>), ApiError>>,
+    },
+    /// A member's aggregated receipt position in a group.
+    GroupReceipt {
+        conversation_id: u64,
+        user_id: u64,
+        delivered: u64,
+        read: u64,
+    },
+    // ----- from a group's owner to member homes -----
+    /// Which of these users are not registered?
+    UnknownUsers {
+        user_ids: Vec<u64>,
+        reply: Reply<Vec<u64>>,
+    },
+    GroupJoined {
+        conversation_id: u64,
+        user_ids: Vec<u64>,
+        joined_seq: u64,
+        reply: Reply<()>,
+    },
+    GroupLeft {
+        conversation_id: u64,
+        user_ids: Vec<u64>,
+        reply: Reply<()>,
+    },
+    /// A group message for the listed members' devices, or (fan-out on read, `None`)
+    /// for the online devices of every member whose home this is.
+    GroupPush {
+        message: StoredMessage,
+        users: Option<Vec<u64>>,
+        sender_device: u64,
+    },
+    /// Batched receipt positions of group members, for these senders' devices.
+    GroupReceipts {
+        conversation_id: u64,
+        user_ids: Vec<u64>,
+        states: Vec<ReceiptState>,
     },
 }
 
@@ -331,10 +389,43 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             conversation_id,
             range,
             limit,
+            reader,
             reply,
         } => {
-            let _ = reply.send(read(shard, conversation_id, range, limit));
+            let _ = reply.send(read(shard, conversation_id, range, limit, reader));
         }
+        ShardMsg::GroupInfo {
+            conversation_id,
+            reader,
+            reply,
+        } => {
+            let _ = reply.send(group::info(shard, conversation_id, reader));
+        }
+        ShardMsg::GroupReceipt {
+            conversation_id,
+            user_id,
+            delivered,
+            read,
+        } => group::member_receipt(shard, conversation_id, user_id, Cursor { delivered, read }),
+        ShardMsg::UnknownUsers { user_ids, reply } => {
+            let unknown = shard.state(|s| {
+                user_ids
+                    .into_iter()
+                    .filter(|u| !s.users.contains_key(u))
+                    .collect()
+            });
+            let _ = reply.send(unknown);
+        }
+        ShardMsg::GroupPush {
+            message,
+            users,
+            sender_device,
+        } => group::push(shard, message, users, sender_device),
+        ShardMsg::GroupReceipts {
+            conversation_id,
+            user_ids,
+            states,
+        } => group::push_receipts(shard, conversation_id, &user_ids, states),
         other => {
             let shard = shard.clone();
             glommio::spawn_local(async move { handle_async(&shard, other).await }).detach();
@@ -374,7 +465,45 @@ async fn handle_async(shard: &Rc<Shard>, msg: ShardMsg) {
             let _ = reply.send(open_direct(shard, a, b).await);
         }
         ShardMsg::Append { append, reply } => {
-            let _ = reply.send(append_message(shard, append).await);
+            let answer = match ConversationKind::of(append.conversation_id) {
+                ConversationKind::Direct => append_message(shard, append).await,
+                ConversationKind::Group => group::append(shard, append).await,
+            };
+            let _ = reply.send(answer);
+        }
+        ShardMsg::GroupCreate {
+            conversation_id,
+            creator,
+            name,
+            member_user_ids,
+            reply,
+        } => {
+            let _ = reply
+                .send(group::create(shard, conversation_id, creator, name, member_user_ids).await);
+        }
+        ShardMsg::GroupUpdate {
+            actor,
+            update,
+            reply,
+        } => {
+            let _ = reply.send(group::update(shard, actor, update).await);
+        }
+        ShardMsg::GroupJoined {
+            conversation_id,
+            user_ids,
+            joined_seq,
+            reply,
+        } => {
+            group::joined(shard, conversation_id, user_ids, joined_seq).await;
+            let _ = reply.send(());
+        }
+        ShardMsg::GroupLeft {
+            conversation_id,
+            user_ids,
+            reply,
+        } => {
+            group::left(shard, conversation_id, user_ids).await;
+            let _ = reply.send(());
         }
         // Handled inline by `handle`.
         ShardMsg::DeviceExists { .. }
@@ -383,7 +512,12 @@ async fn handle_async(shard: &Rc<Shard>, msg: ShardMsg) {
         | ShardMsg::Handoff(_)
         | ShardMsg::Push { .. }
         | ShardMsg::ReceiptPush { .. }
-        | ShardMsg::Read { .. } => {}
+        | ShardMsg::Read { .. }
+        | ShardMsg::GroupInfo { .. }
+        | ShardMsg::GroupReceipt { .. }
+        | ShardMsg::UnknownUsers { .. }
+        | ShardMsg::GroupPush { .. }
+        | ShardMsg::GroupReceipts { .. } => {}
     }
 }
 
@@ -506,6 +640,7 @@ async fn join(shard: &Rc<Shard>, user_id: u64, conversation_id: u64, peer_user_i
             user_id,
             conversation_id,
             peer_user_id,
+            joined_seq: 0,
         },
     )
     .await;
@@ -531,6 +666,7 @@ fn push(
                 user_id,
                 conversation_id,
                 peer_user_id,
+                joined_seq: 0,
             },
         );
     }
@@ -723,12 +859,17 @@ fn read(
     conversation_id: u64,
     range: ReadRange,
     limit: usize,
+    reader: u64,
 ) -> Result<ReadPage, ApiError> {
     let limit = limit.clamp(1, wire::limits::SYNC_BATCH_MESSAGES_MAX);
+    // A group member reads from its join point on.
+    let floor = group::read_floor(shard, conversation_id, reader)?;
     let page = shard.log.with_log(|l| {
         let last = l.last_seq(conversation_id);
         match range {
-            ReadRange::After(after) => l.read_after(conversation_id, after, limit),
+            ReadRange::After(after) => {
+                l.read_after(conversation_id, after.max(floor.saturating_sub(1)), limit)
+            }
             ReadRange::Before(before) => l.read_before(conversation_id, before, limit),
             ReadRange::Latest => l.read_before(conversation_id, last.saturating_add(1), limit),
         }
@@ -738,13 +879,20 @@ fn read(
         shard.counters().storage_error();
         ApiError::unavailable("storage unavailable")
     })?;
-    let first = page.records.first().map(|r| r.seq);
+    let first = page.records.iter().map(|r| r.seq).find(|&s| s >= floor);
     let last = page.records.last().map(|r| r.seq);
     let has_more = match range {
         ReadRange::After(_) => last.is_some_and(|s| s < page.last_seq),
-        ReadRange::Before(_) | ReadRange::Latest => first.is_some_and(|s| s > page.first_seq),
+        ReadRange::Before(_) | ReadRange::Latest => {
+            first.is_some_and(|s| s > page.first_seq.max(floor))
+        }
     };
-    let messages = page.records.iter().filter_map(decode_record).collect();
+    let messages = page
+        .records
+        .iter()
+        .filter(|r| r.seq >= floor)
+        .filter_map(decode_record)
+        .collect();
     Ok(ReadPage {
         messages,
         has_more,

@@ -37,6 +37,13 @@ pub const DEFAULT_RATE_LIMIT_BURST: u32 = 400;
 /// consumer (4008).
 pub const DEFAULT_OUTBOUND_QUEUE_FRAMES: usize = 1024;
 
+/// Members a group may hold (the wire protocol's maximum is the ceiling).
+pub const DEFAULT_GROUP_MEMBERS_MAX: usize = 1024;
+/// Groups up to this size fan out on write (a push per member's home shard, offline
+/// members noted); larger ones on read (online devices only; offline members read the
+/// group log on reconnect).
+pub const DEFAULT_GROUP_FANOUT_WRITE_MAX: usize = 256;
+
 /// Command-line flags; each also reads its `CONFAB_*` environment variable.
 #[derive(Debug, Default, Parser)]
 #[command(
@@ -106,6 +113,12 @@ pub struct Cli {
     /// Outbound frames queued per connection before 4008 [default: 1024].
     #[arg(long, env = "CONFAB_OUTBOUND_QUEUE_FRAMES")]
     pub outbound_queue_frames: Option<usize>,
+    /// Members a group may hold [default: 1024, at most 1024].
+    #[arg(long, env = "CONFAB_GROUP_MEMBERS_MAX")]
+    pub group_members_max: Option<usize>,
+    /// Groups up to this many members fan out on write, larger ones on read [default: 256].
+    #[arg(long, env = "CONFAB_GROUP_FANOUT_WRITE_MAX")]
+    pub group_fanout_write_max: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, in snake_case.
@@ -131,6 +144,8 @@ pub struct FileConfig {
     pub rate_limit_burst: Option<u32>,
     pub outbound_queue_frames: Option<usize>,
     pub dedupe_entries: Option<usize>,
+    pub group_members_max: Option<usize>,
+    pub group_fanout_write_max: Option<usize>,
 }
 
 /// The resolved configuration every shard gets a copy of.
@@ -154,6 +169,8 @@ pub struct Config {
     pub rate_limit_burst: u32,
     pub outbound_queue_frames: usize,
     pub dedupe_entries: usize,
+    pub group_members_max: usize,
+    pub group_fanout_write_max: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +275,14 @@ impl Config {
                 .dedupe_entries
                 .or(file.dedupe_entries)
                 .unwrap_or(log_engine::limits::DEDUPE_ENTRIES_DEFAULT),
+            group_members_max: cli
+                .group_members_max
+                .or(file.group_members_max)
+                .unwrap_or(DEFAULT_GROUP_MEMBERS_MAX),
+            group_fanout_write_max: cli
+                .group_fanout_write_max
+                .or(file.group_fanout_write_max)
+                .unwrap_or(DEFAULT_GROUP_FANOUT_WRITE_MAX),
         };
         config.validate()?;
         Ok(config)
@@ -283,6 +308,13 @@ impl Config {
         }
         if self.password.validate().is_err() {
             return invalid(format!("argon2 parameters rejected: {:?}", self.password));
+        }
+        if self.group_members_max < 2 || self.group_members_max > wire::limits::GROUP_MEMBERS_MAX {
+            return invalid(format!(
+                "group_members_max must be 2..={}, got {}",
+                wire::limits::GROUP_MEMBERS_MAX,
+                self.group_members_max
+            ));
         }
         if self.rate_limit_per_sec == 0
             || self.rate_limit_burst == 0

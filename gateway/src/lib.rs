@@ -25,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod group;
 pub mod http;
 pub mod metrics;
 pub mod server;

@@ -49,6 +49,8 @@ pub struct Shard {
     pub ids: RefCell<SnowflakeGenerator>,
     pub token_key: TokenKey,
     pub sessions: RefCell<Registry>,
+    /// Owner-side group bookkeeping that is not persisted (gates, receipt batches).
+    pub groups: RefCell<crate::group::GroupRuntime>,
     /// Users being registered (their record is not durable yet).
     pub reserving_users: RefCell<HashSet<u64>>,
     /// Highest device id handed out per user since start (ids not durable yet).
@@ -85,6 +87,7 @@ impl Shard {
             ids: RefCell::new(parts.ids),
             token_key: parts.token_key,
             sessions: RefCell::new(Registry::default()),
+            groups: RefCell::new(crate::group::GroupRuntime::default()),
             reserving_users: RefCell::new(HashSet::new()),
             reserved_devices: RefCell::new(HashMap::new()),
             last_seqs: RefCell::new(HashMap::new()),
@@ -204,6 +207,7 @@ impl Drop for ConnGuard {
 
 /// Serve both listeners until the process is told to stop, then drain.
 pub async fn serve(shard: Rc<Shard>, flag: ShutdownFlag, http: TcpListener, tcp: TcpListener) {
+    crate::group::repair_system_messages(&shard).await;
     let watcher = glommio::spawn_local(shard.shutdown.clone().watch(flag));
     let http_loop = glommio::spawn_local(accept_loop(shard.clone(), http, Listener::Http));
     let tcp_loop = glommio::spawn_local(accept_loop(shard.clone(), tcp, Listener::Tcp));

@@ -5,7 +5,10 @@
 //!   hash), devices, the user's conversations (with the peer), each device's
 //!   delivered/read cursor per conversation, and the latest receipt state of the peers'
 //!   devices (so a reconnecting sender learns what was delivered and read meanwhile);
-//! - as **conversation owner**: each direct conversation's two members.
+//! - as **conversation owner**: each direct conversation's two members; each group's
+//!   name, members with their roles and join points, the last membership change (so a
+//!   system record lost to a crash can be written again), and each member's aggregated
+//!   delivered/read position.
 //!
 //! Records are JSON ([`MetaEvent`], tagged by `"type"`) in log records of the matching
 //! [`RecordKind`]; the log folds them in order once durable and snapshots the whole state
@@ -16,7 +19,7 @@
 //!
 //! Cursors only move forward: folding takes the max, so replays and reordering are harmless.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use log_engine::{MetaRecord, RecordKind, StateMachine};
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,10 @@ use serde::{Deserialize, Serialize};
 pub const KIND_MEMBER: u8 = 64;
 /// Application record kind for [`MetaEvent::PeerReceipt`].
 pub const KIND_PEER_RECEIPT: u8 = 65;
+/// Application record kind for [`MetaEvent::Left`].
+pub const KIND_LEFT: u8 = 66;
+/// Application record kind for [`MetaEvent::GroupReceipts`].
+pub const KIND_GROUP_RECEIPTS: u8 = 67;
 
 /// One metadata record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,12 +50,17 @@ pub enum MetaEvent {
         device_id: u64,
         name: String,
     },
-    /// `user_id` belongs to the direct conversation with `peer_user_id` (home shard).
+    /// `user_id` belongs to the direct conversation with `peer_user_id`, or (peer 0) to
+    /// a group it joined at `joined_seq` (home shard).
     Member {
         user_id: u64,
         conversation_id: u64,
         peer_user_id: u64,
+        #[serde(default)]
+        joined_seq: u64,
     },
+    /// `user_id` left or was removed from a group (home shard).
+    Left { user_id: u64, conversation_id: u64 },
     /// A device's cursors in a conversation moved (home shard).
     Cursor {
         user_id: u64,
@@ -72,6 +84,55 @@ pub enum MetaEvent {
         a: u64,
         b: u64,
     },
+    /// A group was created or changed by `actor`; its system message has sequence `seq`
+    /// (owner shard). Written before that message, in the same executor step.
+    GroupChange {
+        conversation_id: u64,
+        seq: u64,
+        actor: u64,
+        change: GroupChange,
+    },
+    /// Members' aggregated receipt positions moved: `(user, delivered, read)` (owner).
+    GroupReceipts {
+        conversation_id: u64,
+        states: Vec<(u64, u64, u64)>,
+    },
+}
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+/// What a membership change did (validated by the owner before it is written, so
+/// folding it never fails).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum GroupChange {
+    /// A new group; the creator is among `members` as owner.
+    Create {
+        name: String,
+        members: Vec<(u64, Role)>,
+    },
+    Rename {
+        name: String,
+    },
+    Add {
+        user_ids: Vec<u64>,
+    },
+    Remove {
+        user_ids: Vec<u64>,
+    },
+    /// The actor left.
+    Leave,
+    SetRole {
+        user_id: u64,
+        role: Role,
+    },
 }
 
 impl MetaEvent {
@@ -81,6 +142,9 @@ impl MetaEvent {
             MetaEvent::User { .. } => RecordKind::User,
             MetaEvent::Device { .. } => RecordKind::Device,
             MetaEvent::Member { .. } => RecordKind::Custom(KIND_MEMBER),
+            MetaEvent::Left { .. } => RecordKind::Custom(KIND_LEFT),
+            MetaEvent::GroupChange { .. } => RecordKind::Group,
+            MetaEvent::GroupReceipts { .. } => RecordKind::Custom(KIND_GROUP_RECEIPTS),
             MetaEvent::Cursor { .. } => RecordKind::Cursor,
             MetaEvent::PeerReceipt { .. } => RecordKind::Custom(KIND_PEER_RECEIPT),
             MetaEvent::Direct { .. } => RecordKind::Group,
@@ -117,7 +181,12 @@ pub struct Device {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
+    /// The other user of a direct conversation; 0 for a group.
     pub peer_user_id: u64,
+    /// Groups: the sequence of the system message that added the user (history before
+    /// it is not theirs to read). 0 for direct conversations.
+    #[serde(default)]
+    pub joined_seq: u64,
     /// Receipt state of the peer's devices, by device id.
     pub peer_receipts: BTreeMap<u64, Cursor>,
 }
@@ -139,6 +208,88 @@ impl User {
     }
 }
 
+/// A group member, as its owner keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub role: Role,
+    pub joined_seq: u64,
+}
+
+/// A group, as its owner shard keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub created_by: u64,
+    pub members: BTreeMap<u64, GroupMember>,
+    /// Aggregated over each member's devices (highest of each position).
+    pub receipts: HashMap<u64, Cursor>,
+    /// The newest change and its system message's sequence.
+    pub last_change: Option<(u64, u64, GroupChange)>,
+}
+
+impl Group {
+    /// Apply a validated change whose system message is `seq`.
+    pub fn apply(&mut self, actor: u64, seq: u64, change: &GroupChange) {
+        let joined = |role| GroupMember {
+            role,
+            joined_seq: seq,
+        };
+        match change {
+            GroupChange::Create { name, members } => {
+                self.name = name.clone();
+                self.created_by = actor;
+                for &(user, role) in members {
+                    self.members.insert(user, joined(role));
+                }
+            }
+            GroupChange::Rename { name } => self.name = name.clone(),
+            GroupChange::Add { user_ids } => {
+                for user in user_ids {
+                    self.members.entry(*user).or_insert(joined(Role::Member));
+                }
+            }
+            GroupChange::Remove { user_ids } => {
+                for user in user_ids {
+                    self.members.remove(user);
+                    self.receipts.remove(user);
+                }
+            }
+            GroupChange::Leave => {
+                let was_owner = self
+                    .members
+                    .remove(&actor)
+                    .is_some_and(|m| m.role == Role::Owner);
+                self.receipts.remove(&actor);
+                if was_owner {
+                    // The senior admin inherits the group, else the senior member.
+                    let heir = self
+                        .members
+                        .iter()
+                        .max_by_key(|(user, m)| (m.role, std::cmp::Reverse((m.joined_seq, **user))))
+                        .map(|(user, _)| *user);
+                    if let Some(member) = heir.and_then(|u| self.members.get_mut(&u)) {
+                        member.role = Role::Owner;
+                    }
+                }
+            }
+            GroupChange::SetRole { user_id, role } => {
+                if *role == Role::Owner {
+                    // A transfer: the old owner stays on as an admin.
+                    for member in self.members.values_mut() {
+                        if member.role == Role::Owner {
+                            member.role = Role::Admin;
+                        }
+                    }
+                }
+                if let Some(member) = self.members.get_mut(user_id) {
+                    member.role = *role;
+                }
+            }
+        }
+        self.last_change = Some((seq, actor, change.clone()));
+    }
+}
+
 /// Everything a shard folds from its log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardState {
@@ -146,6 +297,12 @@ pub struct ShardState {
     pub users: HashMap<u64, User>,
     /// Direct conversations this shard owns: their members `(a, b)`.
     pub directs: HashMap<u64, (u64, u64)>,
+    /// Groups this shard owns.
+    #[serde(default)]
+    pub groups: HashMap<u64, Group>,
+    /// Derived (home side): the users of this shard in each group, for fan-out on read.
+    #[serde(skip)]
+    pub group_members_here: HashMap<u64, BTreeSet<u64>>,
     /// Metadata records that did not decode (skipped).
     #[serde(skip)]
     pub skipped: u64,
@@ -178,12 +335,35 @@ impl ShardState {
                 user_id,
                 conversation_id,
                 peer_user_id,
+                joined_seq,
             } => {
                 if let Some(user) = self.users.get_mut(&user_id) {
-                    user.conversations
-                        .entry(conversation_id)
-                        .or_default()
-                        .peer_user_id = peer_user_id;
+                    let membership = user.conversations.entry(conversation_id).or_default();
+                    membership.peer_user_id = peer_user_id;
+                    membership.joined_seq = joined_seq;
+                    if peer_user_id == 0 {
+                        self.group_members_here
+                            .entry(conversation_id)
+                            .or_default()
+                            .insert(user_id);
+                    }
+                }
+            }
+            MetaEvent::Left {
+                user_id,
+                conversation_id,
+            } => {
+                if let Some(user) = self.users.get_mut(&user_id) {
+                    user.conversations.remove(&conversation_id);
+                    for device in user.devices.values_mut() {
+                        device.cursors.remove(&conversation_id);
+                    }
+                }
+                if let Some(here) = self.group_members_here.get_mut(&conversation_id) {
+                    here.remove(&user_id);
+                    if here.is_empty() {
+                        self.group_members_here.remove(&conversation_id);
+                    }
                 }
             }
             MetaEvent::Cursor {
@@ -233,7 +413,60 @@ impl ShardState {
             } => {
                 self.directs.insert(conversation_id, (a.min(b), a.max(b)));
             }
+            MetaEvent::GroupChange {
+                conversation_id,
+                seq,
+                actor,
+                change,
+            } => {
+                self.groups
+                    .entry(conversation_id)
+                    .or_default()
+                    .apply(actor, seq, &change);
+            }
+            MetaEvent::GroupReceipts {
+                conversation_id,
+                states,
+            } => {
+                if let Some(group) = self.groups.get_mut(&conversation_id) {
+                    for (user, delivered, read) in states {
+                        if group.members.contains_key(&user) {
+                            group
+                                .receipts
+                                .entry(user)
+                                .or_default()
+                                .merge(Cursor { delivered, read });
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Rebuild the derived indexes (after a snapshot is restored).
+    fn reindex(&mut self) {
+        self.group_members_here.clear();
+        for (&user_id, user) in &self.users {
+            for (&conversation_id, membership) in &user.conversations {
+                if membership.peer_user_id == 0 {
+                    self.group_members_here
+                        .entry(conversation_id)
+                        .or_default()
+                        .insert(user_id);
+                }
+            }
+        }
+    }
+
+    /// Where a device's delivery in a conversation starts: after its delivered cursor,
+    /// and never before the user joined (groups).
+    pub fn delivered_floor(&self, user_id: u64, device_id: u64, conversation_id: u64) -> u64 {
+        let joined = self
+            .membership(user_id, conversation_id)
+            .map_or(0, |m| m.joined_seq.saturating_sub(1));
+        self.cursor(user_id, device_id, conversation_id)
+            .delivered
+            .max(joined)
     }
 
     /// The user's membership of `conversation_id`, if any.
@@ -276,6 +509,7 @@ impl StateMachine for ShardState {
             Some(bytes) => serde_json::from_slice(bytes).map_err(|e| e.to_string())?,
             None => ShardState::default(),
         };
+        self.reindex();
         Ok(())
     }
 }
@@ -337,6 +571,7 @@ mod tests {
             user_id: 1,
             conversation_id: 9,
             peer_user_id: 2,
+            joined_seq: 0,
         });
         state.fold(MetaEvent::Direct {
             conversation_id: 9,
@@ -366,6 +601,7 @@ mod tests {
             user_id: 1,
             conversation_id: 2,
             peer_user_id: 3,
+            joined_seq: 0,
         };
         assert_eq!(member.kind(), RecordKind::Custom(KIND_MEMBER));
         let text = String::from_utf8(member.encode()).unwrap();

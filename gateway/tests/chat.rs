@@ -5,118 +5,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::people::*;
 use common::Server;
 use wire::client::http::{self, Login};
-use wire::client::{new_key, sync_until_live, ClientError, Connection, Transport};
-use wire::message::{AckStatus, Body, ErrorCode, Frame, ReceiptKind, ReceiptUpdate, StoredMessage};
-
-const WAIT: Duration = Duration::from_secs(10);
-const TRANSPORTS: [Transport; 3] = [Transport::WsBinary, Transport::WsJson, Transport::Tcp];
-
-/// Test servers allow far more than the default rate (tests send in tight loops).
-const FAST: &[&str] = &[
-    "--rate-limit-per-sec",
-    "100000",
-    "--rate-limit-burst",
-    "100000",
-];
-
-fn unique(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Register a fresh user and log in one device.
-fn user(server: &Server, prefix: &str) -> (String, Login) {
-    let name = unique(prefix);
-    http::register(server.http, &name, "correct horse").unwrap();
-    let login = http::login(server.http, &name, "correct horse", None, Some("test")).unwrap();
-    (name, login)
-}
-
-/// Another device of a user (a second login).
-fn device(server: &Server, name: &str) -> Login {
-    http::login(server.http, name, "correct horse", None, Some("second")).unwrap()
-}
-
-fn addr(server: &Server, transport: Transport) -> SocketAddr {
-    match transport {
-        Transport::Tcp => server.tcp,
-        _ => server.http,
-    }
-}
-
-/// Connect a device and read its catch-up; returns the messages caught up.
-fn online(
-    server: &Server,
-    transport: Transport,
-    login: &Login,
-) -> (Connection, Vec<StoredMessage>) {
-    let (mut conn, welcome) =
-        Connection::connect(addr(server, transport), transport, &login.access_token).unwrap();
-    assert_eq!(
-        (welcome.user_id, welcome.device_id),
-        (login.user_id, login.device_id)
-    );
-    let missed = sync_until_live(&mut conn, WAIT).unwrap();
-    (conn, missed)
-}
-
-/// The next `Deliver`, skipping other pushes.
-fn next_deliver(conn: &mut Connection) -> StoredMessage {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "no Deliver within {WAIT:?}");
-        if let Some(Frame {
-            body: Body::Deliver(d),
-            ..
-        }) = conn.recv(WAIT).unwrap()
-        {
-            return d.message;
-        }
-    }
-}
-
-fn next_receipt(conn: &mut Connection) -> ReceiptUpdate {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no ReceiptUpdate within {WAIT:?}"
-        );
-        if let Some(Frame {
-            body: Body::ReceiptUpdate(r),
-            ..
-        }) = conn.recv(WAIT).unwrap()
-        {
-            return r;
-        }
-    }
-}
-
-/// Nothing but pings/pongs arrives for `quiet`.
-fn assert_no_deliver(conn: &mut Connection, quiet: Duration) {
-    let until = Instant::now() + quiet;
-    while Instant::now() < until {
-        if let Some(frame) = conn
-            .recv(until.saturating_duration_since(Instant::now()))
-            .unwrap()
-        {
-            assert!(
-                !matches!(frame.body, Body::Deliver(_)),
-                "unexpected {frame:?}"
-            );
-        }
-    }
-}
+use wire::client::{new_key, ClientError, Connection, Transport};
+use wire::message::{AckStatus, Body, ErrorCode, Frame, ReceiptKind, StoredMessage};
 
 #[test]
 fn two_users_chat_over_every_transport() {

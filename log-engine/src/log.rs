@@ -433,6 +433,12 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         self.index.tip(conversation_id).0
     }
 
+    /// Last sequence assigned in a conversation, appends not yet durable included: the
+    /// next append gets this plus one.
+    pub fn appended_last_seq(&self, conversation_id: u64) -> u64 {
+        self.writer.appended_last_seq(&self.index, conversation_id)
+    }
+
     /// The watermarks (appended ≥ written ≥ stable).
     pub fn watermarks(&self) -> Watermarks {
         self.writer.watermarks()

@@ -448,6 +448,11 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         self.log.last_seq(conversation_id)
     }
 
+    /// Last sequence assigned in a conversation, pending appends included.
+    pub fn appended_last_seq(&self, conversation_id: u64) -> u64 {
+        self.log.appended_last_seq(conversation_id)
+    }
+
     /// The watermarks (appended ≥ written ≥ stable; written = stable here).
     pub fn watermarks(&self) -> Watermarks {
         self.log.watermarks()

@@ -655,6 +655,14 @@ impl Writer {
         self.seg_base
     }
 
+    /// Last sequence assigned in a conversation, pending records included.
+    pub fn appended_last_seq(&self, index: &crate::index::Index, conversation_id: u64) -> u64 {
+        match self.conv_overlay.get(&conversation_id) {
+            Some(&(seq, _)) => seq,
+            None => index.tip(conversation_id).0,
+        }
+    }
+
     /// `(last_seq, last_offset)` of the metadata stream, pending records included.
     pub fn meta_tip(&self) -> (u64, u64) {
         self.meta_tip

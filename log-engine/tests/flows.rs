@@ -39,8 +39,10 @@ fn many_appenders_share_one_write_and_one_sync() {
     let tickets: Vec<_> = (0..100)
         .map(|i| log.append_nowait(&msg(i % 7, i, None)).unwrap())
         .collect();
-    // Nothing is visible before the commit.
+    // Nothing is visible before the commit; the sequences are assigned already.
     assert_eq!(log.last_seq(0), 0);
+    assert_eq!(log.appended_last_seq(0), 15);
+    assert_eq!(log.appended_last_seq(99), 0, "a conversation never written");
     assert_eq!(log.watermarks().stable, log.watermarks().written);
     assert!(log.watermarks().appended > log.watermarks().written);
     let acks = log.commit().unwrap();

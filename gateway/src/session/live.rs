@@ -33,8 +33,8 @@ use std::time::Instant;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use wire::message::{
-    Body, ConversationList, ConversationOpened, Deliver, ErrorCode, Frame, HistoryPage, Pong,
-    ReceiptKind, ReceiptState, ReceiptUpdate, StoredMessage, SyncBatch, Welcome,
+    Body, ConversationList, ConversationOpened, Deliver, ErrorCode, Frame, HistoryPage,
+    MessageKind, Pong, ReceiptKind, ReceiptState, ReceiptUpdate, StoredMessage, SyncBatch, Welcome,
 };
 use wire::ws::CloseCode;
 
@@ -432,6 +432,11 @@ impl Registry {
         self.by_user.get(&user_id).cloned().unwrap_or_default()
     }
 
+    /// The user's sessions, without copying the list.
+    pub fn of_user_iter(&self, user_id: u64) -> impl Iterator<Item = &Rc<SessionHandle>> {
+        self.by_user.get(&user_id).into_iter().flatten()
+    }
+
     pub fn len(&self) -> usize {
         self.by_user.values().map(Vec::len).sum()
     }
@@ -451,9 +456,9 @@ pub fn offer(shard: &Rc<Shard>, session: &Rc<SessionHandle>, message: &StoredMes
         let delivery = deliveries
             .entry(conversation_id)
             .or_insert_with(|| Delivery {
-                upto: shard
-                    .state(|s| s.cursor(session.user_id, session.device_id, conversation_id))
-                    .delivered,
+                upto: shard.state(|s| {
+                    s.delivered_floor(session.user_id, session.device_id, conversation_id)
+                }),
                 ..Delivery::default()
             });
         if delivery.reading {
@@ -511,12 +516,20 @@ async fn drain(
                 conversation_id,
                 range: ReadRange::After(after),
                 limit: SYNC_PAGE_MESSAGES,
+                reader: session.user_id,
                 reply,
             })
             .await
             .and_then(|r| r);
         let page = match page {
             Ok(page) => page,
+            // Removed from a group (its home is being told): nothing more to read there.
+            Err(error) if matches!(error.code, ErrorCode::Forbidden | ErrorCode::NotFound) => {
+                if let Some(d) = session.delivery.borrow_mut().get_mut(&conversation_id) {
+                    d.reading = false;
+                }
+                return true;
+            }
             Err(error) => {
                 tracing::warn!(
                     shard = shard.id,
@@ -616,7 +629,7 @@ async fn catch_up(shard: Rc<Shard>, session: Rc<SessionHandle>) {
         s.users.get(&session.user_id).map_or_else(Vec::new, |u| {
             u.conversations
                 .keys()
-                .map(|&c| (c, s.cursor(session.user_id, session.device_id, c).delivered))
+                .map(|&c| (c, s.delivered_floor(session.user_id, session.device_id, c)))
                 .collect()
         })
     });
@@ -873,7 +886,35 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
         Body::SyncRequest(_) => {
             glommio::spawn_local(catch_up(shard.clone(), session.clone())).detach();
         }
-        body @ (Body::Send(_) | Body::HistoryRequest(_) | Body::OpenDirect(_)) => {
+        Body::GroupInfoRequest(request) => {
+            let (shard, session) = (shard.clone(), session.clone());
+            glommio::spawn_local(async move {
+                match group_info(&shard, &session, request.conversation_id).await {
+                    Ok((info, states)) => {
+                        let conversation_id = info.conversation_id;
+                        session.push_live(Frame {
+                            request_id,
+                            body: Body::GroupInfo(info),
+                        });
+                        // The same request's second answer: every member's receipts.
+                        session.push_live(Frame {
+                            request_id,
+                            body: Body::ReceiptUpdate(ReceiptUpdate {
+                                conversation_id,
+                                states,
+                            }),
+                        });
+                    }
+                    Err(error) => session.push_live(error.frame(request_id)),
+                }
+            })
+            .detach();
+        }
+        body @ (Body::Send(_)
+        | Body::HistoryRequest(_)
+        | Body::OpenDirect(_)
+        | Body::GroupCreate(_)
+        | Body::GroupUpdate(_)) => {
             let (shard, session) = (shard.clone(), session.clone());
             glommio::spawn_local(async move {
                 let answer = match request(&shard, &session, body).await {
@@ -905,6 +946,12 @@ async fn request(
     match body {
         Body::Send(send) => {
             let conversation_id = send.conversation_id;
+            if send.kind == MessageKind::System {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "system messages are written by the server only",
+                ));
+            }
             if shard.state(|s| s.membership(session.user_id, conversation_id).is_none()) {
                 return Err(ApiError::forbidden());
             }
@@ -922,9 +969,9 @@ async fn request(
             let ack = shard
                 .call(owner, |reply| ShardMsg::Append { append, reply })
                 .await??;
-            let cursor =
-                shard.state(|s| s.cursor(session.user_id, session.device_id, conversation_id));
-            session.own_message_acked(conversation_id, ack.seq, cursor.delivered);
+            let floor = shard
+                .state(|s| s.delivered_floor(session.user_id, session.device_id, conversation_id));
+            session.own_message_acked(conversation_id, ack.seq, floor);
             Ok(Body::Ack(ack))
         }
         Body::HistoryRequest(history) => {
@@ -934,6 +981,7 @@ async fn request(
             }
             let page = history_page(
                 shard,
+                session.user_id,
                 conversation_id,
                 history.before_seq,
                 history.after_seq,
@@ -987,6 +1035,40 @@ async fn request(
                 conversation,
             }))
         }
+        Body::GroupCreate(create) => {
+            let conversation_id = router::conversation::group_conversation_id(
+                &mut shard.ids.borrow_mut(),
+                chat::now_ms(),
+            )
+            .map_err(|e| ApiError::unavailable(&format!("group id: {e}")))?;
+            let owner = shard.conversation_owner(conversation_id);
+            let info = shard
+                .call(owner, |reply| ShardMsg::GroupCreate {
+                    conversation_id,
+                    creator: session.user_id,
+                    name: create.name,
+                    member_user_ids: create.member_user_ids,
+                    reply,
+                })
+                .await??;
+            Ok(Body::GroupInfo(info))
+        }
+        Body::GroupUpdate(update) => {
+            if router::ConversationKind::of(update.conversation_id)
+                != router::ConversationKind::Group
+            {
+                return Err(ApiError::new(ErrorCode::NotFound, "no such group"));
+            }
+            let owner = shard.conversation_owner(update.conversation_id);
+            let info = shard
+                .call(owner, |reply| ShardMsg::GroupUpdate {
+                    actor: session.user_id,
+                    update,
+                    reply,
+                })
+                .await??;
+            Ok(Body::GroupInfo(info))
+        }
         _ => Err(ApiError::new(
             ErrorCode::UnexpectedFrame,
             "unexpected frame",
@@ -994,9 +1076,30 @@ async fn request(
     }
 }
 
+/// A group's info and receipts, from its owner (which checks membership).
+async fn group_info(
+    shard: &Rc<Shard>,
+    session: &SessionHandle,
+    conversation_id: u64,
+) -> Result<(wire::message::GroupInfo, Vec<ReceiptState>), ApiError> {
+    if router::ConversationKind::of(conversation_id) != router::ConversationKind::Group {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such group"));
+    }
+    let owner = shard.conversation_owner(conversation_id);
+    let reader = session.user_id;
+    shard
+        .call(owner, |reply| ShardMsg::GroupInfo {
+            conversation_id,
+            reader,
+            reply,
+        })
+        .await?
+}
+
 /// A history page from the conversation's owner (membership already checked).
 pub async fn history_page(
     shard: &Rc<Shard>,
+    reader: u64,
     conversation_id: u64,
     before: u64,
     after: u64,
@@ -1024,6 +1127,7 @@ pub async fn history_page(
             conversation_id,
             range,
             limit,
+            reader,
             reply,
         })
         .await??;
@@ -1088,8 +1192,31 @@ fn on_receipt(
         delivered_seq: next.delivered,
         read_seq: next.read,
     };
+    if peer == 0 {
+        // A group: the owner aggregates the member's devices and batches the pushes.
+        let aggregate = shard.state(|s| {
+            let mut all = next;
+            if let Some(user) = s.users.get(&user_id) {
+                for device in user.devices.values() {
+                    if let Some(c) = device.cursors.get(&conversation_id) {
+                        all.merge(*c);
+                    }
+                }
+            }
+            all
+        });
+        let owner = shard.conversation_owner(conversation_id);
+        let msg = ShardMsg::GroupReceipt {
+            conversation_id,
+            user_id,
+            delivered: aggregate.delivered,
+            read: aggregate.read,
+        };
+        let shard_for_owner = shard.clone();
+        glommio::spawn_local(async move { shard_for_owner.route(owner, msg).await }).detach();
+    }
     let mut targets = vec![user_id];
-    if peer != user_id {
+    if peer != user_id && peer != 0 {
         targets.push(peer);
     }
     for target in targets {

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod people;
+
 use wire::ws::codec::{Event, WsCodec, WsConfig};
 use wire::ws::handshake::{ClientHandshake, Subprotocol};
 

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::{connect_stream, host_header, http, ClientError, CLIENT_NAME, DEFAULT_TIMEOUT};
 use crate::error::{HandshakeError, WireError};
 use crate::message::{
-    self, Ack, Body, ConversationListRequest, ConversationSummary, Frame, Hello, HistoryPage,
-    HistoryRequest, IdempotencyKey, MessageKind, OpenDirect, Ping, Pong, Receipt, ReceiptKind,
-    Send, StoredMessage, SyncBatch, SyncRequest, Welcome,
+    self, Ack, Body, ConversationListRequest, ConversationSummary, Frame, GroupCreate, GroupInfo,
+    GroupInfoRequest, GroupUpdate, Hello, HistoryPage, HistoryRequest, IdempotencyKey, MessageKind,
+    OpenDirect, Ping, Pong, Receipt, ReceiptKind, ReceiptState, Send, StoredMessage, SyncBatch,
+    SyncRequest, Welcome,
 };
 use crate::tcp_frame::{self, TcpFrameDecoder};
 use crate::ws::{ClientHandshake, CloseCode, Event, Subprotocol, WsCodec, WsConfig};
@@ -377,6 +378,57 @@ impl Connection {
         match self.call(Body::HistoryRequest(request), self.timeout)?.body {
             Body::HistoryPage(page) => Ok(page),
             other => Err(unexpected("history_page", &other)),
+        }
+    }
+
+    /// `GroupCreate`: a new group with this user as owner and `member_user_ids` as
+    /// members; answered with its `GroupInfo`.
+    pub fn create_group(
+        &mut self,
+        name: &str,
+        member_user_ids: &[u64],
+    ) -> Result<GroupInfo, ClientError> {
+        let create = GroupCreate {
+            name: name.to_string(),
+            member_user_ids: member_user_ids.to_vec(),
+        };
+        match self.call(Body::GroupCreate(create), self.timeout)?.body {
+            Body::GroupInfo(info) => Ok(info),
+            other => Err(unexpected("group_info", &other)),
+        }
+    }
+
+    /// `GroupUpdate` (rename, add/remove members, leave, set a role); answered with the
+    /// group's `GroupInfo` after the change.
+    pub fn update_group(&mut self, update: GroupUpdate) -> Result<GroupInfo, ClientError> {
+        match self.call(Body::GroupUpdate(update), self.timeout)?.body {
+            Body::GroupInfo(info) => Ok(info),
+            other => Err(unexpected("group_info", &other)),
+        }
+    }
+
+    /// `GroupInfoRequest`: the group's info, then (a second answer to the same request)
+    /// every member's delivered/read position — who has received or read a message.
+    pub fn group_info(
+        &mut self,
+        conversation_id: u64,
+    ) -> Result<(GroupInfo, Vec<ReceiptState>), ClientError> {
+        let request = Body::GroupInfoRequest(GroupInfoRequest { conversation_id });
+        let info = match self.call(request, self.timeout)? {
+            Frame {
+                body: Body::GroupInfo(info),
+                request_id,
+            } => (info, request_id),
+            other => return Err(unexpected("group_info", &other.body)),
+        };
+        let (info, request_id) = info;
+        match self.recv_where(self.timeout, |f| f.request_id == request_id)? {
+            Some(Frame {
+                body: Body::ReceiptUpdate(update),
+                ..
+            }) => Ok((info, update.states)),
+            Some(other) => Err(unexpected("receipt_update", &other.body)),
+            None => Err(ClientError::Timeout),
         }
     }
 
