@@ -9,6 +9,9 @@
 //!   coordinated-omission correction as in wrk2), or with `--rate 0` in a closed loop
 //!   with `--window` sends outstanding per sender (the maximum rate). Each body carries its
 //!   scheduled send time; the receiver records send→deliver, the sender send→ack.
+//! - `group`: one sender to a group of `--members` online members (one connection each,
+//!   all read by one thread with poll(2)), open loop at `--rate`: deliveries per second,
+//!   send→last-member and send→each-member latency, and the sender's send→ack.
 //! - `idle`: opens `--conns` authenticated connections (spread over `--users` users),
 //!   holds them, and reports the server's resident memory per connection (from
 //!   `/proc/<--server-pid>/status`).
@@ -74,6 +77,22 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         body: usize,
     },
+    /// One sender to a group of `--members` online members: deliveries per second,
+    /// send→last-member latency and the sender's ack latency.
+    Group {
+        /// Group size, the sender included (each member is one connection).
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Messages per second from the sender (open loop).
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        /// Seconds of measured load (after a 1 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Message body bytes (at least 8: the scheduled send time).
+        #[arg(long, default_value_t = 64)]
+        body: usize,
+    },
     /// Hold authenticated idle connections and report server memory per connection.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -106,6 +125,18 @@ fn main() {
             pairs,
             rate,
             window,
+            Duration::from_secs(duration),
+            body.max(8),
+        ),
+        Scenario::Group {
+            members,
+            rate,
+            duration,
+            body,
+        } => group(
+            &cli,
+            members.max(2),
+            rate.max(1),
             Duration::from_secs(duration),
             body.max(8),
         ),
@@ -451,6 +482,160 @@ fn report_chat(
     if !t.errors.is_empty() {
         println!("  errors: {:?}", t.errors);
     }
+}
+
+/// Per message of the group scenario: deliveries seen and the latest one.
+#[derive(Default, Clone, Copy)]
+struct Fanned {
+    scheduled: u64,
+    count: usize,
+    last: u64,
+}
+
+fn group(cli: &Cli, members: usize, rate: u64, duration: Duration, body: usize) -> Result<()> {
+    let run = run_id();
+    let (transport, addr) = transport(cli);
+    let logins: Vec<Login> = (0..members)
+        .map(|i| new_user(cli, &run, "g", i))
+        .collect::<Result<_>>()?;
+    let mut conns = Vec::with_capacity(members);
+    for (i, login) in logins.iter().enumerate() {
+        let (mut conn, _) = Connection::connect(addr, transport, &login.access_token)
+            .map_err(|e| format!("member {i}: {e}"))?;
+        sync_until_live(&mut conn, Duration::from_secs(10))
+            .map_err(|e| format!("member {i}: {e}"))?;
+        conns.push(conn);
+    }
+    let others: Vec<u64> = logins.iter().skip(1).map(|l| l.user_id).collect();
+    let mut sender = conns.remove(0);
+    let id = sender
+        .create_group(&format!("lg{run}"), &others)
+        .map_err(|e| format!("create group: {e}"))?
+        .conversation_id;
+    let epoch = Instant::now();
+    let measure_from = epoch + Duration::from_secs(1);
+    let end = measure_from + duration;
+    let sending = std::thread::spawn(move || {
+        send(sender, id, epoch, measure_from, end, rate as f64, 0, body)
+    });
+    // Every member's connection on one thread, woken by poll(2).
+    let receivers = members - 1;
+    let mut fanned: HashMap<u64, Fanned> = HashMap::new();
+    let mut each = histogram();
+    let mut errors: HashMap<String, u64> = HashMap::new();
+    let drain_until = end + Duration::from_secs(2);
+    let mut fds: Vec<libc::pollfd> = conns
+        .iter_mut()
+        .map(|c| {
+            use std::os::fd::AsRawFd;
+            libc::pollfd {
+                fd: c.raw_stream().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }
+        })
+        .collect();
+    while Instant::now() < drain_until {
+        // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+        if ready <= 0 {
+            continue;
+        }
+        for (fd, conn) in fds.iter_mut().zip(conns.iter_mut()) {
+            if fd.revents == 0 {
+                continue;
+            }
+            fd.revents = 0;
+            loop {
+                let frame = match conn.recv(Duration::ZERO) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        *errors.entry(format!("member: {e}")).or_default() += 1;
+                        fd.fd = -1; // poll ignores negative descriptors
+                        break;
+                    }
+                };
+                let Body::Deliver(deliver) = frame.body else {
+                    continue;
+                };
+                let m = deliver.message;
+                let Some(stamp) = m.body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                    continue;
+                };
+                let scheduled = u64::from_le_bytes(stamp);
+                if epoch + Duration::from_nanos(scheduled) < measure_from {
+                    continue;
+                }
+                let now = nanos_since(epoch, Instant::now());
+                let _ = each.record(now.saturating_sub(scheduled) / 1000);
+                let f = fanned.entry(m.seq).or_default();
+                f.scheduled = scheduled;
+                f.count += 1;
+                f.last = f.last.max(now);
+            }
+        }
+    }
+    let (acks, sent, send_errors) = sending.join().map_err(|_| "sender panicked")?;
+    for (k, v) in send_errors {
+        *errors.entry(k).or_default() += v;
+    }
+    let mut last = histogram();
+    let mut complete = 0u64;
+    for f in fanned.values() {
+        if f.count == receivers {
+            complete += 1;
+            let _ = last.record(f.last.saturating_sub(f.scheduled) / 1000);
+        }
+    }
+    let secs = duration.as_secs_f64();
+    let deliveries = each.len();
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
+    if cli.json {
+        println!(
+            "{{\"scenario\":\"group\",\"members\":{members},\"rate\":{rate},\"seconds\":{secs},\
+             \"sent\":{sent},\"complete\":{complete},\"deliveries\":{deliveries},\"deliveries_per_sec\":{:.0},\
+             \"last_member_us\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"each_us\":{{\"p50\":{},\"p99\":{}}},\
+             \"ack_us\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"errors\":{}}}",
+            deliveries as f64 / secs,
+            q(&last, 0.5),
+            q(&last, 0.99),
+            last.max(),
+            q(&each, 0.5),
+            q(&each, 0.99),
+            q(&acks, 0.5),
+            q(&acks, 0.99),
+            acks.max(),
+            errors.values().sum::<u64>()
+        );
+    } else {
+        println!("group: {members} members online, 1 sender at {rate}/s, {body} B bodies, {secs:.0} s measured");
+        println!(
+            "  sent {sent}, reached every member {complete}; {deliveries} deliveries ({:.0}/s)",
+            deliveries as f64 / secs
+        );
+        println!(
+            "  send->last member  µs  p50 {}  p99 {}  max {}",
+            q(&last, 0.5),
+            q(&last, 0.99),
+            last.max()
+        );
+        println!(
+            "  send->each member  µs  p50 {}  p99 {}",
+            q(&each, 0.5),
+            q(&each, 0.99)
+        );
+        println!(
+            "  send->ack          µs  p50 {}  p99 {}  max {}",
+            q(&acks, 0.5),
+            q(&acks, 0.99),
+            acks.max()
+        );
+        if !errors.is_empty() {
+            println!("  errors: {errors:?}");
+        }
+    }
+    Ok(())
 }
 
 fn idle(
