@@ -774,6 +774,85 @@ fn members(shard: &Shard, conversation_id: u64) -> Option<(u64, u64)> {
     shard.state(|s| s.directs.get(&conversation_id).copied())
 }
 
+/// A message with its id and log position, on its way to durability.
+pub struct PendingMessage<'a> {
+    durable: log_engine::Durable<'a, log_engine::FsStorage, crate::state::ShardState>,
+    stored: StoredMessage,
+    started: std::time::Instant,
+}
+
+/// Give a (checked) send its Snowflake id and its place in the log now: the log assigns
+/// the sequence at this call, so the caller fixes the order before any await. The
+/// idempotency key is scoped to the sender. [`PendingMessage::finish`] waits.
+pub fn begin_append(shard: &Shard, append: AppendMsg) -> Result<PendingMessage<'_>, ApiError> {
+    let now = now_ms();
+    let message_id = shard
+        .ids
+        .borrow_mut()
+        .next(now)
+        .map_err(|e| ApiError::unavailable(&format!("message id: {e}")))?;
+    let key = scoped_key(append.sender_user_id, &append.key);
+    let (payload, mut stored) = encode_payload(append.into_message());
+    stored.message_id = message_id;
+    stored.timestamp_ms = now;
+    let durable = shard.log.append(&AppendRequest {
+        conversation_id: stored.conversation_id,
+        message_id,
+        timestamp_ms: now,
+        key: Some(key),
+        kind: RecordKind::Message,
+        payload: &payload,
+    });
+    Ok(PendingMessage {
+        durable,
+        stored,
+        started: std::time::Instant::now(),
+    })
+}
+
+impl PendingMessage<'_> {
+    /// Wait until durable: the sender's `Ack`, and the stored message to fan out — `None`
+    /// for a retry of an earlier send (its original ack; nothing new to deliver).
+    pub async fn finish(
+        self,
+        shard: &Shard,
+    ) -> Result<(message::Ack, Option<StoredMessage>), ApiError> {
+        let PendingMessage {
+            durable,
+            mut stored,
+            started,
+        } = self;
+        let ack = durable.await.map_err(|error| {
+            tracing::error!(shard = shard.id, %error, "message append failed");
+            shard.counters().storage_error();
+            ApiError::unavailable("storage unavailable")
+        })?;
+        shard.metrics.append_latency(shard.id, started.elapsed());
+        if ack.deduplicated {
+            // The original's timestamp is in its Snowflake id.
+            let timestamp_ms = router::decode(ack.message_id).map_or(0, |p| p.unix_ms);
+            let original = message::Ack {
+                conversation_id: stored.conversation_id,
+                message_id: ack.message_id,
+                seq: ack.seq,
+                timestamp_ms,
+                status: AckStatus::Duplicate,
+            };
+            return Ok((original, None));
+        }
+        shard.counters().message_stored();
+        stored.seq = ack.seq;
+        let stored_ack = message::Ack {
+            conversation_id: stored.conversation_id,
+            message_id: stored.message_id,
+            seq: ack.seq,
+            timestamp_ms: stored.timestamp_ms,
+            status: AckStatus::Stored,
+        };
+        Ok((stored_ack, Some(stored)))
+    }
+}
+
 async fn append_message(shard: &Rc<Shard>, append: AppendMsg) -> Result<message::Ack, ApiError> {
     let conversation_id = append.conversation_id;
     let Some((a, b)) = members(shard, conversation_id) else {
@@ -783,47 +862,10 @@ async fn append_message(shard: &Rc<Shard>, append: AppendMsg) -> Result<message:
     if sender != a && sender != b {
         return Err(ApiError::forbidden());
     }
-    let now = now_ms();
-    let message_id = shard
-        .ids
-        .borrow_mut()
-        .next(now)
-        .map_err(|e| ApiError::unavailable(&format!("message id: {e}")))?;
-    let key = scoped_key(sender, &append.key);
-    let (payload, mut stored) = encode_payload(append.into_message());
-    let started = std::time::Instant::now();
-    let ack = shard
-        .log
-        .append(&AppendRequest {
-            conversation_id,
-            message_id,
-            timestamp_ms: now,
-            key: Some(key),
-            kind: RecordKind::Message,
-            payload: &payload,
-        })
-        .await
-        .map_err(|error| {
-            tracing::error!(shard = shard.id, %error, "message append failed");
-            shard.counters().storage_error();
-            ApiError::unavailable("storage unavailable")
-        })?;
-    shard.metrics.append_latency(shard.id, started.elapsed());
-    if ack.deduplicated {
-        // The original's timestamp is in its Snowflake id.
-        let timestamp_ms = router::decode(ack.message_id).map_or(0, |p| p.unix_ms);
-        return Ok(message::Ack {
-            conversation_id,
-            message_id: ack.message_id,
-            seq: ack.seq,
-            timestamp_ms,
-            status: AckStatus::Duplicate,
-        });
-    }
-    shard.counters().message_stored();
-    stored.seq = ack.seq;
-    stored.message_id = message_id;
-    stored.timestamp_ms = now;
+    let (ack, stored) = begin_append(shard, append)?.finish(shard).await?;
+    let Some(stored) = stored else {
+        return Ok(ack);
+    };
     let recipients: &[u64] = if a == b { &[a] } else { &[a, b] };
     for &user_id in recipients {
         let peer_user_id = if user_id == a { b } else { a };
@@ -845,13 +887,7 @@ async fn append_message(shard: &Rc<Shard>, append: AppendMsg) -> Result<message:
             )
             .await;
     }
-    Ok(message::Ack {
-        conversation_id,
-        message_id,
-        seq: ack.seq,
-        timestamp_ms: now,
-        status: AckStatus::Stored,
-    })
+    Ok(ack)
 }
 
 fn read(

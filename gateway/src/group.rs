@@ -43,8 +43,8 @@ use std::time::Duration;
 use log_engine::{AppendRequest, RecordKind};
 use router::ConversationKind;
 use wire::message::{
-    self, AckStatus, Body, ErrorCode, Frame, GroupInfo, GroupOp, GroupRole, MessageKind,
-    ReceiptState, ReceiptUpdate, StoredMessage, SystemEvent,
+    self, Body, ErrorCode, Frame, GroupInfo, GroupOp, GroupRole, MessageKind, ReceiptState,
+    ReceiptUpdate, StoredMessage, SystemEvent,
 };
 
 use crate::chat::{self, now_ms, ApiError, AppendMsg, ShardMsg};
@@ -573,41 +573,13 @@ pub async fn append(shard: &Rc<Shard>, append: AppendMsg) -> Result<message::Ack
         Some(false) => return Err(ApiError::forbidden()),
         Some(true) => {}
     }
-    let now = now_ms();
-    let message_id = shard
-        .ids
-        .borrow_mut()
-        .next(now)
-        .map_err(|e| ApiError::unavailable(&format!("message id: {e}")))?;
-    let key = chat::scoped_key(sender, &append.key);
-    let (payload, mut stored) = chat::encode_payload(append.into_message());
-    let started = std::time::Instant::now();
-    let durable = shard.log.append(&AppendRequest {
-        conversation_id,
-        message_id,
-        timestamp_ms: now,
-        key: Some(key),
-        kind: RecordKind::Message,
-        payload: &payload,
-    });
+    let pending = chat::begin_append(shard, append)?;
     // The position is taken; a change may go ahead while this one becomes durable.
     drop(sending);
-    let ack = durable.await.map_err(|e| storage_failed(shard, &e))?;
-    shard.metrics.append_latency(shard.id, started.elapsed());
-    if ack.deduplicated {
-        let timestamp_ms = router::decode(ack.message_id).map_or(0, |p| p.unix_ms);
-        return Ok(message::Ack {
-            conversation_id,
-            message_id: ack.message_id,
-            seq: ack.seq,
-            timestamp_ms,
-            status: AckStatus::Duplicate,
-        });
-    }
-    shard.counters().message_stored();
-    stored.seq = ack.seq;
-    stored.message_id = message_id;
-    stored.timestamp_ms = now;
+    let (ack, stored) = pending.finish(shard).await?;
+    let Some(stored) = stored else {
+        return Ok(ack);
+    };
     {
         let mut runtime = shard.groups.borrow_mut();
         let newest = runtime
@@ -619,13 +591,7 @@ pub async fn append(shard: &Rc<Shard>, append: AppendMsg) -> Result<message::Ack
         *newest = (*newest).max(ack.seq);
     }
     fan_out(shard, stored, sender_device, Vec::new());
-    Ok(message::Ack {
-        conversation_id,
-        message_id,
-        seq: ack.seq,
-        timestamp_ms: now,
-        status: AckStatus::Stored,
-    })
+    Ok(ack)
 }
 
 /// Sends `message` to the members' home shards (see the module docs), plus `extra`
