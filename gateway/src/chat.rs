@@ -774,6 +774,16 @@ fn members(shard: &Shard, conversation_id: u64) -> Option<(u64, u64)> {
     shard.state(|s| s.directs.get(&conversation_id).copied())
 }
 
+/// A Snowflake id from the shard's generator (refused only if the clock is before the
+/// id epoch or the generator is exhausted for this millisecond and cannot wait).
+pub fn next_message_id(shard: &Shard, now: u64) -> Result<u64, ApiError> {
+    shard
+        .ids
+        .borrow_mut()
+        .next(now)
+        .map_err(|e| ApiError::unavailable(&format!("message id: {e}")))
+}
+
 /// A message with its id and log position, on its way to durability.
 pub struct PendingMessage<'a> {
     durable: log_engine::Durable<'a, log_engine::FsStorage, crate::state::ShardState>,
@@ -786,11 +796,7 @@ pub struct PendingMessage<'a> {
 /// idempotency key is scoped to the sender. [`PendingMessage::finish`] waits.
 pub fn begin_append(shard: &Shard, append: AppendMsg) -> Result<PendingMessage<'_>, ApiError> {
     let now = now_ms();
-    let message_id = shard
-        .ids
-        .borrow_mut()
-        .next(now)
-        .map_err(|e| ApiError::unavailable(&format!("message id: {e}")))?;
+    let message_id = next_message_id(shard, now)?;
     let key = scoped_key(append.sender_user_id, &append.key);
     let (payload, mut stored) = encode_payload(append.into_message());
     stored.message_id = message_id;

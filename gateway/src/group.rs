@@ -188,13 +188,19 @@ fn current_info(shard: &Shard, conversation_id: u64) -> Result<GroupInfo, ApiErr
         .ok_or_else(not_found)
 }
 
+/// Users grouped by their home shard (one mesh message per shard instead of per user).
+fn by_home(shard: &Shard, users: impl IntoIterator<Item = u64>) -> BTreeMap<usize, Vec<u64>> {
+    let mut homes: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for user in users {
+        homes.entry(shard.user_home(user)).or_default().push(user);
+    }
+    homes
+}
+
 /// Users among `user_ids` that are not registered (asks their home shards, one call per
 /// shard).
 async fn unknown_users(shard: &Rc<Shard>, user_ids: &[u64]) -> Result<Vec<u64>, ApiError> {
-    let mut by_home: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    for &user in user_ids {
-        by_home.entry(shard.user_home(user)).or_default().push(user);
-    }
+    let by_home = by_home(shard, user_ids.iter().copied());
     let mut unknown = Vec::new();
     for (home, users) in by_home {
         let missing = shard
@@ -222,11 +228,7 @@ async fn commit(
         .with_log(|l| l.appended_last_seq(conversation_id))
         .saturating_add(1);
     let now = now_ms();
-    let message_id = shard
-        .ids
-        .borrow_mut()
-        .next(now)
-        .map_err(|e| ApiError::unavailable(&format!("message id: {e}")))?;
+    let message_id = chat::next_message_id(shard, now)?;
     let message = system_message(conversation_id, actor, &change);
     let event = MetaEvent::GroupChange {
         conversation_id,
@@ -269,10 +271,7 @@ async fn tell_homes(
     users: &[u64],
     joined_seq: Option<u64>,
 ) -> Result<(), ApiError> {
-    let mut by_home: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    for &user in users {
-        by_home.entry(shard.user_home(user)).or_default().push(user);
-    }
+    let by_home = by_home(shard, users.iter().copied());
     for (home, user_ids) in by_home {
         shard
             .call(home, |reply| match joined_seq {
@@ -605,10 +604,7 @@ fn fan_out(shard: &Rc<Shard>, message: StoredMessage, sender_device: u64, extra:
     });
     let on_read = members.len() > shard.config.group_fanout_write_max && extra.is_empty();
     members.extend(extra);
-    let mut by_home: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    for user in members {
-        by_home.entry(shard.user_home(user)).or_default().push(user);
-    }
+    let by_home = by_home(shard, members);
     let shard = shard.clone();
     glommio::spawn_local(async move {
         for (home, users) in by_home {
@@ -640,7 +636,7 @@ pub async fn repair_system_messages(shard: &Rc<Shard>) {
             continue;
         }
         let now = now_ms();
-        let Ok(message_id) = shard.ids.borrow_mut().next(now) else {
+        let Ok(message_id) = chat::next_message_id(shard, now) else {
             continue;
         };
         let (payload, _) = chat::encode_payload(system_message(conversation_id, actor, &change));
@@ -868,10 +864,7 @@ async fn flush_receipts(shard: &Rc<Shard>) {
                 .collect(),
         };
         chat::persist_later(shard, event);
-        let mut by_home: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-        for user in targets {
-            by_home.entry(shard.user_home(user)).or_default().push(user);
-        }
+        let by_home = by_home(shard, targets);
         for (home, user_ids) in by_home {
             let msg = ShardMsg::GroupReceipts {
                 conversation_id,
