@@ -27,6 +27,7 @@ use wire::message::{
 
 use crate::auth::password;
 use crate::group;
+use crate::presence;
 use crate::shard::Shard;
 use crate::state::{Cursor, MetaEvent};
 
@@ -256,6 +257,36 @@ pub enum ShardMsg {
         user_ids: Vec<u64>,
         states: Vec<ReceiptState>,
     },
+    // ----- presence and typing -----
+    /// To a user home: the presence of those of `user_ids` that `viewer` may see; with
+    /// `watch_from`, that shard now watches them (one subscription each).
+    PresenceQuery {
+        viewer: u64,
+        /// The viewer's conversations, sorted (the visibility check).
+        viewer_conversations: Vec<u64>,
+        user_ids: Vec<u64>,
+        watch_from: Option<usize>,
+        reply: Reply<Vec<message::PresenceEntry>>,
+    },
+    /// To a user home: shard `from` dropped one subscription to each of `user_ids`.
+    PresenceUnwatch { from: usize, user_ids: Vec<u64> },
+    /// From a user home to a watching shard: these users' presence changed.
+    PresenceChanged {
+        entries: Vec<message::PresenceEntry>,
+    },
+    /// To a group's owner: a member started or stopped typing.
+    GroupTyping {
+        conversation_id: u64,
+        user_id: u64,
+        active: bool,
+    },
+    /// To a user home: show `user_id`'s typing to these users' devices.
+    TypingPush {
+        conversation_id: u64,
+        user_id: u64,
+        active: bool,
+        users: Vec<u64>,
+    },
 }
 
 /// Wall clock in ms since the Unix epoch.
@@ -426,6 +457,25 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             user_ids,
             states,
         } => group::push_receipts(shard, conversation_id, &user_ids, states),
+        ShardMsg::PresenceQuery {
+            viewer,
+            viewer_conversations,
+            user_ids,
+            watch_from,
+            reply,
+        } => {
+            let entries =
+                presence::query(shard, viewer, &viewer_conversations, &user_ids, watch_from);
+            let _ = reply.send(entries);
+        }
+        ShardMsg::PresenceUnwatch { from, user_ids } => presence::unwatch(shard, from, &user_ids),
+        ShardMsg::PresenceChanged { entries } => presence::deliver_changes(shard, entries),
+        ShardMsg::TypingPush {
+            conversation_id,
+            user_id,
+            active,
+            users,
+        } => presence::typing_push(shard, conversation_id, user_id, active, &users),
         other => {
             let shard = shard.clone();
             glommio::spawn_local(async move { handle_async(&shard, other).await }).detach();
@@ -505,6 +555,11 @@ async fn handle_async(shard: &Rc<Shard>, msg: ShardMsg) {
             group::left(shard, conversation_id, user_ids).await;
             let _ = reply.send(());
         }
+        ShardMsg::GroupTyping {
+            conversation_id,
+            user_id,
+            active,
+        } => presence::group_typing(shard, conversation_id, user_id, active).await,
         // Handled inline by `handle`.
         ShardMsg::DeviceExists { .. }
         | ShardMsg::UserName { .. }
@@ -517,7 +572,11 @@ async fn handle_async(shard: &Rc<Shard>, msg: ShardMsg) {
         | ShardMsg::GroupReceipt { .. }
         | ShardMsg::UnknownUsers { .. }
         | ShardMsg::GroupPush { .. }
-        | ShardMsg::GroupReceipts { .. } => {}
+        | ShardMsg::GroupReceipts { .. }
+        | ShardMsg::PresenceQuery { .. }
+        | ShardMsg::PresenceUnwatch { .. }
+        | ShardMsg::PresenceChanged { .. }
+        | ShardMsg::TypingPush { .. } => {}
     }
 }
 
@@ -671,6 +730,9 @@ fn push(
         );
     }
     let sessions = shard.sessions.borrow().of_user(user_id);
+    if sessions.iter().all(|s| s.is_closed()) {
+        crate::push::note_offline(shard, user_id, &message);
+    }
     for session in sessions {
         if session.device_id == skip_device {
             let cursor = shard.state(|s| s.cursor(user_id, session.device_id, conversation_id));

@@ -44,6 +44,23 @@ pub const DEFAULT_GROUP_MEMBERS_MAX: usize = 1024;
 /// group log on reconnect).
 pub const DEFAULT_GROUP_FANOUT_WRITE_MAX: usize = 256;
 
+/// Presence updates to subscribers: at most one per user per this window, in ms [default: 1000].
+pub const DEFAULT_PRESENCE_COALESCE_MS: u64 = 1_000;
+/// Last-seen times are written at most once per user per this interval, in ms [default: 60000].
+pub const DEFAULT_PRESENCE_PERSIST_INTERVAL_MS: u64 = 60_000;
+/// A typing indicator stops after this long without a refresh, in ms [default: 5000].
+pub const DEFAULT_TYPING_TTL_MS: u64 = 5_000;
+/// A push job waits this long for the recipient to come online before firing, in ms [default: 3000].
+pub const DEFAULT_PUSH_DELAY_MS: u64 = 3_000;
+/// First push retry backoff (doubles per attempt, full jitter), in ms [default: 1000].
+pub const DEFAULT_PUSH_RETRY_BASE_MS: u64 = 1_000;
+/// Longest push retry backoff, in ms [default: 300000].
+pub const DEFAULT_PUSH_RETRY_MAX_MS: u64 = 300_000;
+/// Push attempts before a job is dead-lettered [default: 8].
+pub const DEFAULT_PUSH_ATTEMPTS_MAX: u32 = 8;
+/// Timeout of one push provider request, in ms [default: 5000].
+pub const DEFAULT_PUSH_TIMEOUT_MS: u64 = 5_000;
+
 /// Command-line flags; each also reads its `CONFAB_*` environment variable.
 #[derive(Debug, Default, Parser)]
 #[command(
@@ -119,6 +136,37 @@ pub struct Cli {
     /// Groups up to this many members fan out on write, larger ones on read [default: 256].
     #[arg(long, env = "CONFAB_GROUP_FANOUT_WRITE_MAX")]
     pub group_fanout_write_max: Option<usize>,
+    /// Presence updates to subscribers: at most one per user per this window, in ms [default: 1000].
+    #[arg(long, env = "CONFAB_PRESENCE_COALESCE_MS")]
+    pub presence_coalesce_ms: Option<u64>,
+    /// Last-seen times are written at most once per user per this interval, in ms [default: 60000].
+    #[arg(long, env = "CONFAB_PRESENCE_PERSIST_INTERVAL_MS")]
+    pub presence_persist_interval_ms: Option<u64>,
+    /// A typing indicator stops after this long without a refresh, in ms [default: 5000].
+    #[arg(long, env = "CONFAB_TYPING_TTL_MS")]
+    pub typing_ttl_ms: Option<u64>,
+    /// A push job waits this long for the recipient to come online before firing, in ms [default: 3000].
+    #[arg(long, env = "CONFAB_PUSH_DELAY_MS")]
+    pub push_delay_ms: Option<u64>,
+    /// First push retry backoff (doubles per attempt, full jitter), in ms [default: 1000].
+    #[arg(long, env = "CONFAB_PUSH_RETRY_BASE_MS")]
+    pub push_retry_base_ms: Option<u64>,
+    /// Longest push retry backoff, in ms [default: 300000].
+    #[arg(long, env = "CONFAB_PUSH_RETRY_MAX_MS")]
+    pub push_retry_max_ms: Option<u64>,
+    /// Push attempts before a job is dead-lettered [default: 8].
+    #[arg(long, env = "CONFAB_PUSH_ATTEMPTS_MAX")]
+    pub push_attempts_max: Option<u32>,
+    /// Timeout of one push provider request, in ms [default: 5000].
+    #[arg(long, env = "CONFAB_PUSH_TIMEOUT_MS")]
+    pub push_timeout_ms: Option<u64>,
+    /// Webhook push provider: POST notifications here (http:// or https://); no URL, no
+    /// push provider (jobs are still recorded and cancelled or dead-lettered).
+    #[arg(long, env = "CONFAB_PUSH_WEBHOOK_URL")]
+    pub push_webhook_url: Option<String>,
+    /// HMAC-SHA256 key signing webhook bodies (required with a webhook URL).
+    #[arg(long, env = "CONFAB_PUSH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub push_webhook_secret: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags, in snake_case.
@@ -146,6 +194,16 @@ pub struct FileConfig {
     pub dedupe_entries: Option<usize>,
     pub group_members_max: Option<usize>,
     pub group_fanout_write_max: Option<usize>,
+    pub presence_coalesce_ms: Option<u64>,
+    pub presence_persist_interval_ms: Option<u64>,
+    pub typing_ttl_ms: Option<u64>,
+    pub push_delay_ms: Option<u64>,
+    pub push_retry_base_ms: Option<u64>,
+    pub push_retry_max_ms: Option<u64>,
+    pub push_attempts_max: Option<u32>,
+    pub push_timeout_ms: Option<u64>,
+    pub push_webhook_url: Option<String>,
+    pub push_webhook_secret: Option<String>,
 }
 
 /// The resolved configuration every shard gets a copy of.
@@ -171,6 +229,16 @@ pub struct Config {
     pub dedupe_entries: usize,
     pub group_members_max: usize,
     pub group_fanout_write_max: usize,
+    pub presence_coalesce: Duration,
+    pub presence_persist_interval: Duration,
+    pub typing_ttl: Duration,
+    pub push_delay: Duration,
+    pub push_retry_base: Duration,
+    pub push_retry_max: Duration,
+    pub push_attempts_max: u32,
+    pub push_timeout: Duration,
+    /// Webhook provider URL and signing secret, if push is configured.
+    pub push_webhook: Option<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +351,26 @@ impl Config {
                 .group_fanout_write_max
                 .or(file.group_fanout_write_max)
                 .unwrap_or(DEFAULT_GROUP_FANOUT_WRITE_MAX),
+            presence_coalesce: Duration::from_millis(cli.presence_coalesce_ms.or(file.presence_coalesce_ms).unwrap_or(DEFAULT_PRESENCE_COALESCE_MS)),
+            presence_persist_interval: Duration::from_millis(cli.presence_persist_interval_ms.or(file.presence_persist_interval_ms).unwrap_or(DEFAULT_PRESENCE_PERSIST_INTERVAL_MS)),
+            typing_ttl: Duration::from_millis(cli.typing_ttl_ms.or(file.typing_ttl_ms).unwrap_or(DEFAULT_TYPING_TTL_MS)),
+            push_delay: Duration::from_millis(cli.push_delay_ms.or(file.push_delay_ms).unwrap_or(DEFAULT_PUSH_DELAY_MS)),
+            push_retry_base: Duration::from_millis(cli.push_retry_base_ms.or(file.push_retry_base_ms).unwrap_or(DEFAULT_PUSH_RETRY_BASE_MS)),
+            push_retry_max: Duration::from_millis(cli.push_retry_max_ms.or(file.push_retry_max_ms).unwrap_or(DEFAULT_PUSH_RETRY_MAX_MS)),
+            push_attempts_max: cli.push_attempts_max.or(file.push_attempts_max).unwrap_or(DEFAULT_PUSH_ATTEMPTS_MAX),
+            push_timeout: Duration::from_millis(cli.push_timeout_ms.or(file.push_timeout_ms).unwrap_or(DEFAULT_PUSH_TIMEOUT_MS)),
+            push_webhook: match (
+                cli.push_webhook_url.or(file.push_webhook_url),
+                cli.push_webhook_secret.or(file.push_webhook_secret),
+            ) {
+                (Some(url), Some(secret)) => Some((url, secret)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "push_webhook_url and push_webhook_secret go together".to_string(),
+                    ))
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -344,6 +432,27 @@ impl Config {
                 "http_port and tcp_port are both {}",
                 self.http_port
             ));
+        }
+        if self.presence_coalesce.is_zero()
+            || self.presence_persist_interval.is_zero()
+            || self.typing_ttl.is_zero()
+            || self.push_retry_base.is_zero()
+            || self.push_retry_max < self.push_retry_base
+            || self.push_attempts_max == 0
+            || self.push_timeout.is_zero()
+        {
+            return invalid(
+                "presence, typing and push intervals must be greater than zero (and the \
+                 retry maximum at least the base)"
+                    .to_string(),
+            );
+        }
+        if let Some((url, secret)) = &self.push_webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || secret.is_empty() {
+                return invalid(format!(
+                    "push_webhook_url must be an http(s) URL and the secret non-empty, got {url:?}"
+                ));
+            }
         }
         Ok(())
     }

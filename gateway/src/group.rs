@@ -695,6 +695,10 @@ pub fn push(
     let registry = shard.sessions.borrow();
     let mut pushed = 0;
     for user in users {
+        if !registry.of_user_iter(user).any(|s| !s.is_closed()) {
+            crate::push::note_offline(shard, user, &message);
+            continue;
+        }
         for session in registry.of_user_iter(user) {
             if user == message.sender_user_id && session.device_id == sender_device {
                 let floor =

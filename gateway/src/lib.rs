@@ -28,6 +28,8 @@ pub mod config;
 pub mod group;
 pub mod http;
 pub mod metrics;
+pub mod presence;
+pub mod push;
 pub mod server;
 pub mod session;
 pub mod shard;

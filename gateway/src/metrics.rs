@@ -36,6 +36,13 @@ pub struct ShardCounters {
     rate_limited: AtomicU64,
     storage_errors: AtomicU64,
     mesh_dropped: AtomicU64,
+    presence_pushed: AtomicU64,
+    push_jobs_pending: AtomicU64,
+    push_created: AtomicU64,
+    push_delivered: AtomicU64,
+    push_cancelled: AtomicU64,
+    push_failed_attempts: AtomicU64,
+    push_dead_lettered: AtomicU64,
     /// Append-to-durable latency: counts per bucket of [`APPEND_BUCKETS_US`], plus +Inf.
     append_buckets: [AtomicU64; APPEND_BUCKETS_US.len() + 1],
     append_sum_us: AtomicU64,
@@ -122,6 +129,36 @@ impl ShardCounters {
         add(&self.mesh_dropped);
     }
 
+    /// Presence update frames queued to subscribers.
+    pub fn presence_pushed(&self, n: u64) {
+        self.presence_pushed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Push jobs not yet ended on this shard.
+    pub fn push_jobs_pending(&self, n: u64) {
+        self.push_jobs_pending.store(n, Ordering::Relaxed);
+    }
+
+    pub fn push_created(&self) {
+        add(&self.push_created);
+    }
+
+    pub fn push_delivered(&self) {
+        add(&self.push_delivered);
+    }
+
+    pub fn push_cancelled(&self, n: u64) {
+        self.push_cancelled.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn push_failed_attempt(&self) {
+        add(&self.push_failed_attempts);
+    }
+
+    pub fn push_dead_lettered(&self) {
+        add(&self.push_dead_lettered);
+    }
+
     fn append_latency(&self, elapsed: std::time::Duration) {
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
         let bucket = APPEND_BUCKETS_US
@@ -175,7 +212,10 @@ impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(256 + self.shards.len() * 256);
-        let gauges: [(&str, &str, Field); 3] = [
+        let gauges: [(&str, &str, Field); 4] = [
+            ("confab_push_jobs_pending", "Push jobs not yet ended", |c| {
+                &c.push_jobs_pending
+            }),
             ("confab_connections", "Open connections", |c| &c.connections),
             ("confab_ws_sessions", "Open WebSocket sessions", |c| {
                 &c.ws_sessions
@@ -191,7 +231,35 @@ impl Metrics {
                 field,
             );
         }
-        let counters: [(&str, &str, Field); 10] = [
+        let counters: [(&str, &str, Field); 16] = [
+            (
+                "confab_presence_updates_total",
+                "Presence update frames queued to subscribers",
+                |c| &c.presence_pushed,
+            ),
+            ("confab_push_jobs_total", "Push jobs recorded", |c| {
+                &c.push_created
+            }),
+            (
+                "confab_push_delivered_total",
+                "Push jobs the provider accepted",
+                |c| &c.push_delivered,
+            ),
+            (
+                "confab_push_cancelled_total",
+                "Push jobs cancelled because the user came online",
+                |c| &c.push_cancelled,
+            ),
+            (
+                "confab_push_failed_attempts_total",
+                "Push provider attempts that failed",
+                |c| &c.push_failed_attempts,
+            ),
+            (
+                "confab_push_dead_lettered_total",
+                "Push jobs dead-lettered after their last attempt",
+                |c| &c.push_dead_lettered,
+            ),
             (
                 "confab_handoffs_total",
                 "Connections handed to their user's home shard",

@@ -51,6 +51,12 @@ pub struct Shard {
     pub sessions: RefCell<Registry>,
     /// Owner-side group bookkeeping that is not persisted (gates, receipt batches).
     pub groups: RefCell<crate::group::GroupRuntime>,
+    /// Presence subscriptions, coalescing and last-seen bookkeeping.
+    pub presence: RefCell<crate::presence::PresenceRuntime>,
+    /// Open push-notification jobs of the users whose home this is.
+    pub outbox: RefCell<crate::push::Outbox>,
+    /// Where push notifications go (none configured: no jobs).
+    pub push_provider: Option<std::sync::Arc<dyn crate::push::PushProvider>>,
     /// Users being registered (their record is not durable yet).
     pub reserving_users: RefCell<HashSet<u64>>,
     /// Highest device id handed out per user since start (ids not durable yet).
@@ -76,8 +82,12 @@ pub struct ShardParts {
 
 impl Shard {
     pub fn new(parts: ShardParts) -> Rc<Shard> {
+        let push_provider = crate::push::provider_from(&parts.config);
         Rc::new(Shard {
             id: parts.id,
+            presence: RefCell::new(crate::presence::PresenceRuntime::default()),
+            outbox: RefCell::new(crate::push::Outbox::default()),
+            push_provider,
             config: parts.config,
             metrics: parts.metrics,
             shutdown: Shutdown::default(),
@@ -209,6 +219,8 @@ impl Drop for ConnGuard {
 pub async fn serve(shard: Rc<Shard>, flag: ShutdownFlag, http: TcpListener, tcp: TcpListener) {
     crate::group::repair_system_messages(&shard).await;
     let watcher = glommio::spawn_local(shard.shutdown.clone().watch(flag));
+    let presence_loop = glommio::spawn_local(crate::presence::persist_loop(shard.clone()));
+    let push_loop = glommio::spawn_local(crate::push::run(shard.clone()));
     let http_loop = glommio::spawn_local(accept_loop(shard.clone(), http, Listener::Http));
     let tcp_loop = glommio::spawn_local(accept_loop(shard.clone(), tcp, Listener::Tcp));
     watcher.await;
@@ -218,6 +230,9 @@ pub async fn serve(shard: Rc<Shard>, flag: ShutdownFlag, http: TcpListener, tcp:
     while shard.open_connections() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    presence_loop.await;
+    push_loop.await;
+    crate::presence::persist_last_seen(&shard).await;
     // Flush the log: wait for appends still in flight, then checkpoint so the next
     // start replays little.
     while shard.log.pending() > 0 && Instant::now() < deadline + DRAIN_TIMEOUT {

@@ -32,6 +32,12 @@ pub const KIND_PEER_RECEIPT: u8 = 65;
 pub const KIND_LEFT: u8 = 66;
 /// Application record kind for [`MetaEvent::GroupReceipts`].
 pub const KIND_GROUP_RECEIPTS: u8 = 67;
+/// Application record kind for [`MetaEvent::LastSeen`].
+pub const KIND_LAST_SEEN: u8 = 68;
+/// Application record kind for [`MetaEvent::PushJob`].
+pub const KIND_PUSH_JOB: u8 = 69;
+/// Application record kind for [`MetaEvent::PushDone`] and [`MetaEvent::PushAttempt`].
+pub const KIND_PUSH_DONE: u8 = 70;
 
 /// One metadata record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +103,47 @@ pub enum MetaEvent {
         conversation_id: u64,
         states: Vec<(u64, u64, u64)>,
     },
+    /// Users' last-seen times, `(user, unix ms)`, written at most once per interval per
+    /// user (home shard).
+    LastSeen { entries: Vec<(u64, u64)> },
+    /// A push notification is owed to `user_id` for `conversation_id` (home shard).
+    PushJob(PushJob),
+    /// A push job failed `attempts` times so far; retry at `next_attempt_ms` (home).
+    PushAttempt {
+        job_id: u64,
+        attempts: u32,
+        next_attempt_ms: u64,
+    },
+    /// A push job ended (home shard).
+    PushDone { job_id: u64, outcome: PushOutcome },
+}
+
+/// A durable push-notification job (see `gateway/src/push.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushJob {
+    pub job_id: u64,
+    pub user_id: u64,
+    pub conversation_id: u64,
+    /// The first message the notification is about.
+    pub seq: u64,
+    pub sender_user_id: u64,
+    pub created_ms: u64,
+    /// When it fires, unless the user comes online first.
+    pub due_ms: u64,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// How a push job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushOutcome {
+    /// The provider accepted it.
+    Delivered,
+    /// The user came online first.
+    Cancelled,
+    /// Every attempt failed (or the provider refused it for good).
+    DeadLettered,
 }
 
 /// A member's role in a group.
@@ -148,6 +195,11 @@ impl MetaEvent {
             MetaEvent::Cursor { .. } => RecordKind::Cursor,
             MetaEvent::PeerReceipt { .. } => RecordKind::Custom(KIND_PEER_RECEIPT),
             MetaEvent::Direct { .. } => RecordKind::Group,
+            MetaEvent::LastSeen { .. } => RecordKind::Custom(KIND_LAST_SEEN),
+            MetaEvent::PushJob(_) => RecordKind::Custom(KIND_PUSH_JOB),
+            MetaEvent::PushAttempt { .. } | MetaEvent::PushDone { .. } => {
+                RecordKind::Custom(KIND_PUSH_DONE)
+            }
         }
     }
 
@@ -199,6 +251,9 @@ pub struct User {
     pub devices: BTreeMap<u64, Device>,
     /// By conversation id.
     pub conversations: HashMap<u64, Membership>,
+    /// Newest written last-seen time (unix ms; 0 = never seen).
+    #[serde(default)]
+    pub last_seen_ms: u64,
 }
 
 impl User {
@@ -290,6 +345,9 @@ impl Group {
     }
 }
 
+/// Dead-lettered push jobs a shard keeps for operators (older ones are only in the log).
+pub const PUSH_DEAD_LETTERS_KEPT: usize = 1024;
+
 /// Everything a shard folds from its log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardState {
@@ -300,6 +358,13 @@ pub struct ShardState {
     /// Groups this shard owns.
     #[serde(default)]
     pub groups: HashMap<u64, Group>,
+    /// Push jobs not yet ended (home side), by job id.
+    #[serde(default)]
+    pub push_jobs: BTreeMap<u64, PushJob>,
+    /// Push jobs dead-lettered (home side), newest last, at most
+    /// [`PUSH_DEAD_LETTERS_KEPT`].
+    #[serde(default)]
+    pub push_dead_letters: std::collections::VecDeque<PushJob>,
     /// Derived (home side): the users of this shard in each group, for fan-out on read.
     #[serde(skip)]
     pub group_members_here: HashMap<u64, BTreeSet<u64>>,
@@ -437,6 +502,36 @@ impl ShardState {
                                 .or_default()
                                 .merge(Cursor { delivered, read });
                         }
+                    }
+                }
+            }
+            MetaEvent::LastSeen { entries } => {
+                for (user_id, at) in entries {
+                    if let Some(user) = self.users.get_mut(&user_id) {
+                        user.last_seen_ms = user.last_seen_ms.max(at);
+                    }
+                }
+            }
+            MetaEvent::PushJob(job) => {
+                self.push_jobs.insert(job.job_id, job);
+            }
+            MetaEvent::PushAttempt {
+                job_id,
+                attempts,
+                next_attempt_ms,
+            } => {
+                if let Some(job) = self.push_jobs.get_mut(&job_id) {
+                    job.attempts = job.attempts.max(attempts);
+                    job.due_ms = next_attempt_ms;
+                }
+            }
+            MetaEvent::PushDone { job_id, outcome } => {
+                if let Some(job) = self.push_jobs.remove(&job_id) {
+                    if outcome == PushOutcome::DeadLettered {
+                        if self.push_dead_letters.len() >= PUSH_DEAD_LETTERS_KEPT {
+                            self.push_dead_letters.pop_front();
+                        }
+                        self.push_dead_letters.push_back(job);
                     }
                 }
             }

@@ -13,8 +13,16 @@
 //!   all read by one thread with poll(2)), open loop at `--rate`: deliveries per second,
 //!   send→last-member and send→each-member latency, and the sender's send→ack.
 //! - `idle`: opens `--conns` authenticated connections (spread over `--users` users),
-//!   holds them, and reports the server's resident memory per connection (from
-//!   `/proc/<--server-pid>/status`).
+//!   holds them for `--duration` seconds, and reports the server's resident memory per
+//!   connection (from `/proc/<--server-pid>/status`) and its CPU time over that window
+//!   (`/proc/<pid>/stat`). With `--ping-interval-ms P` every connection also sends a wire
+//!   `Ping` every P ms (spread evenly over the connections; one epoll thread by default,
+//!   see `heartbeat.rs`) after a 1 s warm-up: pings and pongs per second, and the server
+//!   CPU a heartbeat costs, scaled to 100K connections pinging every 30 s.
+//! - `presence`: `--targets` users toggle Away/Online at `--toggle-rate` per second in
+//!   total while `--subscribers` users, subscribed to all of them, count the
+//!   `PresenceUpdate` pushes (the fan-out rate) and the toggle→entry latency (see
+//!   `presence.rs`).
 //!
 //! Output: a human summary, or one JSON object with `--json`.
 
@@ -25,6 +33,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod epoll;
+mod heartbeat;
+mod presence;
+
 use hdrhistogram::Histogram;
 use wire::client::http::{self, Login};
 use wire::client::{new_key, sync_until_live, Connection, Transport};
@@ -93,18 +106,52 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         body: usize,
     },
-    /// Hold authenticated idle connections and report server memory per connection.
+    /// Hold authenticated idle connections: server memory per connection, server CPU,
+    /// and with --ping-interval-ms the cost of application heartbeats.
     Idle {
-        #[arg(long, default_value_t = 10_000)]
+        /// Connections to open and hold.
+        #[arg(long, visible_alias = "connections", default_value_t = 10_000)]
         conns: usize,
         #[arg(long, default_value_t = 100)]
         users: usize,
-        /// The server's pid, to read its resident memory.
+        /// The server's pid, to read its resident memory and CPU time from /proc.
         #[arg(long)]
         server_pid: Option<u32>,
-        /// Seconds to hold the connections after the last one opened.
+        /// Seconds of the measurement window: from the last connection opened (with
+        /// pings, after a 1 s warm-up of pinging).
+        #[arg(long, visible_alias = "hold", default_value_t = 3)]
+        duration: u64,
+        /// Each connection sends a wire Ping every this many ms, spread evenly in time
+        /// over the connections, and reads the Pongs; 0 = no pings.
+        #[arg(long, default_value_t = 0)]
+        ping_interval_ms: u64,
+        /// Threads sending the pings and reading the pongs (each polls its share of the
+        /// connections with epoll).
+        #[arg(long, default_value_t = 1)]
+        ping_threads: usize,
+    },
+    /// Targets toggle Away/Online; subscribers count PresenceUpdate pushes (the
+    /// presence fan-out rate) and the toggle→entry latency.
+    Presence {
+        /// Users whose status changes (each one connection).
+        #[arg(long, default_value_t = 10)]
+        targets: usize,
+        /// Users subscribed to every target (each one connection).
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Status changes per second over all targets, round robin (each target
+        /// alternates Away, Online, Away...).
+        #[arg(long, default_value_t = 100)]
+        toggle_rate: u64,
+        /// Seconds of measured load (after a 1 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Seconds to keep reading after the last toggle (the server coalesces updates).
         #[arg(long, default_value_t = 3)]
-        hold: u64,
+        drain: u64,
+        /// Threads reading the subscribers' connections (epoll).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
 }
 
@@ -144,13 +191,35 @@ fn main() {
             conns,
             users,
             server_pid,
-            hold,
+            duration,
+            ping_interval_ms,
+            ping_threads,
         } => idle(
             &cli,
             conns,
             users.max(1),
             server_pid,
-            Duration::from_secs(hold),
+            Duration::from_secs(duration),
+            Duration::from_millis(ping_interval_ms),
+            ping_threads.max(1),
+        ),
+        Scenario::Presence {
+            targets,
+            subscribers,
+            toggle_rate,
+            duration,
+            drain,
+            threads,
+        } => presence::run(
+            &cli,
+            presence::Options {
+                targets: targets.max(1),
+                subscribers: subscribers.max(1),
+                rate: toggle_rate.max(1),
+                duration: Duration::from_secs(duration),
+                drain: Duration::from_secs(drain),
+                threads: threads.max(1),
+            },
         ),
     };
     if let Err(error) = result {
@@ -638,12 +707,15 @@ fn group(cli: &Cli, members: usize, rate: u64, duration: Duration, body: usize) 
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn idle(
     cli: &Cli,
     conns: usize,
     users: usize,
     server_pid: Option<u32>,
-    hold: Duration,
+    window: Duration,
+    ping_interval: Duration,
+    ping_threads: usize,
 ) -> Result<()> {
     let run = run_id();
     let (transport, addr) = transport(cli);
@@ -662,39 +734,208 @@ fn idle(
         open.push(conn);
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    std::thread::sleep(hold);
+    let pinging = !ping_interval.is_zero();
+    let epoch = Instant::now();
+    let measure_from = if pinging {
+        epoch + Duration::from_secs(1)
+    } else {
+        epoch
+    };
+    let plan = heartbeat::Plan {
+        epoch,
+        measure_from,
+        end: measure_from + window,
+        interval: ping_interval,
+        total: open.len(),
+    };
+    let mut workers = Vec::new();
+    if pinging {
+        let per_thread = open.len().div_ceil(ping_threads).max(1);
+        let mut first = 0;
+        while !open.is_empty() {
+            let rest = open.split_off(per_thread.min(open.len()));
+            let share = std::mem::replace(&mut open, rest);
+            let len = share.len();
+            workers.push(std::thread::spawn(move || {
+                heartbeat::run(share, first, plan)
+            }));
+            first += len;
+        }
+    }
+    sleep_until(plan.measure_from);
+    let cpu_before = CpuSample::take(server_pid);
+    sleep_until(plan.end);
+    let cpu_after = CpuSample::take(server_pid);
     let rss_after = server_pid.and_then(rss_bytes);
+    let mut pings = heartbeat::Totals::new();
+    for worker in workers {
+        let (totals, conns) = worker.join().map_err(|_| "heartbeat thread panicked")?;
+        pings.merge(totals);
+        open.extend(conns);
+    }
+    if !pinging {
+        pings.held = open.len();
+    }
     let per_conn = match (rss_before, rss_after) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / conns as f64),
         _ => None,
     };
+    let secs = window.as_secs_f64();
+    let cpu = cpu_after.since(&cpu_before);
+    let pings_per_sec = pings.sent as f64 / secs;
+    let pongs_per_sec = pings.pongs as f64 / secs;
+    // Server CPU-seconds per ping, scaled to 100K connections pinging every 30 s, as a
+    // percentage of one core. Includes whatever else the server did in the window (an
+    // idle server: nothing; run with --ping-interval-ms 0 for that baseline).
+    let per_ping = cpu
+        .server
+        .filter(|_| pinging && pings_per_sec > 0.0)
+        .map(|c| c / pings_per_sec);
+    let pct_100k = per_ping.map(|p| p * (100_000.0 / 30.0) * 100.0);
+    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
+    let errors: u64 = pings.errors.values().sum();
     if cli.json {
         println!(
             "{{\"scenario\":\"idle\",\"conns\":{conns},\"users\":{users},\"connect_per_sec\":{:.0},\
-             \"server_rss_before\":{},\"server_rss_after\":{},\"server_bytes_per_conn\":{}}}",
+             \"server_rss_before\":{},\"server_rss_after\":{},\"server_bytes_per_conn\":{},\
+             \"ping_interval_ms\":{},\"seconds\":{secs},\"held\":{},\"pings_per_sec\":{pings_per_sec:.1},\
+             \"pongs_per_sec\":{pongs_per_sec:.1},\"pong_us\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\
+             \"ping_lag_max_us\":{},\"other_frames\":{},\"server_cpu_per_sec\":{},\"server_cpu_us_per_ping\":{},\
+             \"server_core_pct_per_100k_at_30s\":{},\"loadgen_cpu_per_sec\":{},\"errors\":{errors}}}",
             conns as f64 / connect_secs,
             rss_before.unwrap_or(0),
             rss_after.unwrap_or(0),
-            per_conn.map_or("null".to_string(), |b| format!("{b:.0}"))
+            json_num(per_conn, 0),
+            ping_interval.as_millis(),
+            pings.held,
+            q(&pings.rtt, 0.5),
+            q(&pings.rtt, 0.99),
+            pings.rtt.max(),
+            pings.lag_max.as_micros(),
+            pings.other,
+            json_num(cpu.server, 4),
+            json_num(per_ping.map(|p| p * 1e6), 2),
+            json_num(pct_100k, 3),
+            json_num(cpu.own, 4),
+        );
+        return Ok(());
+    }
+    println!(
+        "idle: {conns} authenticated connections over {users} users, {:.0} connects/s",
+        conns as f64 / connect_secs
+    );
+    match per_conn {
+        Some(b) => println!(
+            "  server RSS {} -> {} KiB: {:.0} bytes ({:.2} KiB) per connection",
+            rss_before.unwrap_or(0) / 1024,
+            rss_after.unwrap_or(0) / 1024,
+            b,
+            b / 1024.0
+        ),
+        None => println!("  (pass --server-pid to measure server memory and CPU)"),
+    }
+    if pinging {
+        println!(
+            "  heartbeat: a Ping every {} ms per connection, {ping_threads} thread(s), {secs:.0} s measured after 1 s warm-up",
+            ping_interval.as_millis()
+        );
+        println!(
+            "  held {} connections; pings {pings_per_sec:.1}/s, pongs {pongs_per_sec:.1}/s, other frames {}",
+            pings.held, pings.other
+        );
+        println!(
+            "  ping->pong  µs  p50 {}  p99 {}  max {}   (latest ping sent {} µs late)",
+            q(&pings.rtt, 0.5),
+            q(&pings.rtt, 0.99),
+            pings.rtt.max(),
+            pings.lag_max.as_micros()
         );
     } else {
         println!(
-            "idle: {conns} authenticated connections over {users} users, {:.0} connects/s",
-            conns as f64 / connect_secs
+            "  held {} connections for {secs:.0} s, no pings",
+            pings.held
         );
-        match per_conn {
-            Some(b) => println!(
-                "  server RSS {} -> {} KiB: {:.0} bytes ({:.2} KiB) per connection",
-                rss_before.unwrap_or(0) / 1024,
-                rss_after.unwrap_or(0) / 1024,
-                b,
-                b / 1024.0
-            ),
-            None => println!("  (pass --server-pid to measure server memory)"),
-        }
+    }
+    if let Some(server) = cpu.server {
+        println!(
+            "  server CPU {server:.4} s/s ({:.2}% of a core) over the window",
+            server * 100.0
+        );
+    }
+    if let (Some(per_ping), Some(pct)) = (per_ping, pct_100k) {
+        println!(
+            "  {:.2} µs server CPU per ping => 100K connections pinging every 30 s: {pct:.2}% of one core",
+            per_ping * 1e6
+        );
+    }
+    if let Some(own) = cpu.own {
+        println!("  loadgen CPU {own:.4} s/s ({:.2}% of a core)", own * 100.0);
+    }
+    if !pings.errors.is_empty() {
+        println!("  errors: {:?}", pings.errors);
     }
     drop(open);
     Ok(())
+}
+
+/// `value` with `digits` decimals, or JSON `null`.
+fn json_num(value: Option<f64>, digits: usize) -> String {
+    value.map_or("null".to_string(), |v| format!("{v:.digits$}"))
+}
+
+fn sleep_until(at: Instant) {
+    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+}
+
+/// CPU time (user + system, all threads) of the server and of this process, at an instant.
+struct CpuSample {
+    at: Instant,
+    server: Option<f64>,
+    own: Option<f64>,
+}
+
+/// CPU-seconds per second between two samples.
+struct CpuRates {
+    server: Option<f64>,
+    own: Option<f64>,
+}
+
+impl CpuSample {
+    fn take(server_pid: Option<u32>) -> CpuSample {
+        CpuSample {
+            at: Instant::now(),
+            server: server_pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+            own: cpu_seconds("self"),
+        }
+    }
+
+    fn since(&self, before: &CpuSample) -> CpuRates {
+        let secs = self.at.saturating_duration_since(before.at).as_secs_f64();
+        let rate = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if secs > 0.0 => Some((a - b).max(0.0) / secs),
+            _ => None,
+        };
+        CpuRates {
+            server: rate(self.server, before.server),
+            own: rate(self.own, before.own),
+        }
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat` (`pid` may be `self`), in seconds.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses): state is
+    // field 3, utime 14, stime 15 (proc(5)).
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 /// Block until the connection's socket is readable or `timeout` passes.

@@ -249,6 +249,8 @@ fn open_session(shard: &Rc<Shard>, claims: &Claims) -> Result<Rc<SessionHandle>,
         shard.config.outbound_queue_frames,
     ));
     shard.sessions.borrow_mut().add(handle.clone());
+    crate::presence::changed(shard, claims.user_id);
+    crate::push::user_online(shard, claims.user_id);
     Ok(handle)
 }
 
@@ -279,6 +281,8 @@ pub struct SessionHandle {
     /// Tasks waiting for room in the queue.
     room: RefCell<Vec<Waker>>,
     pub delivery: RefCell<HashMap<u64, Delivery>>,
+    /// Presence shown, subscriptions and typing state.
+    pub presence: crate::presence::SessionPresence,
 }
 
 impl SessionHandle {
@@ -294,6 +298,7 @@ impl SessionHandle {
             waker: RefCell::new(None),
             room: RefCell::new(Vec::new()),
             delivery: RefCell::new(HashMap::new()),
+            presence: crate::presence::SessionPresence::default(),
         }
     }
 
@@ -439,6 +444,11 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.by_user.values().map(Vec::len).sum()
+    }
+
+    /// Every user with a session here, with its sessions.
+    pub fn users(&self) -> impl Iterator<Item = (u64, &Vec<Rc<SessionHandle>>)> {
+        self.by_user.iter().map(|(&user, sessions)| (user, sessions))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -758,6 +768,7 @@ async fn serve(
                     if !codec.is_closing() {
                         deadline = now + config.idle_timeout;
                     }
+                    session.presence.last_active_ms.set(chat::now_ms());
                     if !rate.allow(now) {
                         shard.counters().rate_limited();
                         if rate.strikes > RATE_LIMIT_STRIKES_MAX {
@@ -828,6 +839,7 @@ async fn serve(
     }
     session.mark_closed();
     shard.sessions.borrow_mut().remove(&session);
+    crate::presence::session_ended(shard, &session);
     shard.counters().session_closed();
 }
 
@@ -924,6 +936,37 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
                 session.push_live(answer);
             })
             .detach();
+        }
+        body @ (Body::PresenceQuery(_) | Body::PresenceSubscribe(_)) => {
+            let (user_ids, watch) = match body {
+                Body::PresenceSubscribe(s) => (s.user_ids, true),
+                Body::PresenceQuery(q) => (q.user_ids, false),
+                _ => (Vec::new(), false),
+            };
+            let (shard, session) = (shard.clone(), session.clone());
+            glommio::spawn_local(async move {
+                let answer = crate::presence::query_or_subscribe(&shard, &session, user_ids, watch)
+                    .await
+                    .map_or_else(|e| e.frame(request_id), |update| Frame {
+                        request_id,
+                        body: Body::PresenceUpdate(update),
+                    });
+                session.push_live(answer);
+            })
+            .detach();
+        }
+        Body::PresenceUnsubscribe(unsubscribe) => {
+            crate::presence::unsubscribe(shard, session, &unsubscribe.user_ids);
+            session.push_live(Frame {
+                request_id,
+                body: Body::PresenceUpdate(wire::message::PresenceUpdate::default()),
+            });
+        }
+        Body::PresenceSet(set) => crate::presence::set_status(shard, session, set.status),
+        Body::Typing(typing) => {
+            if let Err(error) = crate::presence::typing(shard, session, &typing) {
+                session.push_live(error.frame(request_id));
+            }
         }
         Body::Hello(_) => session.push_live(
             ApiError::new(ErrorCode::UnexpectedFrame, "already authenticated").frame(request_id),

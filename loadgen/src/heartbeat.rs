@@ -1,0 +1,170 @@
+//! The heartbeat half of the `idle` scenario (`--ping-interval-ms P`): every held
+//! connection sends a wire `Ping` every P ms and the `Pong`s are read and counted.
+//!
+//! A few threads do it all, each for a contiguous share of the connections, with one
+//! epoll set. The pings are spread evenly in time over *all* connections: connection `i`
+//! (of `N`) pings at `epoch + i·P/N + r·P` for rounds `r = 0, 1, ...`, so the server sees
+//! a steady `N/P` pings per second, not bursts. The schedule is an open loop: a thread that
+//! falls behind sends what is due at once (and reports how late it got, `lag_max`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use wire::client::Connection;
+use wire::message::{Body, Ping};
+
+use crate::epoll::{drain, Epoll};
+use crate::{histogram, nanos_since};
+
+/// The longest one wait for pongs lasts (so the loop notices the end of the window).
+const WAIT_MAX: Duration = Duration::from_millis(50);
+
+/// Timeline shared by the heartbeat threads.
+#[derive(Clone, Copy)]
+pub struct Plan {
+    pub epoch: Instant,
+    /// Pings sent and pongs received from here to `end` are counted.
+    pub measure_from: Instant,
+    pub end: Instant,
+    /// Per connection.
+    pub interval: Duration,
+    /// Connections over all threads (the phases are spread over all of them).
+    pub total: usize,
+}
+
+/// What one heartbeat thread counted (inside the measurement window).
+pub struct Totals {
+    pub sent: u64,
+    pub pongs: u64,
+    /// Ping (scheduled time) to Pong, µs.
+    pub rtt: Histogram<u64>,
+    /// Frames other than `Pong` (pushes; none are expected on idle connections).
+    pub other: u64,
+    /// How late the thread sent its latest-sent ping.
+    pub lag_max: Duration,
+    /// Connections still open at the end.
+    pub held: usize,
+    pub errors: HashMap<String, u64>,
+}
+
+impl Totals {
+    pub fn new() -> Totals {
+        Totals {
+            sent: 0,
+            pongs: 0,
+            rtt: histogram(),
+            other: 0,
+            lag_max: Duration::ZERO,
+            held: 0,
+            errors: HashMap::new(),
+        }
+    }
+
+    pub fn merge(&mut self, other: Totals) {
+        self.sent += other.sent;
+        self.pongs += other.pongs;
+        let _ = self.rtt.add(&other.rtt);
+        self.other += other.other;
+        self.lag_max = self.lag_max.max(other.lag_max);
+        self.held += other.held;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// Ping `conns` (connections `first..first + conns.len()` of `plan.total`) until
+/// `plan.end`; returns the counts and the connections (still open, for the caller to
+/// drop after it has read the server's memory).
+pub fn run(mut conns: Vec<Connection>, first: usize, plan: Plan) -> (Totals, Vec<Connection>) {
+    let mut totals = Totals::new();
+    let n = conns.len() as u64;
+    if n == 0 {
+        return (totals, conns);
+    }
+    let mut epoll = match Epoll::new() {
+        Ok(epoll) => epoll,
+        Err(e) => {
+            totals.errors.insert(format!("epoll: {e}"), 1);
+            return (totals, conns);
+        }
+    };
+    let mut alive = vec![true; conns.len()];
+    for (i, conn) in conns.iter_mut().enumerate() {
+        // Whatever the catch-up left unread would otherwise wait for the next readiness.
+        let error = match drain(conn, |_| {}) {
+            Ok(()) => epoll.add(conn, i).err().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = error {
+            *totals.errors.entry(format!("setup: {e}")).or_default() += 1;
+            alive[i] = false;
+        }
+    }
+    let interval = plan.interval.as_nanos();
+    let total = plan.total.max(1) as u128;
+    // Ping `k` of this thread: connection `k % n`, round `k / n`.
+    let due = |k: u64| {
+        let (round, i) = ((k / n) as u128, (first as u128) + (k % n) as u128);
+        let offset = round * interval + i * interval / total;
+        plan.epoch + Duration::from_nanos(offset.min(u64::MAX as u128) as u64)
+    };
+    let mut k = 0u64;
+    let mut next = due(0);
+    let mut ready = Vec::new();
+    loop {
+        let now = Instant::now();
+        if now >= plan.end {
+            break;
+        }
+        while next <= now {
+            let i = (k % n) as usize;
+            if alive[i] {
+                let ping = Body::Ping(Ping {
+                    nonce: nanos_since(plan.epoch, next),
+                    client_time_ms: 0,
+                });
+                match conns[i].request(ping) {
+                    Ok(_) if next >= plan.measure_from => {
+                        totals.sent += 1;
+                        totals.lag_max = totals.lag_max.max(now - next);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        *totals.errors.entry(format!("ping: {e}")).or_default() += 1;
+                        alive[i] = false;
+                        epoll.remove(&mut conns[i]);
+                    }
+                }
+            }
+            k += 1;
+            next = due(k);
+        }
+        let wait = next.min(plan.end).saturating_duration_since(now);
+        epoll.wait(wait.min(WAIT_MAX), &mut ready);
+        for &i in &ready {
+            let Some(conn) = conns.get_mut(i) else {
+                continue;
+            };
+            let result = drain(conn, |frame| match frame.body {
+                Body::Pong(pong) => {
+                    let at = Instant::now();
+                    if at >= plan.measure_from && at < plan.end {
+                        totals.pongs += 1;
+                        let rtt = nanos_since(plan.epoch, at).saturating_sub(pong.nonce);
+                        let _ = totals.rtt.record(rtt / 1000);
+                    }
+                }
+                _ => totals.other += 1,
+            });
+            if let Err(e) = result {
+                *totals.errors.entry(format!("recv: {e}")).or_default() += 1;
+                alive[i] = false;
+                epoll.remove(conn);
+            }
+        }
+    }
+    totals.held = alive.iter().filter(|a| **a).count();
+    (totals, conns)
+}
