@@ -269,7 +269,10 @@ pub enum ShardMsg {
         reply: Reply<Vec<message::PresenceEntry>>,
     },
     /// To a user home: shard `from` dropped one subscription to each of `user_ids`.
-    PresenceUnwatch { from: usize, user_ids: Vec<u64> },
+    PresenceUnwatch {
+        from: usize,
+        user_ids: Vec<u64>,
+    },
     /// From a user home to a watching shard: these users' presence changed.
     PresenceChanged {
         entries: Vec<message::PresenceEntry>,

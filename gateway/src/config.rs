@@ -351,14 +351,45 @@ impl Config {
                 .group_fanout_write_max
                 .or(file.group_fanout_write_max)
                 .unwrap_or(DEFAULT_GROUP_FANOUT_WRITE_MAX),
-            presence_coalesce: Duration::from_millis(cli.presence_coalesce_ms.or(file.presence_coalesce_ms).unwrap_or(DEFAULT_PRESENCE_COALESCE_MS)),
-            presence_persist_interval: Duration::from_millis(cli.presence_persist_interval_ms.or(file.presence_persist_interval_ms).unwrap_or(DEFAULT_PRESENCE_PERSIST_INTERVAL_MS)),
-            typing_ttl: Duration::from_millis(cli.typing_ttl_ms.or(file.typing_ttl_ms).unwrap_or(DEFAULT_TYPING_TTL_MS)),
-            push_delay: Duration::from_millis(cli.push_delay_ms.or(file.push_delay_ms).unwrap_or(DEFAULT_PUSH_DELAY_MS)),
-            push_retry_base: Duration::from_millis(cli.push_retry_base_ms.or(file.push_retry_base_ms).unwrap_or(DEFAULT_PUSH_RETRY_BASE_MS)),
-            push_retry_max: Duration::from_millis(cli.push_retry_max_ms.or(file.push_retry_max_ms).unwrap_or(DEFAULT_PUSH_RETRY_MAX_MS)),
-            push_attempts_max: cli.push_attempts_max.or(file.push_attempts_max).unwrap_or(DEFAULT_PUSH_ATTEMPTS_MAX),
-            push_timeout: Duration::from_millis(cli.push_timeout_ms.or(file.push_timeout_ms).unwrap_or(DEFAULT_PUSH_TIMEOUT_MS)),
+            presence_coalesce: Duration::from_millis(
+                cli.presence_coalesce_ms
+                    .or(file.presence_coalesce_ms)
+                    .unwrap_or(DEFAULT_PRESENCE_COALESCE_MS),
+            ),
+            presence_persist_interval: Duration::from_millis(
+                cli.presence_persist_interval_ms
+                    .or(file.presence_persist_interval_ms)
+                    .unwrap_or(DEFAULT_PRESENCE_PERSIST_INTERVAL_MS),
+            ),
+            typing_ttl: Duration::from_millis(
+                cli.typing_ttl_ms
+                    .or(file.typing_ttl_ms)
+                    .unwrap_or(DEFAULT_TYPING_TTL_MS),
+            ),
+            push_delay: Duration::from_millis(
+                cli.push_delay_ms
+                    .or(file.push_delay_ms)
+                    .unwrap_or(DEFAULT_PUSH_DELAY_MS),
+            ),
+            push_retry_base: Duration::from_millis(
+                cli.push_retry_base_ms
+                    .or(file.push_retry_base_ms)
+                    .unwrap_or(DEFAULT_PUSH_RETRY_BASE_MS),
+            ),
+            push_retry_max: Duration::from_millis(
+                cli.push_retry_max_ms
+                    .or(file.push_retry_max_ms)
+                    .unwrap_or(DEFAULT_PUSH_RETRY_MAX_MS),
+            ),
+            push_attempts_max: cli
+                .push_attempts_max
+                .or(file.push_attempts_max)
+                .unwrap_or(DEFAULT_PUSH_ATTEMPTS_MAX),
+            push_timeout: Duration::from_millis(
+                cli.push_timeout_ms
+                    .or(file.push_timeout_ms)
+                    .unwrap_or(DEFAULT_PUSH_TIMEOUT_MS),
+            ),
             push_webhook: match (
                 cli.push_webhook_url.or(file.push_webhook_url),
                 cli.push_webhook_secret.or(file.push_webhook_secret),

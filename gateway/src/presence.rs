@@ -151,9 +151,8 @@ pub fn current(shard: &Shard, user_id: u64) -> PresenceEntry {
     }
     let last_seen_ms = if status == PresenceStatus::Offline {
         let remembered = shard.presence.borrow().last_seen.get(&user_id).copied();
-        remembered.unwrap_or_else(|| {
-            shard.state(|s| s.users.get(&user_id).map_or(0, |u| u.last_seen_ms))
-        })
+        remembered
+            .unwrap_or_else(|| shard.state(|s| s.users.get(&user_id).map_or(0, |u| u.last_seen_ms)))
     } else {
         active
     };
@@ -225,7 +224,11 @@ pub fn set_status(shard: &Rc<Shard>, session: &SessionHandle, status: PresenceSt
         return;
     }
     if status == PresenceStatus::Offline {
-        remember_last_seen(shard, session.user_id, session.presence.last_active_ms.get());
+        remember_last_seen(
+            shard,
+            session.user_id,
+            session.presence.last_active_ms.get(),
+        );
     }
     changed(shard, session.user_id);
 }
@@ -240,7 +243,11 @@ fn remember_last_seen(shard: &Shard, user_id: u64, at: u64) {
 pub fn session_ended(shard: &Rc<Shard>, session: &SessionHandle) {
     if session.presence.status.get() != PresenceStatus::Offline {
         // The connection ended now, or at its idle timeout: seen until its last frame.
-        remember_last_seen(shard, session.user_id, session.presence.last_active_ms.get());
+        remember_last_seen(
+            shard,
+            session.user_id,
+            session.presence.last_active_ms.get(),
+        );
     }
     unsubscribe_all(shard, session);
     stop_all_typing(shard, session);
@@ -345,7 +352,13 @@ pub async fn persist_last_seen(shard: &Rc<Shard>) {
         let _ = crate::chat::persist(shard, &event).await;
     }
     // What is written (and folded) need not be remembered any more.
-    let remembered: Vec<(u64, u64)> = shard.presence.borrow().last_seen.iter().map(|(&u, &t)| (u, t)).collect();
+    let remembered: Vec<(u64, u64)> = shard
+        .presence
+        .borrow()
+        .last_seen
+        .iter()
+        .map(|(&u, &t)| (u, t))
+        .collect();
     let written: Vec<u64> = shard.state(|s| {
         remembered
             .into_iter()
@@ -437,7 +450,10 @@ pub async fn query_or_subscribe(
     let conversations = conversations_of(shard, session.user_id);
     let mut by_home: HashMap<usize, Vec<u64>> = HashMap::new();
     for user_id in wanted {
-        by_home.entry(shard.user_home(user_id)).or_default().push(user_id);
+        by_home
+            .entry(shard.user_home(user_id))
+            .or_default()
+            .push(user_id);
     }
     let watch_from = watch.then_some(shard.id);
     let mut entries = Vec::new();
@@ -458,14 +474,24 @@ pub async fn query_or_subscribe(
             if session.is_closed() {
                 // Ended meanwhile: its subscriptions were already dropped.
                 shard
-                    .route(home, ShardMsg::PresenceUnwatch { from: shard.id, user_ids: ids })
+                    .route(
+                        home,
+                        ShardMsg::PresenceUnwatch {
+                            from: shard.id,
+                            user_ids: ids,
+                        },
+                    )
                     .await;
             } else {
                 let mut runtime = shard.presence.borrow_mut();
                 let mut subscribed = session.presence.subscriptions.borrow_mut();
                 for user_id in ids {
                     subscribed.insert(user_id);
-                    runtime.local.entry(user_id).or_default().push(session.clone());
+                    runtime
+                        .local
+                        .entry(user_id)
+                        .or_default()
+                        .push(session.clone());
                 }
             }
         }
@@ -489,7 +515,12 @@ pub fn unsubscribe(shard: &Rc<Shard>, session: &SessionHandle, user_ids: &[u64])
 }
 
 fn unsubscribe_all(shard: &Rc<Shard>, session: &SessionHandle) {
-    let dropped: Vec<u64> = session.presence.subscriptions.borrow_mut().drain().collect();
+    let dropped: Vec<u64> = session
+        .presence
+        .subscriptions
+        .borrow_mut()
+        .drain()
+        .collect();
     drop_local(shard, session, dropped);
 }
 
@@ -507,7 +538,10 @@ fn drop_local(shard: &Rc<Shard>, session: &SessionHandle, user_ids: Vec<u64>) {
                     runtime.local.remove(&user_id);
                 }
             }
-            by_home.entry(shard.user_home(user_id)).or_default().push(user_id);
+            by_home
+                .entry(shard.user_home(user_id))
+                .or_default()
+                .push(user_id);
         }
     }
     for (home, user_ids) in by_home {
@@ -523,7 +557,11 @@ fn drop_local(shard: &Rc<Shard>, session: &SessionHandle, user_ids: Vec<u64>) {
 // ----- typing -------------------------------------------------------------------------
 
 /// A `Typing` frame from a device.
-pub fn typing(shard: &Rc<Shard>, session: &Rc<SessionHandle>, typing: &Typing) -> Result<(), ApiError> {
+pub fn typing(
+    shard: &Rc<Shard>,
+    session: &Rc<SessionHandle>,
+    typing: &Typing,
+) -> Result<(), ApiError> {
     let conversation_id = typing.conversation_id;
     let Some(peer) = shard.state(|s| {
         s.membership(session.user_id, conversation_id)
@@ -570,14 +608,29 @@ pub fn typing(shard: &Rc<Shard>, session: &Rc<SessionHandle>, typing: &Typing) -
 }
 
 /// Send the stop when the state's deadline passes without a refresh.
-async fn expire_typing(shard: Rc<Shard>, session: Rc<SessionHandle>, conversation_id: u64, peer: u64) {
+async fn expire_typing(
+    shard: Rc<Shard>,
+    session: Rc<SessionHandle>,
+    conversation_id: u64,
+    peer: u64,
+) {
     loop {
-        let Some(deadline) = session.presence.typing.borrow().get(&conversation_id).copied() else {
+        let Some(deadline) = session
+            .presence
+            .typing
+            .borrow()
+            .get(&conversation_id)
+            .copied()
+        else {
             return; // stopped, or the session ended (which sent the stop)
         };
         let now = Instant::now();
         if now >= deadline {
-            session.presence.typing.borrow_mut().remove(&conversation_id);
+            session
+                .presence
+                .typing
+                .borrow_mut()
+                .remove(&conversation_id);
             forward_typing(&shard, session.user_id, conversation_id, peer, false);
             return;
         }
@@ -637,12 +690,19 @@ pub async fn group_typing(shard: &Rc<Shard>, conversation_id: u64, user_id: u64,
             .get(&conversation_id)
             .filter(|g| g.members.contains_key(&user_id))
             .map_or_else(Vec::new, |g| {
-                g.members.keys().copied().filter(|&u| u != user_id).collect()
+                g.members
+                    .keys()
+                    .copied()
+                    .filter(|&u| u != user_id)
+                    .collect()
             })
     });
     let mut by_home: HashMap<usize, Vec<u64>> = HashMap::new();
     for member in members {
-        by_home.entry(shard.user_home(member)).or_default().push(member);
+        by_home
+            .entry(shard.user_home(member))
+            .or_default()
+            .push(member);
     }
     for (home, users) in by_home {
         let msg = ShardMsg::TypingPush {

@@ -94,7 +94,11 @@ pub trait PushProvider: Send + Sync + 'static {
 /// The provider configured, if any (no provider: no jobs are recorded).
 pub fn provider_from(config: &Config) -> Option<Arc<dyn PushProvider>> {
     let (url, secret) = config.push_webhook.clone()?;
-    Some(Arc::new(WebhookProvider::new(url, secret, config.push_timeout)))
+    Some(Arc::new(WebhookProvider::new(
+        url,
+        secret,
+        config.push_timeout,
+    )))
 }
 
 // ----- the webhook provider -----------------------------------------------------------
@@ -164,10 +168,14 @@ impl PushProvider for WebhookProvider {
                 );
                 Ok(())
             }
-            Err(ureq::Error::Status(status, _)) if status == 408 || status == 429 || status >= 500 => {
+            Err(ureq::Error::Status(status, _))
+                if status == 408 || status == 429 || status >= 500 =>
+            {
                 Err(PushError::Retryable(format!("HTTP {status}")))
             }
-            Err(ureq::Error::Status(status, _)) => Err(PushError::Permanent(format!("HTTP {status}"))),
+            Err(ureq::Error::Status(status, _)) => {
+                Err(PushError::Permanent(format!("HTTP {status}")))
+            }
             Err(ureq::Error::Transport(t)) => Err(PushError::Retryable(t.to_string())),
         }
     }
@@ -190,8 +198,12 @@ pub struct Outbox {
 
 impl Outbox {
     fn insert(&mut self, job: PushJob) {
-        self.open.insert((job.user_id, job.conversation_id), job.job_id);
-        self.by_user.entry(job.user_id).or_default().insert(job.job_id);
+        self.open
+            .insert((job.user_id, job.conversation_id), job.job_id);
+        self.by_user
+            .entry(job.user_id)
+            .or_default()
+            .insert(job.job_id);
         self.due.insert((job.due_ms, job.job_id));
         self.counts.entry(job.job_id).or_insert(1);
         self.jobs.insert(job.job_id, job);
@@ -242,7 +254,11 @@ pub fn note_offline(shard: &Rc<Shard>, user_id: u64, message: &StoredMessage) {
     }
     let now = now_ms();
     let Ok(job_id) = chat::next_message_id(shard, now) else {
-        tracing::warn!(shard = shard.id, user_id, "no id for a push job; none recorded");
+        tracing::warn!(
+            shard = shard.id,
+            user_id,
+            "no id for a push job; none recorded"
+        );
         return;
     };
     let job = PushJob {
@@ -477,7 +493,10 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(signature, format!("v1={expected}"));
-        assert_ne!(signature, webhook_signature(b"Jefe", 1, b"what do ya want for nothing?"));
+        assert_ne!(
+            signature,
+            webhook_signature(b"Jefe", 1, b"what do ya want for nothing?")
+        );
     }
 
     #[test]

@@ -102,14 +102,7 @@ pub fn run(mut conns: Vec<Connection>, first: usize, plan: Plan) -> (Totals, Vec
             alive[i] = false;
         }
     }
-    let interval = plan.interval.as_nanos();
-    let total = plan.total.max(1) as u128;
-    // Ping `k` of this thread: connection `k % n`, round `k / n`.
-    let due = |k: u64| {
-        let (round, i) = ((k / n) as u128, (first as u128) + (k % n) as u128);
-        let offset = round * interval + i * interval / total;
-        plan.epoch + Duration::from_nanos(offset.min(u64::MAX as u128) as u64)
-    };
+    let due = |k: u64| plan.epoch + offset(k, n, first, plan.total, plan.interval);
     let mut k = 0u64;
     let mut next = due(0);
     let mut ready = Vec::new();
@@ -167,4 +160,28 @@ pub fn run(mut conns: Vec<Connection>, first: usize, plan: Plan) -> (Totals, Vec
     }
     totals.held = alive.iter().filter(|a| **a).count();
     (totals, conns)
+}
+
+/// When ping `k` of a thread holding `n` connections, `first..first + n` of `total`, is
+/// due after the epoch: connection `k % n` in round `k / n`.
+fn offset(k: u64, n: u64, first: usize, total: usize, interval: Duration) -> Duration {
+    let interval = interval.as_nanos();
+    let (round, i) = ((k / n) as u128, first as u128 + (k % n) as u128);
+    let at = round * interval + i * interval / total.max(1) as u128;
+    Duration::from_nanos(at.min(u64::MAX as u128) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_are_spread_over_all_connections() {
+        let p = Duration::from_millis(1000);
+        // 4 connections over 2 threads: 0, 250, 500, 750 ms, then a period later.
+        let a: Vec<u128> = (0..4).map(|k| offset(k, 2, 0, 4, p).as_millis()).collect();
+        let b: Vec<u128> = (0..4).map(|k| offset(k, 2, 2, 4, p).as_millis()).collect();
+        assert_eq!(a, [0, 250, 1000, 1250]);
+        assert_eq!(b, [500, 750, 1500, 1750]);
+    }
 }

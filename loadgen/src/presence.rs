@@ -321,7 +321,7 @@ impl Schedule {
     }
 
     fn status(&self, k: u64) -> PresenceStatus {
-        if (k / self.targets) % 2 == 0 {
+        if (k / self.targets).is_multiple_of(2) {
             PresenceStatus::Away
         } else {
             PresenceStatus::Online
@@ -348,7 +348,7 @@ impl Schedule {
             .min(self.total.checked_sub(1)?);
         let target = target as u64;
         let mut round = last.checked_sub(target)? / self.targets;
-        if (round % 2 == 0) != even {
+        if round.is_multiple_of(2) != even {
             round = round.checked_sub(1)?;
         }
         Some(target + round * self.targets)
@@ -534,8 +534,14 @@ impl Observer {
         }
     }
 
-    /// A frame received by subscriber `sub` (of this thread).
+    /// A frame received by subscriber `sub` (of this thread) now.
     fn frame(&mut self, sub: usize, frame: Frame) {
+        let t = nanos_since(self.epoch, Instant::now());
+        self.frame_at(sub, frame, t);
+    }
+
+    /// A frame received by subscriber `sub` at `t` ns after the epoch.
+    fn frame_at(&mut self, sub: usize, frame: Frame, t: u64) {
         let update = match frame.body {
             Body::PresenceUpdate(update) if frame.request_id == 0 => update,
             Body::Error(e) => {
@@ -549,7 +555,6 @@ impl Observer {
             }
         };
         let schedule = self.schedule;
-        let t = nanos_since(self.epoch, Instant::now());
         if t >= schedule.measure_from_ns && t < schedule.end_ns {
             self.seen.frames += 1;
             self.seen.entries += update.entries.len() as u64;
@@ -632,4 +637,126 @@ fn observe(mut conns: Vec<Connection>, mut observer: Observer, stop_at: Instant)
     }
     observer.seen.held = alive.iter().filter(|a| **a).count();
     observer.seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::message::{PresenceEntry, PresenceUpdate};
+
+    const MS: u64 = 1_000_000;
+
+    /// 10 toggles/s over 3 targets, measured from 1 s to 3 s.
+    fn schedule() -> Schedule {
+        Schedule::new(10, 3, Duration::from_secs(1), Duration::from_secs(3))
+    }
+
+    #[test]
+    fn schedule_is_round_robin_and_alternates() {
+        let s = schedule();
+        assert_eq!(s.total, 30);
+        assert_eq!(s.at_ns(7), 700 * MS);
+        let plan: Vec<(usize, PresenceStatus)> =
+            (0..7).map(|k| (s.target(k), s.status(k))).collect();
+        use PresenceStatus::{Away, Online};
+        assert_eq!(
+            plan,
+            [
+                (0, Away),
+                (1, Away),
+                (2, Away),
+                (0, Online),
+                (1, Online),
+                (2, Online),
+                (0, Away)
+            ]
+        );
+        assert!(!s.measured(9) && s.measured(10) && s.measured(29));
+        // A rate that does not divide a second: due times round up, never early.
+        let odd = Schedule::new(3, 1, Duration::ZERO, Duration::from_secs(1));
+        assert_eq!(odd.at_ns(1), 333_333_334);
+        assert_eq!(odd.latest(0, PresenceStatus::Online, 333_333_333, 9), None);
+        assert_eq!(
+            odd.latest(0, PresenceStatus::Online, 333_333_334, 9),
+            Some(1)
+        );
+        assert_eq!(odd.total, 3);
+    }
+
+    #[test]
+    fn latest_matching_toggle() {
+        let s = schedule();
+        use PresenceStatus::{Away, Offline, Online};
+        // Target 1's toggles: 1 Away, 4 Online, 7 Away, 10 Online...
+        assert_eq!(s.latest(1, Away, 700 * MS, 100), Some(7));
+        assert_eq!(s.latest(1, Away, 700 * MS - 1, 100), Some(1));
+        assert_eq!(s.latest(1, Online, 700 * MS, 100), Some(4));
+        // Not sent yet: the earlier one.
+        assert_eq!(s.latest(1, Away, 700 * MS, 7), Some(1));
+        assert_eq!(s.latest(1, Away, 700 * MS, 0), None);
+        // Before any toggle of that target (or to that status).
+        assert_eq!(s.latest(2, Away, 100 * MS, 100), None);
+        assert_eq!(s.latest(0, Online, 200 * MS, 100), None);
+        assert_eq!(s.latest(0, Offline, 900 * MS, 100), None);
+        // After the end: the last scheduled toggle (29 is target 2, round 9: Online).
+        assert_eq!(s.latest(2, Online, 10_000 * MS, 100), Some(29));
+        assert_eq!(s.latest(2, Away, 10_000 * MS, 100), Some(26));
+    }
+
+    fn update(entries: &[(u64, PresenceStatus)]) -> Frame {
+        Frame {
+            request_id: 0,
+            body: Body::PresenceUpdate(PresenceUpdate {
+                entries: entries
+                    .iter()
+                    .map(|&(user_id, status)| PresenceEntry {
+                        user_id,
+                        last_seen_ms: 0,
+                        status,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn subscribers_are_credited_once_per_toggle() {
+        use PresenceStatus::{Away, Offline, Online};
+        let s = schedule();
+        let index = Arc::new(HashMap::from([(100, 0), (101, 1), (102, 2)]));
+        let sent = Arc::new(AtomicU64::new(30));
+        let mut o = Observer::new(2, s, index, Instant::now(), sent);
+        // Toggle 10 (target 1, round 3: Online) is due at 1 s.
+        assert_eq!((s.target(10), s.status(10)), (1, Online));
+        o.frame_at(0, update(&[(101, Online)]), 1_005 * MS);
+        o.frame_at(1, update(&[(101, Online)]), 1_020 * MS);
+        // The same state again, a stranger, Offline: not credited.
+        o.frame_at(
+            0,
+            update(&[(101, Online), (999, Away), (100, Offline)]),
+            1_030 * MS,
+        );
+        // Coalesced: toggles 12 (target 0 Away) and 15 (target 0 Online): only 15 shows.
+        assert_eq!((s.status(12), s.status(15)), (Away, Online));
+        o.frame_at(0, update(&[(100, Online)]), 1_600 * MS);
+        // Pushed frames count in the window only; answers (request id != 0) are "other".
+        o.frame_at(
+            0,
+            Frame {
+                request_id: 5,
+                body: Body::PresenceUpdate(PresenceUpdate::default()),
+            },
+            1_700 * MS,
+        );
+        let seen = o.seen;
+        assert_eq!((seen.frames, seen.entries), (4, 6));
+        assert_eq!((seen.repeated, seen.unmatched, seen.other), (1, 2, 1));
+        assert_eq!(seen.each.len(), 3);
+        assert_eq!(seen.first[10], 1_005 * MS);
+        assert_eq!(seen.first[12], u64::MAX);
+        assert_eq!(seen.first[15], 1_600 * MS);
+        // µs from the due time: 5 ms, 20 ms, 100 ms (15 is due at 1.5 s).
+        assert_eq!(seen.each.min(), 5_000);
+        assert!(seen.each.max() >= 100_000 && seen.each.max() < 100_100);
+    }
 }

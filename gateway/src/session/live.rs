@@ -448,7 +448,9 @@ impl Registry {
 
     /// Every user with a session here, with its sessions.
     pub fn users(&self) -> impl Iterator<Item = (u64, &Vec<Rc<SessionHandle>>)> {
-        self.by_user.iter().map(|(&user, sessions)| (user, sessions))
+        self.by_user
+            .iter()
+            .map(|(&user, sessions)| (user, sessions))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -947,10 +949,13 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
             glommio::spawn_local(async move {
                 let answer = crate::presence::query_or_subscribe(&shard, &session, user_ids, watch)
                     .await
-                    .map_or_else(|e| e.frame(request_id), |update| Frame {
-                        request_id,
-                        body: Body::PresenceUpdate(update),
-                    });
+                    .map_or_else(
+                        |e| e.frame(request_id),
+                        |update| Frame {
+                            request_id,
+                            body: Body::PresenceUpdate(update),
+                        },
+                    );
                 session.push_live(answer);
             })
             .detach();
