@@ -12,8 +12,14 @@ use crate::chat::{self, ApiError, ShardMsg};
 use crate::session::live;
 use crate::shard::Shard;
 
-/// Largest request body accepted.
-pub const HTTP_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest request body accepted: a `POST /v1/messages` with a body of the wire maximum,
+/// base64 in JSON (4/3 of it), fits with room for the other fields.
+pub const HTTP_BODY_BYTES_MAX: usize = 128 * 1024;
+const _: () =
+    assert!(wire::limits::MESSAGE_BODY_BYTES_MAX / 3 * 4 + 8 * 1024 <= HTTP_BODY_BYTES_MAX);
+
+/// A long poll waits this long when the request names no time.
+pub const LONG_POLL_DEFAULT_MS: u64 = 25_000;
 
 /// History page size when the request names none.
 pub const HISTORY_PAGE_DEFAULT: usize = 50;
@@ -106,10 +112,11 @@ pub async fn handle(shard: &Rc<Shard>, request: Request<'_>) -> Response {
         ("POST", "/v1/login") => login(shard, request.body).await,
         ("POST", "/v1/token/refresh") => refresh(shard, request.body).await,
         ("GET", path) if path.starts_with("/v1/conversations/") => history(shard, &request).await,
-        (_, "/v1/users" | "/v1/login" | "/v1/token/refresh") => Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            "method not allowed",
-        )),
+        ("POST", "/v1/messages") => send_message(shard, &request).await,
+        ("POST", "/v1/poll") => poll(shard, &request).await,
+        (_, "/v1/users" | "/v1/login" | "/v1/token/refresh" | "/v1/messages" | "/v1/poll") => Err(
+            ApiError::new(ErrorCode::InvalidArgument, "method not allowed"),
+        ),
         _ => Err(ApiError::new(ErrorCode::NotFound, "no such endpoint")),
     };
     result.unwrap_or_else(Response::from)
@@ -296,6 +303,85 @@ async fn history(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, A
     let page: HistoryPage =
         live::history_page(shard, user_id, conversation_id, before, after, limit).await?;
     Ok(Response::json(200, &page))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PollBody {
+    /// The cursor of the last answer received (none: start a new session).
+    #[serde(default)]
+    cursor: Option<String>,
+    /// How long to wait for something, at most 30 000 [default: 25 000].
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/messages`: the body is a wire `Send` in its JSON form; the answer its `Ack`.
+async fn send_message(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, ApiError> {
+    let claims = bearer(shard, request.authorization)?;
+    let send: wire::message::Send = parse(request.body)?;
+    let frame = wire::message::Frame {
+        request_id: 0,
+        body: wire::message::Body::Send(send),
+    };
+    wire::message::validate(&frame).map_err(|e| match e {
+        wire::WireError::Capacity(_) => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+        _ => ApiError::new(ErrorCode::InvalidArgument, e.to_string()),
+    })?;
+    let wire::message::Body::Send(send) = frame.body else {
+        return Err(ApiError::new(ErrorCode::Internal, "unreachable"));
+    };
+    let (user_id, device_id) = (claims.user_id, claims.device_id);
+    let ack = shard
+        .call(shard.user_home(user_id), |reply| ShardMsg::HttpSend {
+            user_id,
+            device_id,
+            send,
+            reply,
+        })
+        .await??;
+    Ok(Response::json(200, &ack))
+}
+
+/// `POST /v1/poll`: frames for this device after the cursor, waiting if there are none.
+async fn poll(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, ApiError> {
+    let claims = bearer(shard, request.authorization)?;
+    let body: PollBody = if request.body.is_empty() {
+        PollBody {
+            cursor: None,
+            timeout_ms: None,
+        }
+    } else {
+        parse(request.body)?
+    };
+    let wait = std::time::Duration::from_millis(body.timeout_ms.unwrap_or(LONG_POLL_DEFAULT_MS))
+        .min(crate::poll::LONG_POLL_MAX);
+    let (user_id, device_id, cursor) = (claims.user_id, claims.device_id, body.cursor);
+    let answer = shard
+        .call(shard.user_home(user_id), |reply| ShardMsg::Poll {
+            user_id,
+            device_id,
+            cursor,
+            wait,
+            reply,
+        })
+        .await??;
+    // Each frame exactly as the JSON subprotocol sends it.
+    let mut out = String::with_capacity(64 + answer.frames.len() * 256);
+    out.push_str("{\"cursor\":");
+    out.push_str(&serde_json::to_string(&answer.cursor).unwrap_or_default());
+    out.push_str(",\"frames\":[");
+    for (i, frame) in answer.frames.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&wire::json::to_json(frame));
+    }
+    out.push_str("]}");
+    Ok(Response {
+        status: 200,
+        body: out,
+    })
 }
 
 fn bearer(shard: &Shard, authorization: Option<&str>) -> Result<Claims, ApiError> {

@@ -257,6 +257,20 @@ pub enum ShardMsg {
         user_ids: Vec<u64>,
         states: Vec<ReceiptState>,
     },
+    // ----- the HTTP fallback, on the user's home -----
+    HttpSend {
+        user_id: u64,
+        device_id: u64,
+        send: message::Send,
+        reply: Reply<Result<message::Ack, ApiError>>,
+    },
+    Poll {
+        user_id: u64,
+        device_id: u64,
+        cursor: Option<String>,
+        wait: std::time::Duration,
+        reply: Reply<Result<crate::poll::PollAnswer, ApiError>>,
+    },
     // ----- presence and typing -----
     /// To a user home: the presence of those of `user_ids` that `viewer` may see; with
     /// `watch_from`, that shard now watches them (one subscription each).
@@ -563,6 +577,23 @@ async fn handle_async(shard: &Rc<Shard>, msg: ShardMsg) {
             user_id,
             active,
         } => presence::group_typing(shard, conversation_id, user_id, active).await,
+        ShardMsg::HttpSend {
+            user_id,
+            device_id,
+            send,
+            reply,
+        } => {
+            let _ = reply.send(crate::poll::send(shard, user_id, device_id, send).await);
+        }
+        ShardMsg::Poll {
+            user_id,
+            device_id,
+            cursor,
+            wait,
+            reply,
+        } => {
+            let _ = reply.send(crate::poll::poll(shard, user_id, device_id, cursor, wait).await);
+        }
         // Handled inline by `handle`.
         ShardMsg::DeviceExists { .. }
         | ShardMsg::UserName { .. }

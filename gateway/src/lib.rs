@@ -28,6 +28,7 @@ pub mod config;
 pub mod group;
 pub mod http;
 pub mod metrics;
+pub mod poll;
 pub mod presence;
 pub mod push;
 pub mod server;

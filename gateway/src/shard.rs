@@ -53,6 +53,8 @@ pub struct Shard {
     pub groups: RefCell<crate::group::GroupRuntime>,
     /// Presence subscriptions, coalescing and last-seen bookkeeping.
     pub presence: RefCell<crate::presence::PresenceRuntime>,
+    /// Devices using the HTTP fallback, with their socketless sessions.
+    pub http_devices: RefCell<crate::poll::HttpDevices>,
     /// Open push-notification jobs of the users whose home this is.
     pub outbox: RefCell<crate::push::Outbox>,
     /// Where push notifications go (none configured: no jobs).
@@ -87,6 +89,7 @@ impl Shard {
             id: parts.id,
             presence: RefCell::new(crate::presence::PresenceRuntime::default()),
             outbox: RefCell::new(crate::push::Outbox::default()),
+            http_devices: RefCell::new(crate::poll::HttpDevices::default()),
             push_provider,
             config: parts.config,
             metrics: parts.metrics,

@@ -230,7 +230,10 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
     .detach();
 }
 
-fn open_session(shard: &Rc<Shard>, claims: &Claims) -> Result<Rc<SessionHandle>, ApiError> {
+pub(crate) fn open_session(
+    shard: &Rc<Shard>,
+    claims: &Claims,
+) -> Result<Rc<SessionHandle>, ApiError> {
     let known = shard.state(|s| {
         s.users
             .get(&claims.user_id)
@@ -350,6 +353,35 @@ impl SessionHandle {
             }
             Room(self, false).await;
         }
+    }
+
+    /// Wait until a frame is queued or a close is requested.
+    pub async fn queued(&self) {
+        Notified(self).await
+    }
+
+    /// Take at most `n` queued frames, oldest first.
+    pub fn take_up_to(&self, n: usize) -> Vec<Frame> {
+        let frames: Vec<Frame> = {
+            let mut queue = self.queue.borrow_mut();
+            let n = n.min(queue.len());
+            queue.drain(..n).collect()
+        };
+        for waker in self.room.borrow_mut().drain(..) {
+            waker.wake();
+        }
+        frames
+    }
+
+    /// End a session that has no socket (an HTTP long-poll device): as if it closed.
+    pub fn end_without_socket(self: &Rc<Self>, shard: &Rc<Shard>) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.mark_closed();
+        shard.sessions.borrow_mut().remove(self);
+        crate::presence::session_ended(shard, self);
+        shard.counters().session_closed();
     }
 
     fn take_queued(&self) -> VecDeque<Frame> {
@@ -636,7 +668,7 @@ fn sync_chunks(messages: Vec<StoredMessage>) -> Vec<Vec<StoredMessage>> {
 
 /// Catch-up: every conversation of the user from this device's cursor, then a final
 /// batch with the peers' receipt states and `has_more = false`.
-async fn catch_up(shard: Rc<Shard>, session: Rc<SessionHandle>) {
+pub(crate) async fn catch_up(shard: Rc<Shard>, session: Rc<SessionHandle>) {
     let conversations: Vec<(u64, u64)> = shard.state(|s| {
         s.users.get(&session.user_id).map_or_else(Vec::new, |u| {
             u.conversations
@@ -701,7 +733,7 @@ fn peer_receipts(shard: &Shard, user_id: u64) -> Vec<ReceiptUpdate> {
 // ----- the session loop ---------------------------------------------------------------
 
 /// A token bucket over inbound frames.
-struct RateLimit {
+pub(crate) struct RateLimit {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -710,7 +742,18 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn allow(&mut self, now: Instant) -> bool {
+    /// A full bucket with the configured rate and burst.
+    pub(crate) fn new(config: &crate::config::Config) -> RateLimit {
+        RateLimit {
+            tokens: config.rate_limit_burst as f64,
+            rate: config.rate_limit_per_sec as f64,
+            burst: config.rate_limit_burst as f64,
+            last: Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -724,7 +767,7 @@ impl RateLimit {
         }
     }
 
-    fn retry_after_ms(&self) -> u32 {
+    pub(crate) fn retry_after_ms(&self) -> u32 {
         (((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u32
     }
 }
@@ -752,13 +795,7 @@ async fn serve(
         }),
     });
     glommio::spawn_local(catch_up(shard.clone(), session.clone())).detach();
-    let mut rate = RateLimit {
-        tokens: config.rate_limit_burst as f64,
-        rate: config.rate_limit_per_sec as f64,
-        burst: config.rate_limit_burst as f64,
-        last: Instant::now(),
-        strikes: 0,
-    };
+    let mut rate = RateLimit::new(config);
     let mut deadline = Instant::now() + config.idle_timeout;
     let mut stop = Some(shard.shutdown.wait());
     loop {
@@ -993,30 +1030,8 @@ async fn request(
 ) -> Result<Body, ApiError> {
     match body {
         Body::Send(send) => {
-            let conversation_id = send.conversation_id;
-            if send.kind == MessageKind::System {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidArgument,
-                    "system messages are written by the server only",
-                ));
-            }
-            if shard.state(|s| s.membership(session.user_id, conversation_id).is_none()) {
-                return Err(ApiError::forbidden());
-            }
-            let append = AppendMsg {
-                conversation_id,
-                sender_user_id: session.user_id,
-                sender_device_id: session.device_id,
-                key: send.idempotency_key.0,
-                kind: send.kind,
-                body: send.body,
-                media: send.media,
-                reply_to_seq: send.reply_to_seq,
-            };
-            let owner = shard.conversation_owner(conversation_id);
-            let ack = shard
-                .call(owner, |reply| ShardMsg::Append { append, reply })
-                .await??;
+            let ack = send_message(shard, session.user_id, session.device_id, send).await?;
+            let conversation_id = ack.conversation_id;
             let floor = shard
                 .state(|s| s.delivered_floor(session.user_id, session.device_id, conversation_id));
             session.own_message_acked(conversation_id, ack.seq, floor);
@@ -1124,6 +1139,40 @@ async fn request(
     }
 }
 
+/// Send a message as `user_id`'s device `device_id` (on the user's home shard): refuse
+/// system kinds and non-members, then append at the conversation's owner.
+pub async fn send_message(
+    shard: &Rc<Shard>,
+    user_id: u64,
+    device_id: u64,
+    send: wire::message::Send,
+) -> Result<wire::message::Ack, ApiError> {
+    let conversation_id = send.conversation_id;
+    if send.kind == MessageKind::System {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "system messages are written by the server only",
+        ));
+    }
+    if shard.state(|s| s.membership(user_id, conversation_id).is_none()) {
+        return Err(ApiError::forbidden());
+    }
+    let append = AppendMsg {
+        conversation_id,
+        sender_user_id: user_id,
+        sender_device_id: device_id,
+        key: send.idempotency_key.0,
+        kind: send.kind,
+        body: send.body,
+        media: send.media,
+        reply_to_seq: send.reply_to_seq,
+    };
+    let owner = shard.conversation_owner(conversation_id);
+    shard
+        .call(owner, |reply| ShardMsg::Append { append, reply })
+        .await?
+}
+
 /// A group's info and receipts, from its owner (which checks membership).
 async fn group_info(
     shard: &Rc<Shard>,
@@ -1186,7 +1235,7 @@ pub async fn history_page(
     })
 }
 
-fn on_receipt(
+pub(crate) fn on_receipt(
     shard: &Rc<Shard>,
     session: &Rc<SessionHandle>,
     conversation_id: u64,

@@ -195,6 +195,75 @@ pub fn history(
     response.error_for_status()?.json()
 }
 
+/// `POST /v1/messages`: send over the HTTP fallback (same idempotency as a socket send:
+/// a retry with the same key answers the original ack, status `Duplicate`).
+pub fn send(
+    addr: impl ToSocketAddrs,
+    access_token: &str,
+    send: &crate::message::Send,
+) -> Result<crate::message::Ack, ClientError> {
+    let body = serde_json::to_vec(send)
+        .map_err(|e| ClientError::Protocol(format!("encoding the send: {e}")))?;
+    let auth = format!("Bearer {access_token}");
+    let response = request(
+        addr,
+        "POST",
+        "/v1/messages",
+        &[("Authorization", &auth)],
+        Some(&body),
+    )?;
+    response.error_for_status()?.json()
+}
+
+/// One long-poll answer: frames exactly as the JSON subprotocol sends them, and the
+/// cursor to send with the next poll (which acknowledges these frames).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollAnswer {
+    pub cursor: String,
+    pub frames: Vec<crate::message::Frame>,
+}
+
+#[derive(Deserialize)]
+struct RawPoll {
+    cursor: String,
+    frames: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/poll`: what arrived for this device after `cursor` (none: a new session,
+/// starting with a catch-up), waiting up to `timeout_ms` (the server caps it at 30 s).
+pub fn poll(
+    addr: impl ToSocketAddrs,
+    access_token: &str,
+    cursor: Option<&str>,
+    timeout_ms: u64,
+) -> Result<PollAnswer, ClientError> {
+    let mut body = serde_json::json!({ "timeout_ms": timeout_ms });
+    if let (Some(cursor), Some(fields)) = (cursor, body.as_object_mut()) {
+        fields.insert("cursor".into(), cursor.into());
+    }
+    let body = body.to_string();
+    let auth = format!("Bearer {access_token}");
+    let response = request_with_timeout(
+        addr,
+        "POST",
+        "/v1/poll",
+        &[("Authorization", &auth)],
+        Some(body.as_bytes()),
+        Duration::from_millis(timeout_ms.min(30_000)) + DEFAULT_TIMEOUT,
+    )?;
+    let raw: RawPoll = response.error_for_status()?.json()?;
+    let frames = raw
+        .frames
+        .iter()
+        .map(|value| crate::json::from_json(&value.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Protocol(format!("bad frame in a poll answer: {e}")))?;
+    Ok(PollAnswer {
+        cursor: raw.cursor,
+        frames,
+    })
+}
+
 /// Send one request and return the response, whatever its status. `body`, if any, goes
 /// with `Content-Length` (and `Content-Type: application/json` unless `headers` sets
 /// one). `Host`, `Connection: close` and `Content-Length` are added; `headers` may
