@@ -75,6 +75,12 @@ fn take_token(shard: &Rc<Shard>, user_id: u64, device_id: u64) -> Result<(), Api
         return Ok(()); // no session yet: the first poll opens one
     };
     device.last_request = Instant::now();
+    // A request is the HTTP device's heartbeat (presence's last seen).
+    device
+        .session
+        .presence
+        .last_active_ms
+        .set(crate::chat::now_ms());
     if device.rate.allow(Instant::now()) {
         Ok(())
     } else {

@@ -19,8 +19,9 @@
 //! folded never show. Each subscriber is credited once per toggle, with its first
 //! matching entry: `toggle->each subscriber` latency; the earliest over all subscribers
 //! gives `toggle->first subscriber` and "observed by at least one subscriber". Entries for
-//! other users or statuses (Offline), or before any matching toggle, are "unmatched";
-//! entries for a toggle already credited are "repeated".
+//! other users, for Offline, or for a status no toggle has set yet (e.g. the targets'
+//! Online, published once after the subscriptions) are "unmatched"; entries for a toggle
+//! already credited are "repeated".
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
