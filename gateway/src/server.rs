@@ -40,8 +40,13 @@ pub const LAYOUT_FILE: &str = "layout";
 /// shard gets 1 MiB (sockets do not use these buffers; they serve DMA file I/O).
 pub const IO_MEMORY_BYTES: usize = 1 << 20;
 
-/// Submission queue depth per ring (glommio's default).
-pub const RING_DEPTH: usize = 128;
+/// Submission queue depth per ring. Not glommio's default (128): the kernel sizes a
+/// ring's cancel hash from its completion queue (2^(log2(cq entries) - 5) buckets, at most
+/// 256), and every cancel glommio issues (a dropped read, a re-armed timer) walks a bucket
+/// of the armed socket polls. At 128 there are 8 buckets, so with 5,000 idle connections
+/// per shard each cancel walked ~600 entries: 35% of the server's CPU in a heartbeat
+/// benchmark went to `io_poll_find`. 4096 gives the full 256 buckets (bench/RESULTS.md).
+pub const RING_DEPTH: usize = 4096;
 
 /// Where the server listens, once every shard does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
