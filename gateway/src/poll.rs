@@ -37,10 +37,18 @@ pub const LONG_POLL_MAX: Duration = Duration::from_secs(30);
 /// Frames one poll answer carries at most (the rest wait for the next poll).
 pub const POLL_FRAMES_MAX: usize = 256;
 
+/// The shortest wait of a session's expiry check.
+const EXPIRE_CHECK_MIN: Duration = Duration::from_millis(10);
+
+/// Rate-limit buckets of HTTP devices kept before idle ones are dropped.
+pub const HTTP_RATE_BUCKETS_PRUNE_AT: usize = 65_536;
+
+/// A bucket untouched this long is full again and can be dropped.
+const HTTP_RATE_BUCKET_IDLE: Duration = Duration::from_secs(60);
+
 /// One HTTP device on its home shard.
 pub struct HttpDevice {
     session: Rc<SessionHandle>,
-    rate: RateLimit,
     /// The number of the newest answer.
     answer: u64,
     /// Its frames, until the next poll acknowledges them.
@@ -49,8 +57,13 @@ pub struct HttpDevice {
     polling: bool,
 }
 
-/// HTTP devices by (user, device).
-pub type HttpDevices = HashMap<(u64, u64), HttpDevice>;
+/// HTTP devices by (user, device), and their rate-limit buckets (kept apart: a device
+/// that only sends has no session, and a new session must not refill the bucket).
+#[derive(Default)]
+pub struct HttpDevices {
+    sessions: HashMap<(u64, u64), HttpDevice>,
+    rates: HashMap<(u64, u64), RateLimit>,
+}
 
 /// What a poll answers.
 #[derive(Debug)]
@@ -68,26 +81,34 @@ fn parse_cursor(cursor: &str) -> Result<(u64, u64), ApiError> {
     ))
 }
 
-/// Take one token of the device's rate limit (creating its entry on first use).
+/// Take one token of the device's rate limit (a request is also its heartbeat).
 fn take_token(shard: &Rc<Shard>, user_id: u64, device_id: u64) -> Result<(), ApiError> {
+    let now = Instant::now();
     let mut devices = shard.http_devices.borrow_mut();
-    let Some(device) = devices.get_mut(&(user_id, device_id)) else {
-        return Ok(()); // no session yet: the first poll opens one
-    };
-    device.last_request = Instant::now();
-    // A request is the HTTP device's heartbeat (presence's last seen).
-    device
-        .session
-        .presence
-        .last_active_ms
-        .set(crate::chat::now_ms());
-    if device.rate.allow(Instant::now()) {
+    if let Some(device) = devices.sessions.get_mut(&(user_id, device_id)) {
+        device.last_request = now;
+        device
+            .session
+            .presence
+            .last_active_ms
+            .set(crate::chat::now_ms());
+    }
+    if devices.rates.len() >= HTTP_RATE_BUCKETS_PRUNE_AT {
+        devices
+            .rates
+            .retain(|_, rate| rate.idle_for(now) < HTTP_RATE_BUCKET_IDLE);
+    }
+    let rate = devices
+        .rates
+        .entry((user_id, device_id))
+        .or_insert_with(|| RateLimit::new(&shard.config));
+    if rate.allow(now) {
         Ok(())
     } else {
         shard.counters().rate_limited();
         Err(ApiError::new(
             ErrorCode::RateLimited,
-            format!("slow down; retry after {} ms", device.rate.retry_after_ms()),
+            format!("slow down; retry after {} ms", rate.retry_after_ms()),
         ))
     }
 }
@@ -104,6 +125,7 @@ pub async fn send(
     let session = shard
         .http_devices
         .borrow()
+        .sessions
         .get(&(user_id, device_id))
         .map(|d| d.session.clone());
     if let Some(session) = session {
@@ -127,7 +149,7 @@ pub async fn poll(
     // Resume the session the cursor names, or start a new one.
     let resumed = {
         let mut devices = shard.http_devices.borrow_mut();
-        match (devices.get_mut(&key), cursor) {
+        match (devices.sessions.get_mut(&key), cursor) {
             (Some(device), _) if device.polling => {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
@@ -139,7 +161,7 @@ pub async fn poll(
             {
                 if answer == device.answer {
                     Some(std::mem::take(&mut device.unacked))
-                } else if answer + 1 == device.answer {
+                } else if device.answer.checked_sub(1) == Some(answer) {
                     None // the last answer was lost: it goes again
                 } else {
                     return Err(ApiError::new(
@@ -166,6 +188,7 @@ pub async fn poll(
     {
         let mut devices = shard.http_devices.borrow_mut();
         let device = devices
+            .sessions
             .get_mut(&key)
             .ok_or_else(|| ApiError::unavailable("session ended"))?;
         if !device.unacked.is_empty() {
@@ -182,6 +205,7 @@ pub async fn poll(
     let frames = session.take_up_to(POLL_FRAMES_MAX);
     let mut devices = shard.http_devices.borrow_mut();
     let device = devices
+        .sessions
         .get_mut(&key)
         .ok_or_else(|| ApiError::unavailable("session ended"))?;
     device.polling = false;
@@ -203,6 +227,7 @@ fn device_session(shard: &Shard, key: (u64, u64)) -> Result<Rc<SessionHandle>, A
     shard
         .http_devices
         .borrow()
+        .sessions
         .get(&key)
         .map(|d| d.session.clone())
         .ok_or_else(|| ApiError::unavailable("session ended"))
@@ -211,11 +236,12 @@ fn device_session(shard: &Shard, key: (u64, u64)) -> Result<Rc<SessionHandle>, A
 /// A new socketless session for the device (ending an old one), catching up from the
 /// device's durable cursors.
 fn start(shard: &Rc<Shard>, user_id: u64, device_id: u64) -> Result<Rc<SessionHandle>, ApiError> {
-    if let Some(old) = shard
+    let old = shard
         .http_devices
         .borrow_mut()
-        .remove(&(user_id, device_id))
-    {
+        .sessions
+        .remove(&(user_id, device_id));
+    if let Some(old) = old {
         old.session.end_without_socket(shard);
     }
     let claims = Claims {
@@ -226,13 +252,10 @@ fn start(shard: &Rc<Shard>, user_id: u64, device_id: u64) -> Result<Rc<SessionHa
     };
     let session = live::open_session(shard, &claims)?;
     shard.counters().session_opened();
-    let mut rate = RateLimit::new(&shard.config);
-    rate.allow(Instant::now()); // this poll
-    shard.http_devices.borrow_mut().insert(
+    shard.http_devices.borrow_mut().sessions.insert(
         (user_id, device_id),
         HttpDevice {
             session: session.clone(),
-            rate,
             answer: 0,
             unacked: Vec::new(),
             last_request: Instant::now(),
@@ -255,12 +278,18 @@ async fn expire(shard: Rc<Shard>, key: (u64, u64), session_id: u64) {
     loop {
         let (idle_since, polling) = {
             let devices = shard.http_devices.borrow();
-            match devices.get(&key) {
+            match devices.sessions.get(&key) {
                 Some(d) if d.session.session_id == session_id => (d.last_request, d.polling),
                 _ => return, // replaced or gone
             }
         };
-        let deadline = idle_since + shard.config.idle_timeout;
+        // While a poll waits, the device is not idle: look again a full timeout later
+        // (never a deadline already past, which would not yield).
+        let deadline = if polling {
+            Instant::now() + shard.config.idle_timeout
+        } else {
+            (idle_since + shard.config.idle_timeout).max(Instant::now() + EXPIRE_CHECK_MIN)
+        };
         let never = futures_lite::future::pending::<()>();
         let shutting_down = matches!(
             race(never, deadline, Some(&mut stop)).await,
@@ -268,7 +297,7 @@ async fn expire(shard: Rc<Shard>, key: (u64, u64), session_id: u64) {
         );
         let ended = {
             let devices = shard.http_devices.borrow();
-            devices.get(&key).is_some_and(|d| {
+            devices.sessions.get(&key).is_some_and(|d| {
                 d.session.session_id == session_id
                     && (shutting_down
                         || (!polling
@@ -277,7 +306,8 @@ async fn expire(shard: Rc<Shard>, key: (u64, u64), session_id: u64) {
             })
         };
         if ended {
-            if let Some(device) = shard.http_devices.borrow_mut().remove(&key) {
+            let device = shard.http_devices.borrow_mut().sessions.remove(&key);
+            if let Some(device) = device {
                 device.session.end_without_socket(&shard);
             }
             return;

@@ -71,6 +71,8 @@ pub struct SessionPresence {
     pub last_active_ms: Cell<u64>,
     /// Users this connection subscribed to.
     pub subscriptions: RefCell<HashSet<u64>>,
+    /// Users a subscribe of this connection is asking the homes about right now.
+    pending: RefCell<HashSet<u64>>,
     /// Conversations this device is typing in, with when the state expires.
     pub typing: RefCell<HashMap<u64, Instant>>,
     typing_tokens: Cell<f64>,
@@ -83,6 +85,7 @@ impl Default for SessionPresence {
             status: Cell::new(PresenceStatus::Online),
             last_active_ms: Cell::new(now_ms()),
             subscriptions: RefCell::new(HashSet::new()),
+            pending: RefCell::new(HashSet::new()),
             typing: RefCell::new(HashMap::new()),
             typing_tokens: Cell::new(TYPING_STARTS_PER_SEC * 2.0),
             typing_refilled: Cell::new(Instant::now()),
@@ -116,6 +119,10 @@ pub struct PresenceRuntime {
     published: HashMap<u64, PresenceStatus>,
     /// Home side: users whose status may have changed since the last flush.
     dirty: BTreeSet<u64>,
+    /// Home side: dirty users a new watcher was told about before the flush: sent at the
+    /// flush even if unchanged since the last publication (the watcher's view may be
+    /// newer than it).
+    forced: HashSet<u64>,
     flush_scheduled: bool,
     /// Home side: per user, the shards watching it and their subscription counts.
     watchers: HashMap<u64, HashMap<usize, u32>>,
@@ -198,7 +205,8 @@ async fn flush_changes(shard: &Rc<Shard>) {
             .get(&user_id)
             .copied()
             .unwrap_or(PresenceStatus::Offline);
-        if before == entry.status {
+        let forced = runtime.forced.remove(&user_id);
+        if before == entry.status && !forced {
             continue;
         }
         if entry.status == PresenceStatus::Offline {
@@ -287,6 +295,9 @@ pub fn query(
     if let Some(from) = watch_from {
         let mut runtime = shard.presence.borrow_mut();
         for &user_id in &visible {
+            if runtime.dirty.contains(&user_id) {
+                runtime.forced.insert(user_id);
+            }
             *runtime
                 .watchers
                 .entry(user_id)
@@ -435,9 +446,13 @@ pub async fn query_or_subscribe(
     wanted.sort_unstable();
     wanted.dedup();
     if watch {
+        // Subscribes run as tasks of their own, so two may be in flight: ids one of them
+        // is asking about count as taken (no double watch, and the cap holds).
         let subscribed = session.presence.subscriptions.borrow();
-        wanted.retain(|u| !subscribed.contains(u));
-        if subscribed.len() + wanted.len() > PRESENCE_SUBSCRIPTIONS_PER_SESSION_MAX {
+        let mut pending = session.presence.pending.borrow_mut();
+        wanted.retain(|u| !subscribed.contains(u) && !pending.contains(u));
+        if subscribed.len() + pending.len() + wanted.len() > PRESENCE_SUBSCRIPTIONS_PER_SESSION_MAX
+        {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
                 format!(
@@ -446,7 +461,25 @@ pub async fn query_or_subscribe(
                 ),
             ));
         }
+        pending.extend(wanted.iter().copied());
     }
+    let asked = wanted.clone();
+    let answer = ask_homes(shard, session, wanted, watch).await;
+    if watch {
+        let mut pending = session.presence.pending.borrow_mut();
+        for user_id in asked {
+            pending.remove(&user_id);
+        }
+    }
+    answer
+}
+
+async fn ask_homes(
+    shard: &Rc<Shard>,
+    session: &Rc<SessionHandle>,
+    wanted: Vec<u64>,
+    watch: bool,
+) -> Result<PresenceUpdate, ApiError> {
     let conversations = conversations_of(shard, session.user_id);
     let mut by_home: HashMap<usize, Vec<u64>> = HashMap::new();
     for user_id in wanted {

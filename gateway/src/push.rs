@@ -225,6 +225,17 @@ impl Outbox {
         Some(job)
     }
 
+    /// A failed job waits for its next attempt; it keeps its place otherwise (a newer job
+    /// of the same conversation, made while this one was in flight, stays the open one).
+    fn reschedule(&mut self, job_id: u64, attempts: u32, due_ms: u64) {
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            self.due.remove(&(job.due_ms, job_id));
+            job.attempts = attempts;
+            job.due_ms = due_ms;
+            self.due.insert((due_ms, job_id));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.jobs.len()
     }
@@ -408,15 +419,10 @@ async fn fire(shard: &Rc<Shard>, job_id: u64) {
             let backoff = backoff_ms(&shard.config, attempts, random_unit());
             let next_attempt_ms = now_ms().saturating_add(backoff);
             tracing::info!(shard = shard.id, job_id, attempts, backoff, %reason, "push failed; will retry");
-            {
-                let mut outbox = shard.outbox.borrow_mut();
-                if let Some(mut job) = outbox.remove(job_id) {
-                    job.attempts = attempts;
-                    job.due_ms = next_attempt_ms;
-                    outbox.insert(job);
-                    outbox.counts.insert(job_id, messages);
-                }
-            }
+            shard
+                .outbox
+                .borrow_mut()
+                .reschedule(job_id, attempts, next_attempt_ms);
             persist_later(
                 shard,
                 MetaEvent::PushAttempt {
@@ -517,6 +523,9 @@ mod tests {
         outbox.insert(job(3, 6, 100));
         assert_eq!(outbox.open.get(&(5, 100)), Some(&1));
         assert_eq!(outbox.by_user[&5].len(), 2);
+        outbox.reschedule(1, 2, 5);
+        assert_eq!(outbox.due.iter().next(), Some(&(5, 1)), "due sooner now");
+        assert_eq!(outbox.jobs[&1].attempts, 2);
         assert_eq!(outbox.remove(1).map(|j| j.job_id), Some(1));
         assert!(!outbox.open.contains_key(&(5, 100)));
         assert_eq!(outbox.due.len(), 2);

@@ -767,6 +767,11 @@ impl RateLimit {
         }
     }
 
+    /// How long since the bucket was last used.
+    pub(crate) fn idle_for(&self, now: Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.last)
+    }
+
     pub(crate) fn retry_after_ms(&self) -> u32 {
         (((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u32
     }
