@@ -207,3 +207,35 @@ fn an_http_only_client_chats_with_a_websocket_client() {
         ]
     );
 }
+
+#[test]
+fn a_long_poll_longer_than_the_idle_timeout_keeps_the_server_serving() {
+    // The poll outlives the idle timeout: the session must stay, and its home shard must
+    // keep serving meanwhile (its expiry check once spun on a past deadline).
+    let mut args = FAST.to_vec();
+    args.extend_from_slice(&["--idle-timeout-ms", "1000"]);
+    let server = Server::start(&args);
+    let (_, a) = user(&server, "la");
+    let first = http::poll(server.http, &a.access_token, None, 0).unwrap();
+    let token = a.access_token.clone();
+    let addr = server.http;
+    let cursor = first.cursor.clone();
+    let waiting = std::thread::spawn(move || http::poll(addr, &token, Some(&cursor), 3_000));
+    std::thread::sleep(Duration::from_millis(200));
+    // The home shard answers a second poll of the device at once: 409, one is waiting.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        let (status, code) = api_code(http::poll(server.http, &a.access_token, None, 0));
+        assert_eq!((status, code.as_str()), (409, "conflict"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let answer = waiting.join().unwrap().unwrap();
+    assert_ne!(answer.cursor, first.cursor);
+    // The same session goes on: its cursor is accepted.
+    let next = http::poll(server.http, &a.access_token, Some(&answer.cursor), 0).unwrap();
+    assert_eq!(
+        next.cursor.split('.').next(),
+        answer.cursor.split('.').next(),
+        "same session"
+    );
+}
