@@ -476,15 +476,6 @@ fn python_websockets_client_interoperates() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("interop ok"));
 }
 
-/// Sum a per-shard counter from `/metrics`.
-fn metric_sum(server: &Server, name: &str) -> u64 {
-    let text = common::http_get(server.http, "/metrics");
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[test]
 fn sessions_move_to_their_users_home_shard() {
     let server = Server::start(FAST);
@@ -495,11 +486,11 @@ fn sessions_move_to_their_users_home_shard() {
     for login in users.iter().chain(users.iter()) {
         conns.push(online(&server, Transport::Tcp, login).0);
     }
-    let handed = metric_sum(&server, "confab_handoffs_total");
-    let adopted = metric_sum(&server, "confab_adopted_total");
+    let handed = common::metric_sum(&server, "confab_handoffs_total");
+    let adopted = common::metric_sum(&server, "confab_adopted_total");
     assert!(handed > 0, "no connection was handed off");
     assert_eq!(handed, adopted, "every hand-off was adopted");
-    assert_eq!(metric_sum(&server, "confab_sessions"), 20);
+    assert_eq!(common::metric_sum(&server, "confab_sessions"), 20);
     // Handed-off sessions work like any other: each device can ping.
     for conn in &mut conns {
         conn.ping().unwrap();

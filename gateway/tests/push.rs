@@ -190,15 +190,6 @@ fn server(receiver: &Receiver, dir: Option<std::path::PathBuf>, extra: &[&str]) 
     }
 }
 
-/// The sum over shards of a metric in `/metrics`.
-fn metric(server: &Server, name: &str) -> u64 {
-    let text = common::http_get(server.http, "/metrics");
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[test]
 fn offline_recipient_gets_one_signed_webhook_per_burst_retried_after_failures() {
     let receiver = Receiver::start();
@@ -250,9 +241,18 @@ fn offline_recipient_gets_one_signed_webhook_per_burst_retried_after_failures() 
         assert_eq!(call.json()["attempt"], i + 1);
         assert_eq!(call.json()["conversation_id"], c_to_b.to_string());
     }
-    assert_eq!(metric(&server, "confab_push_delivered_total"), 2);
-    assert_eq!(metric(&server, "confab_push_failed_attempts_total"), 2);
-    assert_eq!(metric(&server, "confab_push_dead_lettered_total"), 0);
+    assert_eq!(
+        common::metric_sum(&server, "confab_push_delivered_total"),
+        2
+    );
+    assert_eq!(
+        common::metric_sum(&server, "confab_push_failed_attempts_total"),
+        2
+    );
+    assert_eq!(
+        common::metric_sum(&server, "confab_push_dead_lettered_total"),
+        0
+    );
 }
 
 #[test]
@@ -275,7 +275,10 @@ fn no_push_when_the_recipient_comes_online_first_and_dead_letter_after_the_last_
     assert_eq!(missed.len(), 1);
     std::thread::sleep(Duration::from_millis(2500));
     assert!(receiver.calls().is_empty(), "{:?}", receiver.calls());
-    assert_eq!(metric(&server, "confab_push_cancelled_total"), 1);
+    assert_eq!(
+        common::metric_sum(&server, "confab_push_cancelled_total"),
+        1
+    );
     drop(cb);
 
     // Offline again, and the receiver is down for good: three tries, then dead-lettered.
@@ -285,7 +288,7 @@ fn no_push_when_the_recipient_comes_online_first_and_dead_letter_after_the_last_
     let calls = receiver.expect_calls(3, Duration::from_millis(1500));
     assert!(calls.iter().all(|c| c.status == 500 && c.signed()));
     let deadline = Instant::now() + WAIT;
-    while metric(&server, "confab_push_dead_lettered_total") != 1 {
+    while common::metric_sum(&server, "confab_push_dead_lettered_total") != 1 {
         assert!(Instant::now() < deadline, "not dead-lettered");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -303,7 +306,7 @@ fn jobs_pending_at_sigkill_fire_after_restart() {
         .unwrap();
     // The job is durable once the shard has folded it.
     let deadline = Instant::now() + WAIT;
-    while metric(&server, "confab_push_jobs_pending") != 1 {
+    while common::metric_sum(&server, "confab_push_jobs_pending") != 1 {
         assert!(Instant::now() < deadline, "job never recorded");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -321,7 +324,7 @@ fn jobs_pending_at_sigkill_fire_after_restart() {
     assert_eq!(calls[0].json()["user_id"], b.user_id.to_string());
     assert_eq!(calls[0].json()["conversation_id"], to_b.to_string());
     let deadline = Instant::now() + WAIT;
-    while metric(&server, "confab_push_jobs_pending") != 0 {
+    while common::metric_sum(&server, "confab_push_jobs_pending") != 0 {
         assert!(Instant::now() < deadline, "job not ended after delivery");
         std::thread::sleep(Duration::from_millis(20));
     }

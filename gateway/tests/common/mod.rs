@@ -180,6 +180,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     )
 }
 
+/// Sum a per-shard counter or gauge from `/metrics`.
+pub fn metric_sum(server: &Server, name: &str) -> u64 {
+    let text = http_get(server.http, "/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// What a WebSocket client saw next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Seen {
