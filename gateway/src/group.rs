@@ -188,19 +188,10 @@ fn current_info(shard: &Shard, conversation_id: u64) -> Result<GroupInfo, ApiErr
         .ok_or_else(not_found)
 }
 
-/// Users grouped by their home shard (one mesh message per shard instead of per user).
-fn by_home(shard: &Shard, users: impl IntoIterator<Item = u64>) -> BTreeMap<usize, Vec<u64>> {
-    let mut homes: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    for user in users {
-        homes.entry(shard.user_home(user)).or_default().push(user);
-    }
-    homes
-}
-
 /// Users among `user_ids` that are not registered (asks their home shards, one call per
 /// shard).
 async fn unknown_users(shard: &Rc<Shard>, user_ids: &[u64]) -> Result<Vec<u64>, ApiError> {
-    let by_home = by_home(shard, user_ids.iter().copied());
+    let by_home = shard.users_by_home(user_ids.iter().copied());
     let mut unknown = Vec::new();
     for (home, users) in by_home {
         let missing = shard
@@ -271,7 +262,7 @@ async fn tell_homes(
     users: &[u64],
     joined_seq: Option<u64>,
 ) -> Result<(), ApiError> {
-    let by_home = by_home(shard, users.iter().copied());
+    let by_home = shard.users_by_home(users.iter().copied());
     for (home, user_ids) in by_home {
         shard
             .call(home, |reply| match joined_seq {
@@ -604,7 +595,7 @@ fn fan_out(shard: &Rc<Shard>, message: StoredMessage, sender_device: u64, extra:
     });
     let on_read = members.len() > shard.config.group_fanout_write_max && extra.is_empty();
     members.extend(extra);
-    let by_home = by_home(shard, members);
+    let by_home = shard.users_by_home(members);
     let shard = shard.clone();
     glommio::spawn_local(async move {
         for (home, users) in by_home {
@@ -868,7 +859,7 @@ async fn flush_receipts(shard: &Rc<Shard>) {
                 .collect(),
         };
         chat::persist_later(shard, event);
-        let by_home = by_home(shard, targets);
+        let by_home = shard.users_by_home(targets);
         for (home, user_ids) in by_home {
             let msg = ShardMsg::GroupReceipts {
                 conversation_id,

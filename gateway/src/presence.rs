@@ -481,13 +481,7 @@ async fn ask_homes(
     watch: bool,
 ) -> Result<PresenceUpdate, ApiError> {
     let conversations = conversations_of(shard, session.user_id);
-    let mut by_home: HashMap<usize, Vec<u64>> = HashMap::new();
-    for user_id in wanted {
-        by_home
-            .entry(shard.user_home(user_id))
-            .or_default()
-            .push(user_id);
-    }
+    let by_home = shard.users_by_home(wanted);
     let watch_from = watch.then_some(shard.id);
     let mut entries = Vec::new();
     for (home, user_ids) in by_home {
@@ -561,23 +555,18 @@ fn drop_local(shard: &Rc<Shard>, session: &SessionHandle, user_ids: Vec<u64>) {
     if user_ids.is_empty() {
         return;
     }
-    let mut by_home: HashMap<usize, Vec<u64>> = HashMap::new();
     {
         let mut runtime = shard.presence.borrow_mut();
-        for user_id in user_ids {
-            if let Some(list) = runtime.local.get_mut(&user_id) {
+        for user_id in &user_ids {
+            if let Some(list) = runtime.local.get_mut(user_id) {
                 list.retain(|s| s.session_id != session.session_id);
                 if list.is_empty() {
-                    runtime.local.remove(&user_id);
+                    runtime.local.remove(user_id);
                 }
             }
-            by_home
-                .entry(shard.user_home(user_id))
-                .or_default()
-                .push(user_id);
         }
     }
-    for (home, user_ids) in by_home {
+    for (home, user_ids) in shard.users_by_home(user_ids) {
         let msg = ShardMsg::PresenceUnwatch {
             from: shard.id,
             user_ids,
@@ -730,14 +719,7 @@ pub async fn group_typing(shard: &Rc<Shard>, conversation_id: u64, user_id: u64,
                     .collect()
             })
     });
-    let mut by_home: HashMap<usize, Vec<u64>> = HashMap::new();
-    for member in members {
-        by_home
-            .entry(shard.user_home(member))
-            .or_default()
-            .push(member);
-    }
-    for (home, users) in by_home {
+    for (home, users) in shard.users_by_home(members) {
         let msg = ShardMsg::TypingPush {
             conversation_id,
             user_id,

@@ -128,6 +128,18 @@ impl Shard {
         self.placement.user_home(user_id).shard as usize
     }
 
+    /// Users grouped by their home shard (one mesh message per shard instead of per user).
+    pub fn users_by_home(
+        &self,
+        users: impl IntoIterator<Item = u64>,
+    ) -> std::collections::BTreeMap<usize, Vec<u64>> {
+        let mut homes: std::collections::BTreeMap<usize, Vec<u64>> = Default::default();
+        for user in users {
+            homes.entry(self.user_home(user)).or_default().push(user);
+        }
+        homes
+    }
+
     /// The shard that owns `conversation_id`.
     pub fn conversation_owner(&self, conversation_id: u64) -> usize {
         self.placement.conversation_owner(conversation_id).shard as usize

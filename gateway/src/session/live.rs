@@ -804,7 +804,9 @@ async fn serve(
     let mut deadline = Instant::now() + config.idle_timeout;
     let mut stop = Some(shard.shutdown.wait());
     loop {
-        // Input.
+        // Input. Any frame is the device's heartbeat: presence's last seen moves once
+        // per batch, not per frame.
+        let mut heard = false;
         loop {
             match codec.next_frame() {
                 Ok(Some(frame)) => {
@@ -812,7 +814,7 @@ async fn serve(
                     if !codec.is_closing() {
                         deadline = now + config.idle_timeout;
                     }
-                    session.presence.last_active_ms.set(chat::now_ms());
+                    heard = true;
                     if !rate.allow(now) {
                         shard.counters().rate_limited();
                         if rate.strikes > RATE_LIMIT_STRIKES_MAX {
@@ -837,6 +839,9 @@ async fn serve(
                     break;
                 }
             }
+        }
+        if heard {
+            session.presence.last_active_ms.set(chat::now_ms());
         }
         // Output.
         for frame in session.take_queued() {
