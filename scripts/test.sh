@@ -21,6 +21,18 @@ if ! python3 -c "import websockets" >/dev/null 2>&1; then
     || python3 -m pip install --quiet --break-system-packages "websockets>=12"
 fi
 
+# The web client's end-to-end tests drive Debian's Chromium with playwright-core (npm).
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+if [ ! -x /usr/bin/chromium ] || ! command -v node >/dev/null 2>&1; then
+  step "installing chromium and node (browser tests)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm
+fi
+if [ ! -d gateway/tests/web/node_modules/playwright-core ]; then
+  step "installing playwright-core (browser tests)"
+  (cd gateway/tests/web && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 step "format"
 cargo fmt --all --check
 
@@ -33,6 +45,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "doc tests"
 cargo test --workspace --doc --locked
 
-# Last, so its summary ("N tests run: N passed") is the suite's closing line.
 step "tests"
 cargo nextest run --workspace --all-targets --locked --no-fail-fast
+
+# The web client in a real browser against the binary the tests above built.
+step "browser tests (headless chromium)"
+cargo build -p gateway --bin confab --locked --quiet
+target_dir="$(cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+(cd gateway/tests/web && CONFAB_BIN="$target_dir/debug/confab" \
+  CONFAB_SCREENSHOT="$target_dir/web-chat.png" node --test --test-concurrency=1)

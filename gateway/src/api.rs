@@ -112,6 +112,9 @@ pub async fn handle(shard: &Rc<Shard>, request: Request<'_>) -> Response {
         ("POST", "/v1/login") => login(shard, request.body).await,
         ("POST", "/v1/token/refresh") => refresh(shard, request.body).await,
         ("GET", path) if path.starts_with("/v1/conversations/") => history(shard, &request).await,
+        ("GET", path) if path == "/v1/users" || path.starts_with("/v1/users/") => {
+            lookup_user(shard, &request).await
+        }
         ("POST", "/v1/messages") => send_message(shard, &request).await,
         ("POST", "/v1/poll") => poll(shard, &request).await,
         (_, "/v1/users" | "/v1/login" | "/v1/token/refresh" | "/v1/messages" | "/v1/poll") => Err(
@@ -250,6 +253,50 @@ fn issue(shard: &Shard, user_id: u64, device_id: u64) -> Response {
             refresh_expires_ms,
         },
     )
+}
+
+/// `GET /v1/users/{id}` or `GET /v1/users?username=`: a user's id and name, for clients
+/// that show names (group members, senders) or start a group by username.
+async fn lookup_user(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, ApiError> {
+    bearer(shard, request.authorization)?;
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such user");
+    let (user_id, wanted) = match request.path.strip_prefix("/v1/users/") {
+        Some(id) => {
+            let id = id.parse::<u64>().map_err(|_| {
+                ApiError::new(ErrorCode::InvalidArgument, "user id must be a number")
+            })?;
+            (id, None)
+        }
+        None => {
+            let username = request
+                .query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("username="))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidArgument,
+                        "give ?username= or /v1/users/{id}",
+                    )
+                })?;
+            if password::check_username(username).is_err() {
+                return Err(not_found());
+            }
+            (chat::user_id_of(username), Some(username))
+        }
+    };
+    let home = shard.user_home(user_id);
+    let username = shard
+        .call(home, |reply| ShardMsg::UserName { user_id, reply })
+        .await?
+        .ok_or_else(not_found)?;
+    // Ids are a hash of the name: check it is this name, not another that collides.
+    if wanted.is_some_and(|w| w != username) {
+        return Err(not_found());
+    }
+    Ok(Response::json(
+        200,
+        &serde_json::json!({"user_id": user_id.to_string(), "username": username}),
+    ))
 }
 
 /// `GET /v1/conversations/{id}/messages?before=&after=&limit=`

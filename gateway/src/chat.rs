@@ -159,6 +159,13 @@ pub enum ShardMsg {
         user_id: u64,
         reply: Reply<Option<String>>,
     },
+    /// Names for a conversation list: the usernames of `users` (homed here) and the
+    /// names of `groups` (owned here), as `(id, name)`; unknown ids are left out.
+    Titles {
+        users: Vec<u64>,
+        groups: Vec<u64>,
+        reply: Reply<NamedIds>,
+    },
     IsMember {
         user_id: u64,
         conversation_id: u64,
@@ -313,6 +320,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// `(user id, username)` pairs and `(group id, group name)` pairs.
+pub type NamedIds = (Vec<(u64, String)>, Vec<(u64, String)>);
+
 /// A user's id, derived from the username so that any shard can find the user's home
 /// without a directory: the first 63 bits of SHA-256("confab-user\0" ‖ name), never 0.
 /// A different name hashing to a taken id is refused as a conflict at registration.
@@ -412,6 +422,24 @@ pub fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         ShardMsg::UserName { user_id, reply } => {
             let name = shard.state(|s| s.users.get(&user_id).map(|u| u.username.clone()));
             let _ = reply.send(name);
+        }
+        ShardMsg::Titles {
+            users,
+            groups,
+            reply,
+        } => {
+            let titles = shard.state(|s| {
+                let users = users
+                    .iter()
+                    .filter_map(|id| s.users.get(id).map(|u| (*id, u.username.clone())))
+                    .collect();
+                let groups = groups
+                    .iter()
+                    .filter_map(|id| s.groups.get(id).map(|g| (*id, g.name.clone())))
+                    .collect();
+                (users, groups)
+            });
+            let _ = reply.send(titles);
         }
         ShardMsg::IsMember {
             user_id,
@@ -597,6 +625,7 @@ async fn handle_async(shard: &Rc<Shard>, msg: ShardMsg) {
         // Handled inline by `handle`.
         ShardMsg::DeviceExists { .. }
         | ShardMsg::UserName { .. }
+        | ShardMsg::Titles { .. }
         | ShardMsg::IsMember { .. }
         | ShardMsg::Handoff(_)
         | ShardMsg::Push { .. }

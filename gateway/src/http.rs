@@ -25,6 +25,7 @@ use crate::session::codec::Transport;
 use crate::session::io::{race, Woken};
 use crate::session::live::{self, Ended};
 use crate::shard::Shard;
+use crate::web;
 
 /// A parsed request head: what routing needs, owned so the read buffer can be reused.
 enum Head {
@@ -205,6 +206,15 @@ fn route(shard: &Shard, request: &[u8], out: &mut Vec<u8>) -> Routed {
             respond(out, 405, "method not allowed\n", "text/plain")
         }
         "/healthz" => respond(out, 200, "ok\n", "text/plain"),
+        path if web::find(path).is_some() => match (parsed.method, web::find(path)) {
+            (Some(method @ ("GET" | "HEAD")), Some((index, _))) => web::respond(
+                index,
+                header(&parsed, "if-none-match"),
+                method == "HEAD",
+                out,
+            ),
+            _ => respond(out, 405, "method not allowed\n", "text/plain"),
+        },
         "/metrics" => {
             let body = shard.metrics.render();
             respond(out, 200, &body, "text/plain; version=0.0.4")

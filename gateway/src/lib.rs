@@ -36,3 +36,4 @@ pub mod session;
 pub mod shard;
 pub mod shutdown;
 pub mod state;
+pub mod web;

@@ -408,3 +408,40 @@ fn group_receipts_aggregate_per_member_and_are_batched_to_the_sender() {
         .collect();
     assert_eq!(read_2, vec![b.user_id]);
 }
+
+#[test]
+fn the_conversation_list_names_direct_peers_and_groups() {
+    let server = server(&[]);
+    let (a_name, a) = user(&server, "la");
+    let (b_name, b) = user(&server, "lb");
+    let (c_name, c) = user(&server, "lc");
+    let (mut ca, _) = online(&server, Transport::WsJson, &a);
+    let direct_b = ca.open_direct_by_name(&b_name).unwrap().conversation_id;
+    let direct_c = ca.open_direct(c.user_id).unwrap().conversation_id;
+    let group = ca
+        .create_group("weekend plans", &[b.user_id, c.user_id])
+        .unwrap()
+        .conversation_id;
+
+    let titles = |conn: &mut Connection| -> BTreeMap<u64, String> {
+        conn.conversations(100)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.conversation_id, s.title))
+            .collect()
+    };
+    assert_eq!(
+        titles(&mut ca),
+        BTreeMap::from([
+            (direct_b, b_name.clone()),
+            (direct_c, c_name),
+            (group, "weekend plans".to_string()),
+        ])
+    );
+    // The other side of a direct conversation sees its own peer's name.
+    let (mut cb, _) = online(&server, Transport::Tcp, &b);
+    assert_eq!(
+        titles(&mut cb),
+        BTreeMap::from([(direct_b, a_name), (group, "weekend plans".to_string())])
+    );
+}

@@ -33,8 +33,9 @@ use std::time::Instant;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use wire::message::{
-    Body, ConversationList, ConversationOpened, Deliver, ErrorCode, Frame, HistoryPage,
-    MessageKind, Pong, ReceiptKind, ReceiptState, ReceiptUpdate, StoredMessage, SyncBatch, Welcome,
+    Body, ConversationList, ConversationOpened, ConversationSummary, Deliver, ErrorCode, Frame,
+    HistoryPage, MessageKind, Pong, ReceiptKind, ReceiptState, ReceiptUpdate, StoredMessage,
+    SyncBatch, Welcome,
 };
 use wire::ws::CloseCode;
 
@@ -929,20 +930,20 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
             }
         }
         Body::ConversationListRequest(request) => {
-            let limit = (request.limit as usize).clamp(1, wire::limits::CONVERSATION_LIST_MAX);
-            let ids: Vec<u64> = shard.state(|s| {
-                s.users.get(&session.user_id).map_or_else(Vec::new, |u| {
-                    u.conversations.keys().copied().take(limit).collect()
-                })
-            });
-            let conversations = ids
-                .into_iter()
-                .map(|c| chat::summary(shard, session.user_id, session.device_id, c, String::new()))
-                .collect();
-            session.push_live(Frame {
-                request_id,
-                body: Body::ConversationList(ConversationList { conversations }),
-            });
+            // 0 (the field's default) means "as many as allowed".
+            let limit = match request.limit as usize {
+                0 => wire::limits::CONVERSATION_LIST_MAX,
+                n => n.min(wire::limits::CONVERSATION_LIST_MAX),
+            };
+            let (shard, session) = (shard.clone(), session.clone());
+            glommio::spawn_local(async move {
+                let body = match conversation_list(&shard, &session, limit).await {
+                    Ok(list) => Body::ConversationList(list),
+                    Err(error) => error.frame(request_id).body,
+                };
+                session.push_live(Frame { request_id, body });
+            })
+            .detach();
         }
         Body::SyncRequest(_) => {
             glommio::spawn_local(catch_up(shard.clone(), session.clone())).detach();
@@ -1201,6 +1202,66 @@ async fn group_info(
             reply,
         })
         .await?
+}
+
+/// The user's conversations with this device's cursors and their titles (peer username
+/// or group name): one `Titles` call per shard that holds any of them, all at once.
+async fn conversation_list(
+    shard: &Rc<Shard>,
+    session: &SessionHandle,
+    limit: usize,
+) -> Result<ConversationList, ApiError> {
+    let ids: Vec<u64> = shard.state(|s| {
+        s.users.get(&session.user_id).map_or_else(Vec::new, |u| {
+            u.conversations.keys().copied().take(limit).collect()
+        })
+    });
+    let mut conversations: Vec<ConversationSummary> = ids
+        .into_iter()
+        .map(|c| chat::summary(shard, session.user_id, session.device_id, c, String::new()))
+        .collect();
+    let mut asks: HashMap<usize, (Vec<u64>, Vec<u64>)> = HashMap::new();
+    for c in &conversations {
+        if c.peer_user_id != 0 {
+            let home = shard.user_home(c.peer_user_id);
+            asks.entry(home).or_default().0.push(c.peer_user_id);
+        } else {
+            let owner = shard.conversation_owner(c.conversation_id);
+            asks.entry(owner).or_default().1.push(c.conversation_id);
+        }
+    }
+    let calls: Vec<_> = asks
+        .into_iter()
+        .map(|(to, (users, groups))| {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                shard
+                    .call(to, |reply| ShardMsg::Titles {
+                        users,
+                        groups,
+                        reply,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let (mut users, mut groups) = (HashMap::new(), HashMap::new());
+    for call in calls {
+        let (u, g) = call.await?;
+        users.extend(u);
+        groups.extend(g);
+    }
+    for c in &mut conversations {
+        let title = if c.peer_user_id != 0 {
+            users.get(&c.peer_user_id)
+        } else {
+            groups.get(&c.conversation_id)
+        };
+        if let Some(title) = title {
+            c.title.clone_from(title);
+        }
+    }
+    Ok(ConversationList { conversations })
 }
 
 /// A history page from the conversation's owner (membership already checked).
