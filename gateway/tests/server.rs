@@ -297,3 +297,81 @@ fn a_second_server_on_a_data_dir_in_use_refuses_to_start() {
     let again = Server::start_in(first.data_dir.clone(), &[]);
     assert!(http_get(again.http, "/healthz").starts_with("HTTP/1.1 200 OK"));
 }
+
+#[test]
+fn the_web_client_is_served_at_root_with_validators_and_a_strict_policy() {
+    let server = Server::start(&[]);
+    let page = http_get(server.http, "/");
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(page.contains("Content-Type: text/html; charset=utf-8\r\n"));
+    assert!(page.contains("Content-Security-Policy: default-src 'self';"));
+    assert!(page.contains("<script type=\"module\" src=\"/app.js\"></script>"));
+    for (path, kind) in [
+        ("/app.js", "text/javascript"),
+        ("/confab.js", "text/javascript"),
+        ("/style.css", "text/css"),
+    ] {
+        let answer = http_get(server.http, path);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{path}: {answer}"
+        );
+        assert!(answer.contains(&format!("Content-Type: {kind}")), "{path}");
+        // A browser that has this version revalidates to 304, with no body.
+        let etag = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("ETag: "))
+            .expect("etag")
+            .to_string();
+        let again = http_raw(
+            server.http,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n").as_bytes(),
+        );
+        assert!(again.starts_with("HTTP/1.1 304 "), "{again}");
+        assert!(again.ends_with("\r\n\r\n"), "{again}");
+    }
+    let post = http_raw(
+        server.http,
+        b"POST /app.js HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+    assert!(http_get(server.http, "/../Cargo.toml").starts_with("HTTP/1.1 404 "));
+}
+
+#[test]
+fn users_are_looked_up_by_id_or_name_with_a_token() {
+    let server = Server::start(&[]);
+    let name = common::people::unique("look");
+    let user_id = wire::client::http::register(server.http, &name, "correct horse").unwrap();
+    let login = wire::client::http::login(server.http, &name, "correct horse", None, None).unwrap();
+    let get = |path: &str, token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        http_raw(
+            server.http,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}\r\n").as_bytes(),
+        )
+    };
+    let token = Some(login.access_token.as_str());
+    let expected = format!("{{\"user_id\":\"{user_id}\",\"username\":\"{name}\"}}");
+    let by_id = get(&format!("/v1/users/{user_id}"), token);
+    assert!(by_id.starts_with("HTTP/1.1 200 "), "{by_id}");
+    assert!(by_id.ends_with(&expected), "{by_id}");
+    let by_name = get(&format!("/v1/users?username={name}"), token);
+    assert!(by_name.ends_with(&expected), "{by_name}");
+
+    for (path, status) in [
+        ("/v1/users?username=nobody_here", "404"),
+        ("/v1/users?username=NOT%20VALID", "404"),
+        ("/v1/users/12345", "404"),
+        ("/v1/users/abc", "400"),
+        ("/v1/users", "400"),
+    ] {
+        let answer = get(path, token);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path}: {answer}"
+        );
+    }
+    let anonymous = get(&format!("/v1/users/{user_id}"), None);
+    assert!(anonymous.starts_with("HTTP/1.1 401 "), "{anonymous}");
+}
