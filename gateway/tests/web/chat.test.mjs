@@ -16,6 +16,15 @@ after(async () => {
   await browser?.close();
 });
 
+async function postJson(base, path, body, token) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(base + path, { method: "POST", headers, body: JSON.stringify(body) });
+  const answer = await response.json();
+  assert.ok(response.ok, `${path}: ${response.status} ${JSON.stringify(answer)}`);
+  return answer;
+}
+
 /** A fresh server on its own port and data dir for one test. */
 async function withServer(body) {
   const dir = freshDir();
@@ -190,6 +199,50 @@ describe("web client", () => {
       await waitTexts(bob.page, ["acked before the crash", "typed while down"]);
       await waitTexts(alice.page, ["acked before the crash", "typed while down"]);
       await waitTick(alice.page, "typed while down", "read");
+      assert.deepEqual([...alice.errors, ...bob.errors], []);
+      await alice.context.close();
+      await bob.context.close();
+    });
+  });
+
+  test("history scrolls back page by page, in order", async () => {
+    await withServer(async (server) => {
+      const [aliceName, bobName] = [uniqueName("alice"), uniqueName("bob")];
+      const alice = await person(browser, server.url);
+      await registerAs(alice.page, aliceName);
+      const bob = await person(browser, server.url);
+      await registerAs(bob.page, bobName);
+      await openDirect(alice.page, bobName);
+      await send(alice.page, "m1");
+      await waitTick(alice.page, "m1", "delivered");
+      // 119 more from Alice's second device, over the HTTP API: three pages of history.
+      const login = await postJson(server.url, "/v1/login", {
+        username: aliceName,
+        password: "correct horse battery",
+      });
+      const conversation = await alice.page.evaluate(() => sessionStorage.getItem("confab.open"));
+      for (let i = 2; i <= 120; i++) {
+        await postJson(server.url, "/v1/messages", {
+          conversation_id: conversation,
+          idempotency_key: (i.toString(16).padStart(32, "0")),
+          body: Buffer.from(`m${i}`).toString("base64"),
+        }, login.access_token);
+      }
+      const all = Array.from({ length: 120 }, (_, i) => `m${i + 1}`);
+      await bob.page.close();
+      const reader = await bob.context.newPage();
+      await reader.goto(server.url);
+      await waitOnline(reader);
+      await openFromList(reader, aliceName);
+      await waitTexts(reader, all.slice(-50));
+      // The button loads a page; so does scrolling to the top (as a reader would).
+      await reader.locator("#older").dispatchEvent("click");
+      await waitTexts(reader, all.slice(-100));
+      await reader.evaluate(() => {
+        document.getElementById("messages").scrollTop = 0;
+      });
+      await waitTexts(reader, all);
+      assert.equal(await reader.isHidden("#older"), true, "nothing older to load");
       assert.deepEqual([...alice.errors, ...bob.errors], []);
       await alice.context.close();
       await bob.context.close();
