@@ -8,9 +8,10 @@ import { ConfabClient, base64ToText, seqOf } from "/confab.js";
 const TYPING_REFRESH_MS = 3000;
 /** No keystroke for this long ends "typing". */
 const TYPING_IDLE_MS = 4000;
-/** A peer's "typing" shown without a refresh disappears after this long (a safety net
- * for a lost `active: false`; the server sends one after its TTL anyway). */
-const TYPING_SHOWN_MS = 7000;
+/** A peer's "typing" disappears after this long without news: a safety net only. The
+ * server forwards one `true` per typing spell (refreshes are absorbed) and always ends it
+ * with a `false` (explicit, after its TTL, or at the typist's disconnect). */
+const TYPING_SHOWN_MS = 60_000;
 /** History page size. */
 const HISTORY_PAGE = 50;
 
@@ -28,12 +29,21 @@ let openId = null;
 let typingSentAt = 0;
 let typingIdleTimer = null;
 
+/** Direct conversation ids have the top bit set (router::conversation). */
+const isDirectId = (id) => {
+  try {
+    return BigInt(id) >= 1n << 63n;
+  } catch {
+    return false;
+  }
+};
+
 function conversation(id) {
   let c = conversations.get(id);
   if (!c) {
     c = {
       id,
-      kind: "direct",
+      kind: isDirectId(id) ? "direct" : "group",
       title: "",
       peer: "0",
       lastSeq: 0,
@@ -45,7 +55,7 @@ function conversation(id) {
       hasOlder: false,
       loadingOlder: false,
       receipts: new Map(), // user id → {delivered, read} (max over the user's devices)
-      members: null, // group member ids, once known
+      members: null, // group members [{user_id, joined_seq}], once known
       typing: new Map(), // user id → timer
       known: false, // in the server's conversation list
     };
@@ -91,13 +101,21 @@ $("login-form").addEventListener("submit", (e) => {
   submitLogin(false);
 });
 $("register-button").addEventListener("click", () => submitLogin(true));
-$("logout").addEventListener("click", () => {
-  client.logout();
+/** Forget everything shown for the last user (the next person to log in sees nothing of it). */
+function clearPage() {
+  for (const c of conversations.values()) for (const t of c.typing.values()) clearTimeout(t);
   conversations.clear();
+  names.clear();
+  presence.clear();
   openId = null;
   sessionStorage.removeItem("confab.open");
   renderList();
   renderConversation();
+}
+
+$("logout").addEventListener("click", () => {
+  client.logout();
+  clearPage();
   showLogin();
 });
 
@@ -110,20 +128,36 @@ client.addEventListener("state", (e) => {
   el.textContent = state === "offline" && retryInMs !== undefined ? "reconnecting…" : state;
 });
 
-client.addEventListener("loggedout", (e) => showLogin(e.detail.reason));
+client.addEventListener("loggedout", (e) => {
+  clearPage();
+  showLogin(e.detail.reason);
+});
+
+client.addEventListener("welcome", () => {
+  // Typing spells and presence subscriptions ended with the old connection.
+  for (const c of conversations.values()) {
+    for (const t of c.typing.values()) clearTimeout(t);
+    c.typing.clear();
+  }
+  if (document.visibilityState !== "visible") client.setPresence("away");
+  renderStatus();
+  renderList();
+});
 
 client.addEventListener("synced", async () => {
+  // A read receipt sent just before a drop may be lost: allow sending it again.
+  for (const c of conversations.values()) c.readSent = 0;
   await refreshConversations();
   const peers = [...conversations.values()].filter((c) => c.kind === "direct").map((c) => c.peer);
   if (peers.length) subscribePresence(peers);
   if (openId) loadConversation(conversation(openId), true);
 });
 
-client.addEventListener("message", (e) => addMessage(e.detail.message));
+client.addEventListener("message", (e) => addMessages([e.detail.message]));
 
 client.addEventListener("acked", (e) => {
   const { conversation_id, body, ack } = e.detail;
-  addMessage({
+  addMessages([{
     conversation_id,
     seq: ack.seq,
     message_id: ack.message_id,
@@ -131,14 +165,15 @@ client.addEventListener("acked", (e) => {
     timestamp_ms: ack.timestamp_ms,
     kind: "chat",
     body,
-  });
-  const c = conversation(conversation_id);
-  markRead(c);
-  if (c.id === openId) renderConversation();
+  }]);
 });
 
 client.addEventListener("sendfailed", (e) => {
-  $("conversation-status").textContent = `Not sent: ${e.detail.error.message}`;
+  const { conversation_id, body, error } = e.detail;
+  const c = conversation(conversation_id);
+  c.error = `Not sent (${error.message}): “${base64ToText(body)}”`;
+  // Give the text back if the composer is free, so nothing typed is lost.
+  if (conversation_id === openId && !$("composer-text").value) $("composer-text").value = base64ToText(body);
   renderConversation();
 });
 
@@ -218,35 +253,60 @@ function upsert(summary) {
   return c;
 }
 
-function addMessage(message) {
-  const c = conversation(message.conversation_id);
-  const seq = seqOf(message.seq);
-  if (c.messages.has(seq)) return;
-  c.messages.set(seq, message);
-  c.lastSeq = Math.max(c.lastSeq, seq);
-  c.lastActivity = Math.max(c.lastActivity, seqOf(message.timestamp_ms));
-  if (message.sender_user_id !== client.userId) resolveName(message.sender_user_id);
-  if (message.kind === "system") {
-    for (const id of (message.system && message.system.user_ids) || []) resolveName(id);
-    if (c.id === openId && c.historyLoaded) loadConversation(c, false); // new members
+/** Add messages (any conversations); render what changed once. */
+function addMessages(messages) {
+  const touched = new Set();
+  for (const message of messages) {
+    const c = conversation(message.conversation_id);
+    const seq = seqOf(message.seq);
+    if (c.messages.has(seq)) continue;
+    c.messages.set(seq, message);
+    c.lastSeq = Math.max(c.lastSeq, seq);
+    c.lastActivity = Math.max(c.lastActivity, seqOf(message.timestamp_ms));
+    if (message.sender_user_id !== client.userId) resolveName(message.sender_user_id);
+    if (message.kind === "system") {
+      for (const id of (message.system && message.system.user_ids) || []) resolveName(id);
+      c.membersStale = true;
+    }
+    if (c.typing.has(message.sender_user_id)) {
+      clearTimeout(c.typing.get(message.sender_user_id));
+      c.typing.delete(message.sender_user_id);
+    }
+    touched.add(c);
   }
-  if (!c.known) {
-    // A conversation this page has not heard of (someone opened it with us): its title
-    // comes with the list.
-    c.known = true;
+  let unknown = false;
+  for (const c of touched) {
+    if (!c.known) {
+      // A conversation this page has not heard of (someone opened it with us): its
+      // title comes with the list.
+      c.known = true;
+      unknown = true;
+    }
+    if (c.id === openId) {
+      if (c.membersStale && c.historyLoaded) loadConversation(c, false); // new members
+      markRead(c);
+      renderConversation();
+    }
+  }
+  if (unknown) {
     refreshConversations().then(() => {
-      if (c.kind === "direct" && c.peer !== "0") subscribePresence([c.peer]);
+      const peers = [...touched].filter((c) => c.kind === "direct" && c.peer !== "0").map((c) => c.peer);
+      if (peers.length) subscribePresence(peers);
     });
   }
-  if (c.typing.has(message.sender_user_id)) {
-    clearTimeout(c.typing.get(message.sender_user_id));
-    c.typing.delete(message.sender_user_id);
-  }
-  if (c.id === openId) {
-    markRead(c);
-    renderConversation();
-  }
-  renderList();
+  if (touched.size) renderList();
+}
+
+function lowestSeq(c) {
+  let low = Infinity;
+  for (const seq of c.messages.keys()) if (seq < low) low = seq;
+  return low;
+}
+
+function highestSeq(c) {
+  let high = 0;
+  for (const seq of c.messages.keys()) if (seq > high) high = seq;
+  return high;
 }
 
 function unreadCount(c) {
@@ -257,12 +317,17 @@ function unreadCount(c) {
   return Math.max(0, c.lastSeq - c.readSeq - mine);
 }
 
-/** Tell the server this device has read what the open conversation shows. */
+/**
+ * Tell the server this device has read the open conversation. Only once its newest page
+ * is on screen (catch-up alone is not "seen"): then up to the newest message shown,
+ * contiguously. Opening a conversation reads it, as in common chat apps — messages
+ * above the newest page count as read too.
+ */
 function markRead(c) {
-  if (c.id !== openId || document.visibilityState !== "visible" || !c.messages.size) return;
-  // Read "up to N" covers everything at or before N: only claim what is on the page,
-  // contiguously from the oldest message shown.
-  let upTo = Math.min(...c.messages.keys());
+  if (c.id !== openId || document.visibilityState !== "visible" || !c.historyLoaded) return;
+  if (!c.messages.size) return;
+  let upTo = Math.max(c.readSeq, lowestSeq(c));
+  if (!c.messages.has(upTo) && upTo !== c.readSeq) return;
   while (c.messages.has(upTo + 1)) upTo += 1;
   if (upTo <= c.readSent) return;
   if (client.receipt(c.id, "read", upTo)) {
@@ -278,7 +343,6 @@ async function openConversation(id) {
   sessionStorage.setItem("confab.open", id);
   const c = conversation(id);
   c.readSent = 0;
-  $("conversation-status").textContent = "";
   renderList();
   renderConversation(true);
   $("composer-text").focus();
@@ -292,17 +356,19 @@ async function loadConversation(c, again) {
       const page = await client.history(c.id, 0, HISTORY_PAGE);
       if (!c.historyLoaded) c.hasOlder = Boolean(page.has_more);
       c.historyLoaded = true;
-      for (const m of page.messages || []) addMessage(m);
+      addMessages(page.messages || []);
     }
     if (c.kind === "group") {
+      c.membersStale = false;
       const [info, receipts] = await client.groupInfo(c.id);
       c.title = info.name || c.title;
-      c.members = (info.members || []).map((m) => m.user_id);
-      c.members.forEach(resolveName);
+      c.members = (info.members || []).map((m) => ({ user_id: m.user_id, joined_seq: seqOf(m.joined_seq) }));
+      c.members.forEach((m) => resolveName(m.user_id));
       client.dispatchEvent(new CustomEvent("receipts", { detail: receipts }));
     }
   } catch (e) {
-    if (c.id === openId) $("conversation-status").textContent = e.message;
+    c.error = e.message;
+    if (c.id === openId) renderConversation();
     return;
   }
   if (c.id === openId) {
@@ -318,17 +384,18 @@ async function loadOlder() {
   const box = $("messages");
   const fromBottom = box.scrollHeight - box.scrollTop;
   try {
-    const page = await client.history(c.id, Math.min(...c.messages.keys()), HISTORY_PAGE);
+    const page = await client.history(c.id, lowestSeq(c), HISTORY_PAGE);
     c.hasOlder = Boolean(page.has_more);
     for (const m of page.messages || []) {
       c.messages.set(seqOf(m.seq), m);
       if (m.sender_user_id !== client.userId) resolveName(m.sender_user_id);
     }
   } catch (e) {
-    $("conversation-status").textContent = e.message;
+    c.error = e.message;
   } finally {
     c.loadingOlder = false;
   }
+  if (c.id !== openId) return; // the reader moved on meanwhile
   renderConversation();
   box.scrollTop = box.scrollHeight - fromBottom; // keep the reader's place
 }
@@ -399,7 +466,7 @@ $("new-group").addEventListener("submit", async (e) => {
     c.known = true;
     c.kind = "group";
     c.title = info.name;
-    c.members = (info.members || []).map((m) => m.user_id);
+    c.members = (info.members || []).map((m) => ({ user_id: m.user_id, joined_seq: seqOf(m.joined_seq) }));
     $("new-group-name").value = "";
     $("new-group-members").value = "";
     $("new-group").closest("details").open = false;
@@ -417,6 +484,7 @@ function sendComposed() {
   if (!text || !openId) return;
   box.value = "";
   stopTyping();
+  conversation(openId).error = "";
   client.send(openId, text);
   renderConversation();
   scrollToBottom();
@@ -464,7 +532,7 @@ function titleOf(c) {
 
 function previewOf(c) {
   if (c.typing.size) return typingText(c);
-  const last = c.messages.get(Math.max(0, ...c.messages.keys()));
+  const last = c.messages.get(highestSeq(c));
   if (!last) return "";
   return last.kind === "system" ? systemText(last) : base64ToText(last.body);
 }
@@ -518,6 +586,7 @@ function renderStatus() {
   } else {
     status.textContent = c.members ? `${c.members.length} members` : "group";
   }
+  $("conversation-error").textContent = c.error || "";
 }
 
 function when(ms) {
@@ -527,12 +596,14 @@ function when(ms) {
   return today ? time : `${d.toLocaleDateString()} ${time}`;
 }
 
-/** sent / delivered / read for one of my messages: every other member must be past it. */
+/** sent / delivered / read for one of my messages: every other member who was in the
+ * conversation when it was sent must be past it. */
 function tickOf(c, seq) {
   let others;
   if (c.kind === "direct") others = [c.peer];
-  else if (c.members) others = c.members.filter((u) => u !== client.userId);
-  else others = [...c.receipts.keys()];
+  else if (c.members) {
+    others = c.members.filter((m) => m.user_id !== client.userId && m.joined_seq <= seq).map((m) => m.user_id);
+  } else others = [...c.receipts.keys()];
   if (!others.length) return "sent";
   const states = others.map((u) => c.receipts.get(u) || { delivered: 0, read: 0 });
   if (states.every((s) => s.read >= seq)) return "read";

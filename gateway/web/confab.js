@@ -26,7 +26,7 @@
 //   presence  PresenceUpdate body
 //   typing    Typing body
 //   acked     {conversation_id, key, body, ack}      (an outbox send became durable)
-//   sendfailed {conversation_id, key, error}         (refused for good: forbidden, too_large)
+//   sendfailed {conversation_id, key, body, error}   (refused for good: forbidden, too_large)
 //   loggedout {reason}
 
 /** Reconnect backoff: first delay, cap. Full jitter in between. */
@@ -41,7 +41,15 @@ export const RECEIPT_DELAY_MS = 100;
 
 const SUBPROTOCOL = "confab.v1.json";
 const STORE_KEY = "confab.session";
-const OUTBOX_KEY = "confab.outbox";
+/** The outbox is kept per user, so an automatic logout (a refused refresh) does not lose
+ * what was typed: logging in again as the same user resumes it. */
+const outboxKey = (userId) => `confab.outbox.${userId}`;
+/** Error codes that refuse a send for good; any other error is retried with the same key. */
+const FINAL_SEND_ERRORS = new Set([
+  "forbidden", "invalid_argument", "too_large", "not_found", "malformed_frame", "group_full",
+]);
+/** A connection counts as healthy (backoff starts over) after staying up this long. */
+const STABLE_CONNECTION_MS = 5_000;
 
 /** An `error` frame (or an HTTP error answer): `code` is the snake_case ErrorCode. */
 export class ConfabError extends Error {
@@ -100,7 +108,8 @@ export class ConfabClient extends EventTarget {
     this.storage = options.storage || localStorage;
     this.clientName = options.clientName || "confab-web";
     this.session = readJson(this.storage, STORE_KEY);
-    this.outbox = readJson(this.storage, OUTBOX_KEY) || []; // [{key, conversation_id, body}]
+    this.outbox = this.session ? readJson(this.storage, outboxKey(this.session.user_id)) || [] : [];
+    this.clockSkewMs = 0; // server clock − ours, from Welcome
     this.ws = null;
     this.state = "offline";
     this.nextRequestId = 1;
@@ -142,6 +151,7 @@ export class ConfabClient extends EventTarget {
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (withToken) {
       await this.freshToken();
+      if (!this.session) throw new ConfabError("unauthenticated", "not logged in");
       headers.Authorization = `Bearer ${this.session.access_token}`;
     }
     let response;
@@ -192,17 +202,32 @@ export class ConfabClient extends EventTarget {
     }
     devices[username] = answer.device_id;
     writeJson(this.storage, "confab.devices", devices);
+    this.resetSessionState();
     this.setSession({ ...answer, username });
+    this.outbox = readJson(this.storage, outboxKey(answer.user_id)) || [];
     return this.session;
   }
 
-  /** Forget the session (the device id stays remembered for the next login). */
-  logout() {
+  /**
+   * Forget the session (the device id stays remembered for the next login). `keepOutbox`:
+   * keep unacknowledged sends for the next login of this user (automatic logouts).
+   */
+  logout(keepOutbox = false) {
     this.disconnect();
+    if (this.session && !keepOutbox) this.storage.removeItem(outboxKey(this.session.user_id));
     this.session = null;
     this.outbox = [];
     this.storage.removeItem(STORE_KEY);
-    this.storage.removeItem(OUTBOX_KEY);
+    this.resetSessionState();
+  }
+
+  /** Drop what this page learned about the last user's conversations. */
+  resetSessionState() {
+    this.seen.clear();
+    this.deliveredMax.clear();
+    this.deliveredSent.clear();
+    for (const timer of this.receiptTimers.values()) clearTimeout(timer);
+    this.receiptTimers.clear();
   }
 
   setSession(session) {
@@ -213,14 +238,18 @@ export class ConfabClient extends EventTarget {
   /** Make sure the access token is valid for a while; refresh it otherwise. */
   async freshToken() {
     if (!this.session) throw new ConfabError("unauthenticated", "not logged in");
-    if (seqOf(this.session.access_expires_ms) - Date.now() > TOKEN_REFRESH_MARGIN_MS) return;
+    const serverNow = Date.now() + this.clockSkewMs;
+    if (seqOf(this.session.access_expires_ms) - serverNow > TOKEN_REFRESH_MARGIN_MS) return;
     if (!this.refreshing) {
+      const session = this.session;
       this.refreshing = (async () => {
         try {
           const answer = await this.http("POST", "/v1/token/refresh", {
-            refresh_token: this.session.refresh_token,
+            refresh_token: session.refresh_token,
           });
-          this.setSession({ ...this.session, ...answer });
+          // Logged out (or in as someone else) meanwhile: this answer is stale.
+          if (this.session !== session) throw new ConfabError("unauthenticated", "logged out");
+          this.setSession({ ...session, ...answer });
         } finally {
           this.refreshing = null;
         }
@@ -290,10 +319,16 @@ export class ConfabClient extends EventTarget {
     this.synced = false;
     ws.onopen = () => {
       this.lastHeard = Date.now();
+      if (!this.session) return;
       this.call({ type: "hello", token: this.session.access_token, client: this.clientName })
         .then((welcome) => this.onWelcome(welcome))
-        .catch(() => {
-          /* the close that follows a refused Hello handles it */
+        .catch((e) => {
+          // A refused Hello is followed by a close, which handles it; a Hello with no
+          // answer (a dead path) is dropped here and retried.
+          if (this.ws !== ws || e.code !== "unavailable") return;
+          ws.close(4000, "no welcome");
+          this.teardown("no welcome");
+          this.scheduleReconnect();
         });
     };
     ws.onmessage = (event) => this.onFrame(event.data);
@@ -343,13 +378,20 @@ export class ConfabClient extends EventTarget {
   }
 
   loggedOut(reason) {
-    this.logout();
+    this.logout(true);
     this.emit("loggedout", { reason });
   }
 
   onWelcome(welcome) {
     this.welcome = welcome;
-    this.attempt = 0;
+    this.clockSkewMs = seqOf(welcome.server_time_ms) ? seqOf(welcome.server_time_ms) - Date.now() : 0;
+    // Back off from scratch only once this connection proved stable, so a server that
+    // closes right after Welcome is not hammered.
+    const ws = this.ws;
+    clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => {
+      if (this.ws === ws) this.attempt = 0;
+    }, STABLE_CONNECTION_MS);
     this.setState("online");
     this.emit("welcome", welcome);
     const interval = Math.max(1000, welcome.heartbeat_interval_ms || 30_000);
@@ -562,7 +604,9 @@ export class ConfabClient extends EventTarget {
   }
 
   saveOutbox() {
-    writeJson(this.storage, OUTBOX_KEY, this.outbox.map(({ inFlight, ...rest }) => rest));
+    if (!this.session) return;
+    const entries = this.outbox.map(({ inFlight, ...rest }) => rest);
+    writeJson(this.storage, outboxKey(this.session.user_id), entries);
   }
 
   /**
@@ -592,22 +636,35 @@ export class ConfabClient extends EventTarget {
       .then((ack) => {
         this.outbox = this.outbox.filter((e) => e.key !== entry.key);
         this.saveOutbox();
+        // This device holds its own message: the delivered cursor may pass it, when it
+        // is next in line (never across a message not received yet).
+        const seq = seqOf(ack.seq);
+        if (seq === (this.deliveredMax.get(entry.conversation_id) || 0) + 1) {
+          this.noteDelivered(entry.conversation_id, seq);
+        }
         this.emit("acked", { conversation_id: entry.conversation_id, key: entry.key, body: entry.body, ack });
         this.flushOutbox();
       })
       .catch((e) => {
         entry.inFlight = false;
-        if (e.code === "unavailable" || e.code === "rate_limited") {
-          // Dropped connections retry after the reconnect's catch-up; a timeout or a
-          // rate limit on a live session retries here, with the same key.
-          const delay = Math.max(500, e.retryAfterMs || 0);
-          setTimeout(() => this.flushOutbox(), delay);
+        if (!FINAL_SEND_ERRORS.has(e.code)) {
+          // Dropped connections retry after the reconnect's catch-up; a timeout, a rate
+          // limit or a server-side failure on a live session retries here, with the
+          // same key (the server stores it once).
+          entry.retries = (entry.retries || 0) + 1;
+          const backoff = Math.min(RECONNECT_MAX_MS, 500 * 2 ** Math.min(entry.retries, 5));
+          setTimeout(() => this.flushOutbox(), Math.max(backoff, e.retryAfterMs || 0));
           return;
         }
         // Refused for good (forbidden, too_large, …): drop it and say so.
         this.outbox = this.outbox.filter((x) => x.key !== entry.key);
         this.saveOutbox();
-        this.emit("sendfailed", { conversation_id: entry.conversation_id, key: entry.key, error: e });
+        this.emit("sendfailed", {
+          conversation_id: entry.conversation_id,
+          key: entry.key,
+          body: entry.body,
+          error: e,
+        });
         this.flushOutbox();
       });
   }
