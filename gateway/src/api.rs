@@ -259,7 +259,6 @@ fn issue(shard: &Shard, user_id: u64, device_id: u64) -> Response {
 /// that show names (group members, senders) or start a group by username.
 async fn lookup_user(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, ApiError> {
     bearer(shard, request.authorization)?;
-    let not_found = || ApiError::new(ErrorCode::NotFound, "no such user");
     let (user_id, wanted) = match request.path.strip_prefix("/v1/users/") {
         Some(id) => {
             let id = id.parse::<u64>().map_err(|_| {
@@ -279,20 +278,12 @@ async fn lookup_user(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Respons
                     )
                 })?;
             if password::check_username(username).is_err() {
-                return Err(not_found());
+                return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
             }
             (chat::user_id_of(username), Some(username))
         }
     };
-    let home = shard.user_home(user_id);
-    let username = shard
-        .call(home, |reply| ShardMsg::UserName { user_id, reply })
-        .await?
-        .ok_or_else(not_found)?;
-    // Ids are a hash of the name: check it is this name, not another that collides.
-    if wanted.is_some_and(|w| w != username) {
-        return Err(not_found());
-    }
+    let username = chat::user_name(shard, user_id, wanted).await?;
     Ok(Response::json(
         200,
         &serde_json::json!({"user_id": user_id.to_string(), "username": username}),

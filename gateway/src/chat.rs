@@ -320,6 +320,26 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The name of user `user_id`, asked of its home shard; `NotFound` if there is no such
+/// user, or if `wanted` is given and is not that name (ids are a hash of the name, so a
+/// name nobody registered can hash to someone else's id).
+pub async fn user_name(
+    shard: &Rc<Shard>,
+    user_id: u64,
+    wanted: Option<&str>,
+) -> Result<String, ApiError> {
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such user");
+    let home = shard.user_home(user_id);
+    let name = shard
+        .call(home, |reply| ShardMsg::UserName { user_id, reply })
+        .await?
+        .ok_or_else(not_found)?;
+    if wanted.is_some_and(|w| w != name) {
+        return Err(not_found());
+    }
+    Ok(name)
+}
+
 /// `(user id, username)` pairs and `(group id, group name)` pairs.
 pub type NamedIds = (Vec<(u64, String)>, Vec<(u64, String)>);
 

@@ -1065,21 +1065,13 @@ async fn request(
             Ok(Body::HistoryPage(page))
         }
         Body::OpenDirect(open) => {
-            let peer = if open.peer_user_id != 0 {
-                open.peer_user_id
+            let (peer, wanted) = if open.peer_user_id != 0 {
+                (open.peer_user_id, None)
             } else {
-                chat::user_id_of(&open.peer_username)
+                let name = open.peer_username.as_str();
+                (chat::user_id_of(name), Some(name))
             };
-            let peer_home = shard.user_home(peer);
-            let name = shard
-                .call(peer_home, |reply| ShardMsg::UserName {
-                    user_id: peer,
-                    reply,
-                })
-                .await?;
-            let Some(title) = name else {
-                return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
-            };
+            let title = chat::user_name(shard, peer, wanted).await?;
             let (a, b) = (session.user_id, peer);
             let conversation_id = router::direct_conversation_id(a, b);
             let owner = shard.conversation_owner(conversation_id);
