@@ -857,6 +857,29 @@ pub struct MediaPresignResponse {
     pub expires_at_ms: u64,
 }
 
+/// Client -> server: a signed, expiring download URL for the media of message `seq` in
+/// `conversation_id` (the requester must be able to read that message).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaDownloadRequest {
+    #[serde(with = "crate::json::u64_str")]
+    pub conversation_id: u64,
+    #[serde(with = "crate::json::u64_str")]
+    pub seq: u64,
+}
+
+/// Server -> client: answer to [`MediaDownloadRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaDownloadResponse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaRef>,
+    /// Signed, expiring download URL; serves HTTP Range requests.
+    pub download_url: String,
+    #[serde(with = "crate::json::u64_str")]
+    pub expires_at_ms: u64,
+}
+
 // ---------------------------------------------------------------------------------------
 // The envelope.
 
@@ -911,6 +934,8 @@ pub enum Body {
     KeysLow(KeysLow),
     MediaPresignRequest(MediaPresignRequest),
     MediaPresignResponse(MediaPresignResponse),
+    MediaDownloadRequest(MediaDownloadRequest),
+    MediaDownloadResponse(MediaDownloadResponse),
 }
 
 impl Body {

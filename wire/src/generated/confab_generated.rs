@@ -775,10 +775,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for GroupOp {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 36;
+pub const ENUM_MAX_BODY: u8 = 38;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 37] = [
+pub const ENUM_VALUES_BODY: [Body; 39] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -816,6 +816,8 @@ pub const ENUM_VALUES_BODY: [Body; 37] = [
   Body::KeysLow,
   Body::MediaPresignRequest,
   Body::MediaPresignResponse,
+  Body::MediaDownloadRequest,
+  Body::MediaDownloadResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -860,9 +862,11 @@ impl Body {
   pub const KeysLow: Self = Self(34);
   pub const MediaPresignRequest: Self = Self(35);
   pub const MediaPresignResponse: Self = Self(36);
+  pub const MediaDownloadRequest: Self = Self(37);
+  pub const MediaDownloadResponse: Self = Self(38);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 36;
+  pub const ENUM_MAX: u8 = 38;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -901,6 +905,8 @@ impl Body {
     Self::KeysLow,
     Self::MediaPresignRequest,
     Self::MediaPresignResponse,
+    Self::MediaDownloadRequest,
+    Self::MediaDownloadResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -942,6 +948,8 @@ impl Body {
       Self::KeysLow => Some("KeysLow"),
       Self::MediaPresignRequest => Some("MediaPresignRequest"),
       Self::MediaPresignResponse => Some("MediaPresignResponse"),
+      Self::MediaDownloadRequest => Some("MediaDownloadRequest"),
+      Self::MediaDownloadResponse => Some("MediaDownloadResponse"),
       _ => None,
     }
   }
@@ -7195,6 +7203,253 @@ impl ::core::fmt::Debug for MediaPresignResponse<'_> {
       ds.finish()
   }
 }
+pub enum MediaDownloadRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client -> server: a signed, expiring download URL for the media of message `seq` in
+/// `conversation_id` (the requester must be able to read that message).
+pub struct MediaDownloadRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MediaDownloadRequest<'a> {
+  type Inner = MediaDownloadRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MediaDownloadRequest<'a> {
+  pub const VT_CONVERSATION_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MediaDownloadRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MediaDownloadRequestArgs
+  ) -> ::flatbuffers::WIPOffset<MediaDownloadRequest<'bldr>> {
+    let mut builder = MediaDownloadRequestBuilder::new(_fbb);
+    builder.add_seq(args.seq);
+    builder.add_conversation_id(args.conversation_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conversation_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MediaDownloadRequest::VT_CONVERSATION_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MediaDownloadRequest::VT_SEQ, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MediaDownloadRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("conversation_id", Self::VT_CONVERSATION_ID, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MediaDownloadRequestArgs {
+    pub conversation_id: u64,
+    pub seq: u64,
+}
+impl<'a> Default for MediaDownloadRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    MediaDownloadRequestArgs {
+      conversation_id: 0,
+      seq: 0,
+    }
+  }
+}
+
+pub struct MediaDownloadRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MediaDownloadRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conversation_id(&mut self, conversation_id: u64) {
+    self.fbb_.push_slot::<u64>(MediaDownloadRequest::VT_CONVERSATION_ID, conversation_id, 0);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(MediaDownloadRequest::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MediaDownloadRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MediaDownloadRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MediaDownloadRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MediaDownloadRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MediaDownloadRequest");
+      ds.field("conversation_id", &self.conversation_id());
+      ds.field("seq", &self.seq());
+      ds.finish()
+  }
+}
+pub enum MediaDownloadResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Server -> client: answer to MediaDownloadRequest.
+pub struct MediaDownloadResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MediaDownloadResponse<'a> {
+  type Inner = MediaDownloadResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MediaDownloadResponse<'a> {
+  pub const VT_MEDIA: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DOWNLOAD_URL: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EXPIRES_AT_MS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MediaDownloadResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MediaDownloadResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MediaDownloadResponse<'bldr>> {
+    let mut builder = MediaDownloadResponseBuilder::new(_fbb);
+    builder.add_expires_at_ms(args.expires_at_ms);
+    if let Some(x) = args.download_url { builder.add_download_url(x); }
+    if let Some(x) = args.media { builder.add_media(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn media(&self) -> Option<MediaRef<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<MediaRef>>(MediaDownloadResponse::VT_MEDIA, None)}
+  }
+  /// Signed, expiring download URL; serves HTTP Range requests.
+  #[inline]
+  pub fn download_url(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MediaDownloadResponse::VT_DOWNLOAD_URL, None)}
+  }
+  #[inline]
+  pub fn expires_at_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MediaDownloadResponse::VT_EXPIRES_AT_MS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MediaDownloadResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<MediaRef>>("media", Self::VT_MEDIA, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("download_url", Self::VT_DOWNLOAD_URL, false)?
+     .visit_field::<u64>("expires_at_ms", Self::VT_EXPIRES_AT_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MediaDownloadResponseArgs<'a> {
+    pub media: Option<::flatbuffers::WIPOffset<MediaRef<'a>>>,
+    pub download_url: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub expires_at_ms: u64,
+}
+impl<'a> Default for MediaDownloadResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MediaDownloadResponseArgs {
+      media: None,
+      download_url: None,
+      expires_at_ms: 0,
+    }
+  }
+}
+
+pub struct MediaDownloadResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MediaDownloadResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_media(&mut self, media: ::flatbuffers::WIPOffset<MediaRef<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<MediaRef>>(MediaDownloadResponse::VT_MEDIA, media);
+  }
+  #[inline]
+  pub fn add_download_url(&mut self, download_url: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MediaDownloadResponse::VT_DOWNLOAD_URL, download_url);
+  }
+  #[inline]
+  pub fn add_expires_at_ms(&mut self, expires_at_ms: u64) {
+    self.fbb_.push_slot::<u64>(MediaDownloadResponse::VT_EXPIRES_AT_MS, expires_at_ms, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MediaDownloadResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MediaDownloadResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MediaDownloadResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MediaDownloadResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MediaDownloadResponse");
+      ds.field("media", &self.media());
+      ds.field("download_url", &self.download_url());
+      ds.field("expires_at_ms", &self.expires_at_ms());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7794,6 +8049,36 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_media_download_request(&self) -> Option<MediaDownloadRequest<'a>> {
+    if self.body_type() == Body::MediaDownloadRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MediaDownloadRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_media_download_response(&self) -> Option<MediaDownloadResponse<'a>> {
+    if self.body_type() == Body::MediaDownloadResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { MediaDownloadResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -7841,6 +8126,8 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::KeysLow => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeysLow>>("Body::KeysLow", pos),
           Body::MediaPresignRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MediaPresignRequest>>("Body::MediaPresignRequest", pos),
           Body::MediaPresignResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MediaPresignResponse>>("Body::MediaPresignResponse", pos),
+          Body::MediaDownloadRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MediaDownloadRequest>>("Body::MediaDownloadRequest", pos),
+          Body::MediaDownloadResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MediaDownloadResponse>>("Body::MediaDownloadResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -8149,6 +8436,20 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::MediaPresignResponse => {
           if let Some(x) = self.body_as_media_presign_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::MediaDownloadRequest => {
+          if let Some(x) = self.body_as_media_download_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::MediaDownloadResponse => {
+          if let Some(x) = self.body_as_media_download_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -165,6 +165,20 @@ fn presence_group_keys_media(frame: &fb::Frame<'_>) -> Result<Body, WireError> {
                 media_presign_response
             )
         }
+        fb::Body::MediaDownloadRequest => {
+            arm!(
+                MediaDownloadRequest,
+                body_as_media_download_request,
+                media_download_request
+            )
+        }
+        fb::Body::MediaDownloadResponse => {
+            arm!(
+                MediaDownloadResponse,
+                body_as_media_download_response,
+                media_download_response
+            )
+        }
         other => return Err(unknown_body(other)),
     })
 }
@@ -592,6 +606,25 @@ fn media_presign_response(
         media: m.media().map(media_ref).transpose()?,
         exists: m.exists(),
         upload_url: string(m.upload_url()),
+        expires_at_ms: m.expires_at_ms(),
+    })
+}
+
+fn media_download_request(
+    m: fb::MediaDownloadRequest<'_>,
+) -> Result<MediaDownloadRequest, WireError> {
+    Ok(MediaDownloadRequest {
+        conversation_id: m.conversation_id(),
+        seq: m.seq(),
+    })
+}
+
+fn media_download_response(
+    m: fb::MediaDownloadResponse<'_>,
+) -> Result<MediaDownloadResponse, WireError> {
+    Ok(MediaDownloadResponse {
+        media: m.media().map(media_ref).transpose()?,
+        download_url: string(m.download_url()),
         expires_at_ms: m.expires_at_ms(),
     })
 }

@@ -97,6 +97,10 @@ pub(super) fn body_type(body: &Body) -> (fb::Body, &'static str) {
         Body::KeysLow(_) => (fb::Body::KeysLow, "keys_low"),
         Body::MediaPresignRequest(_) => (fb::Body::MediaPresignRequest, "media_presign_request"),
         Body::MediaPresignResponse(_) => (fb::Body::MediaPresignResponse, "media_presign_response"),
+        Body::MediaDownloadRequest(_) => (fb::Body::MediaDownloadRequest, "media_download_request"),
+        Body::MediaDownloadResponse(_) => {
+            (fb::Body::MediaDownloadResponse, "media_download_response")
+        }
     }
 }
 
@@ -138,6 +142,8 @@ fn build_body<'a, A: Allocator + 'a>(fbb: &mut Fbb<'a, A>, body: &Body) -> Union
         Body::KeysLow(m) => keys_low(fbb, m),
         Body::MediaPresignRequest(m) => media_presign_request(fbb, m),
         Body::MediaPresignResponse(m) => media_presign_response(fbb, m),
+        Body::MediaDownloadRequest(m) => media_download_request(fbb, m),
+        Body::MediaDownloadResponse(m) => media_download_response(fbb, m),
     }
 }
 
@@ -678,6 +684,31 @@ fn media_presign_response<'a, A: Allocator + 'a>(
         expires_at_ms: m.expires_at_ms,
     };
     fb::MediaPresignResponse::create(fbb, &args).as_union_value()
+}
+
+fn media_download_request<'a, A: Allocator + 'a>(
+    fbb: &mut Fbb<'a, A>,
+    m: &MediaDownloadRequest,
+) -> Union {
+    let args = fb::MediaDownloadRequestArgs {
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+    };
+    fb::MediaDownloadRequest::create(fbb, &args).as_union_value()
+}
+
+fn media_download_response<'a, A: Allocator + 'a>(
+    fbb: &mut Fbb<'a, A>,
+    m: &MediaDownloadResponse,
+) -> Union {
+    let media = m.media.as_ref().map(|media| media_ref(fbb, media));
+    let download_url = string(fbb, &m.download_url);
+    let args = fb::MediaDownloadResponseArgs {
+        media,
+        download_url,
+        expires_at_ms: m.expires_at_ms,
+    };
+    fb::MediaDownloadResponse::create(fbb, &args).as_union_value()
 }
 
 #[cfg(test)]

@@ -623,6 +623,29 @@ fn media() -> Vec<(&'static str, BoxedStrategy<Body>)> {
                 })
                 .boxed(),
         ),
+        (
+            "media_download_request",
+            any::<[u64; 2]>()
+                .prop_map(|[conversation_id, seq]| {
+                    Body::MediaDownloadRequest(MediaDownloadRequest {
+                        conversation_id,
+                        seq,
+                    })
+                })
+                .boxed(),
+        ),
+        (
+            "media_download_response",
+            (option::of(media_ref()), text(), any::<u64>())
+                .prop_map(|(media, download_url, expires_at_ms)| {
+                    Body::MediaDownloadResponse(MediaDownloadResponse {
+                        media,
+                        download_url,
+                        expires_at_ms,
+                    })
+                })
+                .boxed(),
+        ),
     ]
 }
 

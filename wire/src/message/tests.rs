@@ -277,7 +277,7 @@ fn union_none_is_rejected() {
 fn unknown_union_type_is_rejected() {
     let newer = fb::Body(fb::Body::ENUM_MAX + 1);
     let msg = verify_error(from_flatbuffers(&raw_frame(newer, true)));
-    assert!(msg.contains("unknown body type 37"), "{msg}");
+    assert!(msg.contains("unknown body type 39"), "{msg}");
 }
 
 #[test]
@@ -620,6 +620,12 @@ fn sample_keys_media(limit: &Limit, n: usize, s: String, b: Vec<u8>, ids: Vec<u6
                 ..Default::default()
             }))
         }
+        "MediaDownloadResponse.download_url" => {
+            frame(Body::MediaDownloadResponse(MediaDownloadResponse {
+                download_url: s,
+                ..Default::default()
+            }))
+        }
         other => panic!("no sample for limit {other}: add one"),
     }
 }
@@ -646,7 +652,7 @@ fn expected_error(limit: &Limit, n: usize) -> WireError {
 /// limits also hold for the standalone event codec.
 #[test]
 fn every_field_limit_is_enforced_by_every_decoder() {
-    assert_eq!(limits_table::ALL.len(), 36);
+    assert_eq!(limits_table::ALL.len(), 37);
     for limit in limits_table::ALL {
         for (n, expected) in [
             (limit.max, Ok(())),

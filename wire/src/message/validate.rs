@@ -98,6 +98,8 @@ limits! {
     MEDIA_PRESIGN_REQUEST_CONTENT_TYPE =
         "MediaPresignRequest.content_type", CONTENT_TYPE_BYTES_MAX, Bytes;
     MEDIA_PRESIGN_RESPONSE_UPLOAD_URL = "MediaPresignResponse.upload_url", URL_BYTES_MAX, Bytes;
+    MEDIA_DOWNLOAD_RESPONSE_DOWNLOAD_URL =
+        "MediaDownloadResponse.download_url", URL_BYTES_MAX, Bytes;
 }
 
 /// A standalone `SystemEvent` buffer ([`system_event_from_flatbuffers`]) is at most as
@@ -186,6 +188,10 @@ fn fields(body: &Body) -> Result<(), WireError> {
             MEDIA_PRESIGN_RESPONSE_UPLOAD_URL.bytes(m.upload_url.len())?;
             m.media.as_ref().map_or(Ok(()), media_ref)
         }
+        Body::MediaDownloadResponse(m) => {
+            MEDIA_DOWNLOAD_RESPONSE_DOWNLOAD_URL.bytes(m.download_url.len())?;
+            m.media.as_ref().map_or(Ok(()), media_ref)
+        }
         // Scalars only.
         Body::Welcome(_)
         | Body::Ping(_)
@@ -200,7 +206,8 @@ fn fields(body: &Body) -> Result<(), WireError> {
         | Body::GroupInfoRequest(_)
         | Body::KeysUploaded(_)
         | Body::KeysFetch(_)
-        | Body::KeysLow(_) => Ok(()),
+        | Body::KeysLow(_)
+        | Body::MediaDownloadRequest(_) => Ok(()),
     }
 }
 
@@ -229,6 +236,7 @@ fn body_tables(body: &Body) -> usize {
             .map(|d| 1 + spk(&d.signed_pre_key) + usize::from(d.one_time_key.is_some()))
             .sum(),
         Body::MediaPresignResponse(m) => media(&m.media),
+        Body::MediaDownloadResponse(m) => media(&m.media),
         _ => 0,
     };
     1 + nested
@@ -379,12 +387,17 @@ fn check_view_presence_group_keys_media(frame: &fb::Frame<'_>) -> Result<(), Wir
             MEDIA_PRESIGN_RESPONSE_UPLOAD_URL.bytes(str_len(m.upload_url()))?;
             with(m.media(), view_media_ref)
         }),
+        fb::Body::MediaDownloadResponse => with(frame.body_as_media_download_response(), |m| {
+            MEDIA_DOWNLOAD_RESPONSE_DOWNLOAD_URL.bytes(str_len(m.download_url()))?;
+            with(m.media(), view_media_ref)
+        }),
         fb::Body::PresenceSet
         | fb::Body::Typing
         | fb::Body::GroupInfoRequest
         | fb::Body::KeysUploaded
         | fb::Body::KeysFetch
-        | fb::Body::KeysLow => Ok(()),
+        | fb::Body::KeysLow
+        | fb::Body::MediaDownloadRequest => Ok(()),
         other => Err(unknown_body(other)),
     }
 }
