@@ -171,6 +171,11 @@ pub enum ShardMsg {
         conversation_id: u64,
         reply: Reply<bool>,
     },
+    /// Claim key bundles of a user homed here (`gateway/src/keys.rs`).
+    KeysClaim {
+        fetch: message::KeysFetch,
+        reply: Reply<Result<message::KeyBundle, ApiError>>,
+    },
     Joined {
         user_id: u64,
         conversation_id: u64,
@@ -578,6 +583,9 @@ async fn handle_async(shard: &Rc<Shard>, msg: ShardMsg) {
         }
         ShardMsg::OpenDirect { a, b, reply } => {
             let _ = reply.send(open_direct(shard, a, b).await);
+        }
+        ShardMsg::KeysClaim { fetch, reply } => {
+            let _ = reply.send(crate::keys::claim(shard, fetch).await);
         }
         ShardMsg::Append { append, reply } => {
             let answer = match ConversationKind::of(append.conversation_id) {

@@ -60,6 +60,23 @@ pub const DEFAULT_PUSH_RETRY_MAX_MS: u64 = 300_000;
 pub const DEFAULT_PUSH_ATTEMPTS_MAX: u32 = 8;
 /// Timeout of one push provider request, in ms [default: 5000].
 pub const DEFAULT_PUSH_TIMEOUT_MS: u64 = 5_000;
+/// Largest media object, in bytes [default: 16 MiB]. An upload is held in memory while
+/// it is verified, so this times `media_uploads_per_shard` bounds upload memory per shard.
+pub const DEFAULT_MEDIA_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Media content types accepted (`type/*` allows a whole type).
+pub const DEFAULT_MEDIA_ALLOWED_TYPES: &[&str] = &[
+    "image/*",
+    "video/*",
+    "audio/*",
+    "application/pdf",
+    "application/octet-stream",
+];
+/// Signed media URLs (upload and download) expire after this long, in ms [default: 300000].
+pub const DEFAULT_MEDIA_URL_TTL_MS: u64 = 300_000;
+/// An upload's body must arrive within this long, in ms [default: 120000].
+pub const DEFAULT_MEDIA_TRANSFER_TIMEOUT_MS: u64 = 120_000;
+/// Media uploads one shard receives at once; more get 503 [default: 4].
+pub const DEFAULT_MEDIA_UPLOADS_PER_SHARD: usize = 4;
 
 /// Command-line flags; each also reads its `CONFAB_*` environment variable.
 #[derive(Debug, Default, Parser)]
@@ -167,6 +184,30 @@ pub struct Cli {
     /// HMAC-SHA256 key signing webhook bodies (required with a webhook URL).
     #[arg(long, env = "CONFAB_PUSH_WEBHOOK_SECRET", hide_env_values = true)]
     pub push_webhook_secret: Option<String>,
+    /// Media object store: empty for <data_dir>/media, file:///path, or s3://bucket[/prefix]
+    /// (credentials, region and endpoint from the AWS_* environment) [default: empty].
+    #[arg(long, env = "CONFAB_MEDIA_STORE")]
+    pub media_store: Option<String>,
+    /// Base of signed media URLs, e.g. a CDN in front of this server; empty gives
+    /// relative URLs (/v1/media/...) [default: empty].
+    #[arg(long, env = "CONFAB_MEDIA_PUBLIC_URL")]
+    pub media_public_url: Option<String>,
+    /// Largest media object in bytes [default: 16777216].
+    #[arg(long, env = "CONFAB_MEDIA_BYTES_MAX")]
+    pub media_bytes_max: Option<u64>,
+    /// Accepted media content types, comma-separated; type/* allows a whole type
+    /// [default: image/*,video/*,audio/*,application/pdf,application/octet-stream].
+    #[arg(long, env = "CONFAB_MEDIA_ALLOWED_TYPES", value_delimiter = ',')]
+    pub media_allowed_types: Option<Vec<String>>,
+    /// Signed media URLs expire after this long, in ms [default: 300000].
+    #[arg(long, env = "CONFAB_MEDIA_URL_TTL_MS")]
+    pub media_url_ttl_ms: Option<u64>,
+    /// An upload's body must arrive within this long, in ms [default: 120000].
+    #[arg(long, env = "CONFAB_MEDIA_TRANSFER_TIMEOUT_MS")]
+    pub media_transfer_timeout_ms: Option<u64>,
+    /// Media uploads one shard receives at once [default: 4].
+    #[arg(long, env = "CONFAB_MEDIA_UPLOADS_PER_SHARD")]
+    pub media_uploads_per_shard: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, in snake_case.
@@ -204,6 +245,13 @@ pub struct FileConfig {
     pub push_timeout_ms: Option<u64>,
     pub push_webhook_url: Option<String>,
     pub push_webhook_secret: Option<String>,
+    pub media_store: Option<String>,
+    pub media_public_url: Option<String>,
+    pub media_bytes_max: Option<u64>,
+    pub media_allowed_types: Option<Vec<String>>,
+    pub media_url_ttl_ms: Option<u64>,
+    pub media_transfer_timeout_ms: Option<u64>,
+    pub media_uploads_per_shard: Option<usize>,
 }
 
 /// The resolved configuration every shard gets a copy of.
@@ -239,6 +287,15 @@ pub struct Config {
     pub push_timeout: Duration,
     /// Webhook provider URL and signing secret, if push is configured.
     pub push_webhook: Option<(String, String)>,
+    /// Media object store URL (empty: `<data_dir>/media`).
+    pub media_store: String,
+    /// Base of signed media URLs (empty: relative).
+    pub media_public_url: String,
+    pub media_bytes_max: u64,
+    pub media_allowed_types: Vec<String>,
+    pub media_url_ttl: Duration,
+    pub media_transfer_timeout: Duration,
+    pub media_uploads_per_shard: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -402,6 +459,38 @@ impl Config {
                     ))
                 }
             },
+            media_store: cli.media_store.or(file.media_store).unwrap_or_default(),
+            media_public_url: cli
+                .media_public_url
+                .or(file.media_public_url)
+                .unwrap_or_default(),
+            media_bytes_max: cli
+                .media_bytes_max
+                .or(file.media_bytes_max)
+                .unwrap_or(DEFAULT_MEDIA_BYTES_MAX),
+            media_allowed_types: cli
+                .media_allowed_types
+                .or(file.media_allowed_types)
+                .unwrap_or_else(|| {
+                    DEFAULT_MEDIA_ALLOWED_TYPES
+                        .iter()
+                        .map(|t| (*t).to_owned())
+                        .collect()
+                }),
+            media_url_ttl: Duration::from_millis(
+                cli.media_url_ttl_ms
+                    .or(file.media_url_ttl_ms)
+                    .unwrap_or(DEFAULT_MEDIA_URL_TTL_MS),
+            ),
+            media_transfer_timeout: Duration::from_millis(
+                cli.media_transfer_timeout_ms
+                    .or(file.media_transfer_timeout_ms)
+                    .unwrap_or(DEFAULT_MEDIA_TRANSFER_TIMEOUT_MS),
+            ),
+            media_uploads_per_shard: cli
+                .media_uploads_per_shard
+                .or(file.media_uploads_per_shard)
+                .unwrap_or(DEFAULT_MEDIA_UPLOADS_PER_SHARD),
         };
         config.validate()?;
         Ok(config)
@@ -457,6 +546,17 @@ impl Config {
                 "log_segment_bytes must be in {segment:?}, got {}",
                 self.log_segment_bytes
             ));
+        }
+        if self.media_bytes_max == 0
+            || self.media_url_ttl.is_zero()
+            || self.media_transfer_timeout.is_zero()
+            || self.media_uploads_per_shard == 0
+        {
+            return invalid(
+                "media_bytes_max, media_url_ttl_ms, media_transfer_timeout_ms and \
+                 media_uploads_per_shard must be greater than zero"
+                    .to_string(),
+            );
         }
         if self.http_port != 0 && self.http_port == self.tcp_port {
             return invalid(format!(

@@ -6,6 +6,7 @@
 //! | `GET /metrics` | 200, Prometheus text |
 //! | `GET /ws` + valid upgrade | 101, then a WebSocket session |
 //! | `GET /ws`, bad upgrade | `wire`'s refusal (400/405/426/431 with a reason) |
+//! | `/v1/media/<sha256>?…` | media objects behind signed URLs ([`crate::media::http`]) |
 //! | `/v1/...` | the JSON API ([`crate::api`], `gateway/API.md`) |
 //! | body over `HTTP_BODY_BYTES_MAX` | 413 |
 //! | head over 8 KiB or over 32 headers | 431 |
@@ -45,6 +46,8 @@ enum Routed {
     Upgrade(handshake::UpgradeRequest),
     /// An API request with a body of this many bytes.
     Api { body_len: usize },
+    /// A media object URL (`crate::media::http`), which reads and writes for itself.
+    Media,
 }
 
 /// Serve one HTTP request on `stream`.
@@ -92,6 +95,12 @@ pub async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, accepted_at: Insta
                     let ended = live::run(shard, stream, transport, &rest, accepted_at).await;
                     shard.counters().ws_closed();
                     return ended;
+                }
+                Routed::Media => {
+                    let head = buf.get(..len).unwrap_or_default();
+                    let rest = buf.get(len..filled).unwrap_or_default();
+                    crate::media::http::serve(shard, stream, head, rest).await;
+                    return Ended::Close;
                 }
                 Routed::Api { body_len } => {
                     let mut body = buf.get(len..filled).unwrap_or_default().to_vec();
@@ -171,6 +180,9 @@ fn route(shard: &Shard, request: &[u8], out: &mut Vec<u8>) -> Routed {
     let path = parsed.path.unwrap_or("/");
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let is_get = parsed.method == Some("GET");
+    if crate::media::http::owns(path) {
+        return Routed::Media;
+    }
     if api::owns(path) {
         let length = header(&parsed, "content-length").map(|v| {
             std::str::from_utf8(v)

@@ -17,7 +17,9 @@
 //! - [`chat`]: mesh messages between shards and their handlers (user home, conversation
 //!   owner): the delivery contract lives here.
 //! - [`state`]: the metadata each shard folds from its log (users, devices, memberships,
-//!   cursors, receipts, direct conversations).
+//!   cursors, receipts, direct conversations, published keys).
+//! - [`keys`]: the end-to-end encryption key directory (one-time keys claimed once each).
+//! - [`media`]: media attachments: presigned upload/download URLs, the object store.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -27,6 +29,8 @@ pub mod chat;
 pub mod config;
 pub mod group;
 pub mod http;
+pub mod keys;
+pub mod media;
 pub mod metrics;
 pub mod poll;
 pub mod presence;

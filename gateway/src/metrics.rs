@@ -43,6 +43,12 @@ pub struct ShardCounters {
     push_cancelled: AtomicU64,
     push_failed_attempts: AtomicU64,
     push_dead_lettered: AtomicU64,
+    keys_claimed: AtomicU64,
+    media_uploaded: AtomicU64,
+    media_deduped: AtomicU64,
+    media_bytes_in: AtomicU64,
+    media_bytes_out: AtomicU64,
+    media_refused: AtomicU64,
     /// Append-to-durable latency: counts per bucket of [`APPEND_BUCKETS_US`], plus +Inf.
     append_buckets: [AtomicU64; APPEND_BUCKETS_US.len() + 1],
     append_sum_us: AtomicU64,
@@ -155,6 +161,31 @@ impl ShardCounters {
         add(&self.push_failed_attempts);
     }
 
+    /// One-time keys handed out.
+    pub fn keys_claimed(&self, n: u64) {
+        self.keys_claimed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A verified upload stored (`bytes` long).
+    pub fn media_uploaded(&self, bytes: u64) {
+        add(&self.media_uploaded);
+        self.media_bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A presign answered "exists": nothing to upload.
+    pub fn media_deduped(&self) {
+        add(&self.media_deduped);
+    }
+
+    pub fn media_bytes_out(&self, bytes: u64) {
+        self.media_bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A media request refused (bad signature, expired, tampered, too large...).
+    pub fn media_refused(&self) {
+        add(&self.media_refused);
+    }
+
     pub fn push_dead_lettered(&self) {
         add(&self.push_dead_lettered);
     }
@@ -231,7 +262,33 @@ impl Metrics {
                 field,
             );
         }
-        let counters: [(&str, &str, Field); 16] = [
+        let counters: [(&str, &str, Field); 22] = [
+            (
+                "confab_keys_claimed_total",
+                "One-time pre-keys handed out",
+                |c| &c.keys_claimed,
+            ),
+            (
+                "confab_media_uploads_total",
+                "Media uploads verified and stored",
+                |c| &c.media_uploaded,
+            ),
+            (
+                "confab_media_deduped_total",
+                "Media presigns answered with an existing object",
+                |c| &c.media_deduped,
+            ),
+            ("confab_media_bytes_in_total", "Media bytes stored", |c| {
+                &c.media_bytes_in
+            }),
+            ("confab_media_bytes_out_total", "Media bytes served", |c| {
+                &c.media_bytes_out
+            }),
+            (
+                "confab_media_refused_total",
+                "Media requests refused (signature, expiry, hash, size, type)",
+                |c| &c.media_refused,
+            ),
             (
                 "confab_presence_updates_total",
                 "Presence update frames queued to subscribers",

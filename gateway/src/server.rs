@@ -5,6 +5,7 @@
 //! bind those exact ports, so all shards share each port and the kernel spreads accepts.
 //! glommio's `TcpListener::bind` sets SO_REUSEPORT itself (backlog 1024).
 
+use crate::media::store::MediaStore;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 
@@ -26,6 +27,8 @@ use crate::state::ShardState;
 
 /// The file holding the token signing key, in the data directory.
 pub const TOKEN_KEY_FILE: &str = "token.key";
+/// Where media objects live when `media_store` is not set (`<data_dir>/media`).
+pub const MEDIA_DIR: &str = "media";
 
 /// The file a running server holds an exclusive lock on, so a second server on the same
 /// data directory refuses to start (SO_REUSEPORT would let it bind the same ports, and two
@@ -78,6 +81,9 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
     check_layout(&config)?;
     let token_key = TokenKey::load_or_create(&config.data_dir.join(TOKEN_KEY_FILE))
         .context("loading the token key")?;
+    let media = MediaStore::open(&config.media_store, &config.data_dir.join(MEDIA_DIR))
+        .context("opening the media store")?;
+    tracing::info!(store = %media.describe, "media store open");
     let placement = Placement::single_node(config.node_id, config.shards as u32)
         .map_err(|e| anyhow!("placement: {e}"))?;
     let cpus = cpus()?;
@@ -96,6 +102,7 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
             flag: flag.clone(),
             token_key: token_key.clone(),
             placement: placement.clone(),
+            media: media.clone(),
         };
         let ends = mesh_ends
             .next()
@@ -136,6 +143,7 @@ struct Common {
     flag: ShutdownFlag,
     token_key: TokenKey,
     placement: Placement,
+    media: MediaStore,
 }
 
 /// Lock the data directory for this process's lifetime (the lock goes with the file
@@ -211,6 +219,7 @@ fn spawn_shard(
         flag,
         token_key,
         placement,
+        media,
     } = common;
     LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
         .name(&format!("shard{id}"))
@@ -268,6 +277,7 @@ fn spawn_shard(
                 log,
                 ids,
                 token_key,
+                media,
             });
             for peer in incoming {
                 glommio::spawn_local(shard::receive_loop(shard.clone(), peer)).detach();

@@ -63,6 +63,13 @@ pub struct Shard {
     pub reserving_users: RefCell<HashSet<u64>>,
     /// Highest device id handed out per user since start (ids not durable yet).
     pub reserved_devices: RefCell<HashMap<u64, u64>>,
+    /// One-time keys picked by a claim whose record is not durable yet,
+    /// `(user, device, key id)` (see `gateway/src/keys.rs`).
+    pub keys_claiming: RefCell<HashSet<(u64, u64, u64)>>,
+    /// The media object store (shared by every shard; see `gateway/src/media/store.rs`).
+    pub media: crate::media::store::MediaStore,
+    /// Media uploads this shard is receiving now.
+    pub media_uploads: Cell<usize>,
     /// The newest sequence this shard has seen per conversation (pushes, reads); not
     /// persisted: catch-up reads refresh it.
     last_seqs: RefCell<HashMap<u64, u64>>,
@@ -80,6 +87,7 @@ pub struct ShardParts {
     pub log: ShardLog,
     pub ids: SnowflakeGenerator,
     pub token_key: TokenKey,
+    pub media: crate::media::store::MediaStore,
 }
 
 impl Shard {
@@ -103,6 +111,9 @@ impl Shard {
             groups: RefCell::new(crate::group::GroupRuntime::default()),
             reserving_users: RefCell::new(HashSet::new()),
             reserved_devices: RefCell::new(HashMap::new()),
+            keys_claiming: RefCell::new(HashSet::new()),
+            media: parts.media,
+            media_uploads: Cell::new(0),
             last_seqs: RefCell::new(HashMap::new()),
             next_session: Cell::new(1),
             open: Cell::new(0),

@@ -38,6 +38,9 @@ pub const KIND_LAST_SEEN: u8 = 68;
 pub const KIND_PUSH_JOB: u8 = 69;
 /// Application record kind for [`MetaEvent::PushDone`] and [`MetaEvent::PushAttempt`].
 pub const KIND_PUSH_DONE: u8 = 70;
+/// Application record kind for [`MetaEvent::KeysClaimed`] (uploads are
+/// `RecordKind::PublicKey`).
+pub const KIND_KEYS_CLAIMED: u8 = 71;
 
 /// One metadata record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +119,24 @@ pub enum MetaEvent {
     },
     /// A push job ended (home shard).
     PushDone { job_id: u64, outcome: PushOutcome },
+    /// A device published end-to-end encryption keys (home shard). A new identity key
+    /// replaces the device's keys; otherwise the signed pre-key (if given) replaces the
+    /// old one and the one-time keys join the pool (validated before it is written).
+    KeysPublished {
+        user_id: u64,
+        device_id: u64,
+        #[serde(with = "b64")]
+        identity_key: Vec<u8>,
+        signed_pre_key: Option<SignedKey>,
+        /// `(key id, public key)`.
+        #[serde(with = "b64_pairs")]
+        one_time_keys: Vec<(u64, Vec<u8>)>,
+    },
+    /// One-time keys handed out, `(device, key id)` (home shard): never again.
+    KeysClaimed {
+        user_id: u64,
+        claims: Vec<(u64, u64)>,
+    },
 }
 
 /// A durable push-notification job (see `gateway/src/push.rs`).
@@ -200,6 +221,8 @@ impl MetaEvent {
             MetaEvent::PushAttempt { .. } | MetaEvent::PushDone { .. } => {
                 RecordKind::Custom(KIND_PUSH_DONE)
             }
+            MetaEvent::KeysPublished { .. } => RecordKind::PublicKey,
+            MetaEvent::KeysClaimed { .. } => RecordKind::Custom(KIND_KEYS_CLAIMED),
         }
     }
 
@@ -229,6 +252,87 @@ pub struct Device {
     pub name: String,
     /// Per conversation.
     pub cursors: HashMap<u64, Cursor>,
+    /// Published end-to-end encryption keys (`gateway/src/keys.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<DeviceKeys>,
+}
+
+/// A device's public keys in the key directory. Opaque bytes to the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceKeys {
+    #[serde(with = "b64")]
+    pub identity_key: Vec<u8>,
+    pub signed_pre_key: Option<SignedKey>,
+    /// The one-time pre-key pool, by key id.
+    #[serde(with = "b64_map")]
+    pub one_time: BTreeMap<u64, Vec<u8>>,
+    /// The highest one-time key id ever published under this identity key: ids must
+    /// grow, so a key handed out can never be published (and handed out) again.
+    #[serde(default)]
+    pub highest_key_id: u64,
+}
+
+/// A signed pre-key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedKey {
+    pub key_id: u64,
+    #[serde(with = "b64")]
+    pub public_key: Vec<u8>,
+    #[serde(with = "b64")]
+    pub signature: Vec<u8>,
+}
+
+/// Bytes as standard base64 in the JSON of metadata records (keys are binary).
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `(id, bytes)` pairs with the bytes as base64.
+mod b64_pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Pair(u64, #[serde(with = "super::b64")] Vec<u8>);
+
+    pub fn serialize<S: Serializer>(pairs: &[(u64, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+        let pairs: Vec<Pair> = pairs.iter().map(|(id, b)| Pair(*id, b.clone())).collect();
+        pairs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, Vec<u8>)>, D::Error> {
+        let pairs = Vec::<Pair>::deserialize(d)?;
+        Ok(pairs.into_iter().map(|Pair(id, b)| (id, b)).collect())
+    }
+}
+
+/// A map from id to bytes, stored as base64 pairs.
+mod b64_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u64, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        let pairs: Vec<(u64, Vec<u8>)> = map.iter().map(|(id, b)| (*id, b.clone())).collect();
+        super::b64_pairs::serialize(&pairs, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u64, Vec<u8>>, D::Error> {
+        Ok(super::b64_pairs::deserialize(d)?.into_iter().collect())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -523,6 +627,52 @@ impl ShardState {
                 if let Some(job) = self.push_jobs.get_mut(&job_id) {
                     job.attempts = job.attempts.max(attempts);
                     job.due_ms = next_attempt_ms;
+                }
+            }
+            MetaEvent::KeysPublished {
+                user_id,
+                device_id,
+                identity_key,
+                signed_pre_key,
+                one_time_keys,
+            } => {
+                let device = self
+                    .users
+                    .get_mut(&user_id)
+                    .and_then(|u| u.devices.get_mut(&device_id));
+                if let Some(device) = device {
+                    let keys = device.keys.get_or_insert_with(DeviceKeys::default);
+                    if keys.identity_key != identity_key {
+                        *keys = DeviceKeys {
+                            identity_key,
+                            ..DeviceKeys::default()
+                        };
+                    }
+                    if signed_pre_key.is_some() {
+                        keys.signed_pre_key = signed_pre_key;
+                    }
+                    for (key_id, key) in one_time_keys {
+                        if keys.one_time.len() >= crate::keys::ONE_TIME_KEYS_PER_DEVICE_MAX {
+                            break;
+                        }
+                        if key_id > keys.highest_key_id {
+                            keys.highest_key_id = key_id;
+                            keys.one_time.insert(key_id, key);
+                        }
+                    }
+                }
+            }
+            MetaEvent::KeysClaimed { user_id, claims } => {
+                if let Some(user) = self.users.get_mut(&user_id) {
+                    for (device_id, key_id) in claims {
+                        if let Some(keys) = user
+                            .devices
+                            .get_mut(&device_id)
+                            .and_then(|d| d.keys.as_mut())
+                        {
+                            keys.one_time.remove(&key_id);
+                        }
+                    }
                 }
             }
             MetaEvent::PushDone { job_id, outcome } => {

@@ -102,7 +102,7 @@ impl Config {
                 "segment_bytes below SEGMENT_BYTES_MIN",
             ),
             (
-                self.segment_bytes % 8 == 0,
+                self.segment_bytes.is_multiple_of(8),
                 "segment_bytes not a multiple of 8",
             ),
             (

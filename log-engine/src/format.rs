@@ -22,9 +22,9 @@ pub const OFFSET_NONE: u64 = u64::MAX;
 pub const FLAG_KEY: u8 = 0x01;
 const FLAGS_KNOWN: u8 = FLAG_KEY;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGN == 0);
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN == 0);
-const _: () = assert!(RECORD_KEY_BYTES % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(RECORD_KEY_BYTES.is_multiple_of(RECORD_ALIGN));
 
 /// A 16-byte idempotency key chosen by the client.
 pub type IdempotencyKey = [u8; RECORD_KEY_BYTES];

@@ -66,7 +66,7 @@ impl ConvIndex {
     fn push(&mut self, seq: u64, offset: u64) {
         assert_eq!(seq, self.last_seq + 1, "index: sequence gap");
         assert!(self.last_offset == OFFSET_NONE || offset > self.last_offset);
-        if (seq - 1) % INDEX_STRIDE_RECORDS == 0 {
+        if (seq - 1).is_multiple_of(INDEX_STRIDE_RECORDS) {
             if self.anchors.is_empty() {
                 self.anchor_seq = seq;
             }

@@ -88,7 +88,7 @@ const _: () = assert!(SEGMENT_BYTES_MAX < u32::MAX as u64);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN as usize >= SEGMENT_HEADER_BYTES * 2);
 const _: () = assert!(RECORD_PAYLOAD_BYTES_MAX >= 64 * 1024 + 4096);
-const _: () = assert!(RECORD_BYTES_MAX % 8 == 0);
+const _: () = assert!(RECORD_BYTES_MAX.is_multiple_of(8));
 // A maximal record and a maximal batch both fit in one default segment.
 const _: () = assert!((SEGMENT_HEADER_BYTES + RECORD_BYTES_MAX) as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!((SEGMENT_HEADER_BYTES + GROUP_COMMIT_BYTES_MAX) as u64 <= SEGMENT_BYTES_MAX);
@@ -97,7 +97,7 @@ const _: () = assert!(DEDUPE_WINDOW_MS_DEFAULT >= 24 * 60 * 60 * 1000);
 const _: () = assert!(DEDUPE_WINDOW_MS_DEFAULT <= DEDUPE_WINDOW_MS_MAX);
 const _: () = assert!(DEDUPE_ENTRIES_DEFAULT <= DEDUPE_ENTRIES_MAX);
 const _: () = assert!(TAIL_CACHE_BYTES_DEFAULT <= TAIL_CACHE_BYTES_MAX);
-const _: () = assert!(ZERO_CHUNK_BYTES % 8 == 0);
+const _: () = assert!(ZERO_CHUNK_BYTES.is_multiple_of(8));
 const _: () = assert!(PIPELINE_IN_FLIGHT_MAX >= 1 && PIPELINE_QUEUED_BATCHES_MAX >= 1);
 const _: () = assert!(PIPELINE_IN_FLIGHT_DEFAULT >= 1);
 const _: () = assert!(PIPELINE_IN_FLIGHT_DEFAULT <= PIPELINE_IN_FLIGHT_MAX);

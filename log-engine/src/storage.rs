@@ -217,7 +217,8 @@ impl Storage for FsStorage {
     }
 
     fn write_direct(&mut self, name: &str, pos: u64, data: &[u8]) -> io::Result<()> {
-        let aligned = pos % DIRECT_ALIGN as u64 == 0 && data.len() % DIRECT_ALIGN == 0;
+        let aligned =
+            pos.is_multiple_of(DIRECT_ALIGN as u64) && data.len().is_multiple_of(DIRECT_ALIGN);
         if self.direct_ok && aligned && !data.is_empty() {
             match self.try_direct(name, pos, data) {
                 Ok(()) => {

@@ -793,7 +793,7 @@ mod tests {
                 if job.aligned && !job.bytes.is_empty() {
                     assert_eq!(job.position % 4096, 0);
                     let end = job.position as usize + job.bytes.len();
-                    assert!(end % 4096 == 0 || end == 8192);
+                    assert!(end.is_multiple_of(4096) || end == 8192);
                     // The rewritten prefix equals what is there already.
                     let batch = w.batches.get(w.in_flight - 1).unwrap();
                     let prefix = (batch.position - job.position) as usize;

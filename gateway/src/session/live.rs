@@ -800,6 +800,9 @@ async fn serve(
             max_frame_bytes: config.max_frame_bytes as u32,
         }),
     });
+    if let Some(low) = crate::keys::low_on_connect(shard, session.user_id, session.device_id) {
+        session.push_live(low);
+    }
     glommio::spawn_local(catch_up(shard.clone(), session.clone())).detach();
     let mut rate = RateLimit::new(config);
     let mut deadline = Instant::now() + config.idle_timeout;
@@ -976,7 +979,11 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<SessionHandle>, frame: Frame) {
         | Body::HistoryRequest(_)
         | Body::OpenDirect(_)
         | Body::GroupCreate(_)
-        | Body::GroupUpdate(_)) => {
+        | Body::GroupUpdate(_)
+        | Body::KeysUpload(_)
+        | Body::KeysFetch(_)
+        | Body::MediaPresignRequest(_)
+        | Body::MediaDownloadRequest(_)) => {
             let (shard, session) = (shard.clone(), session.clone());
             glommio::spawn_local(async move {
                 let answer = match request(&shard, &session, body).await {
@@ -1135,6 +1142,18 @@ async fn request(
                 .await??;
             Ok(Body::GroupInfo(info))
         }
+        Body::KeysUpload(upload) => {
+            let uploaded =
+                crate::keys::upload(shard, session.user_id, session.device_id, upload).await?;
+            Ok(Body::KeysUploaded(uploaded))
+        }
+        Body::KeysFetch(fetch) => Ok(Body::KeyBundle(crate::keys::fetch(shard, fetch).await?)),
+        Body::MediaPresignRequest(request) => Ok(Body::MediaPresignResponse(
+            crate::media::presign_upload(shard, session.user_id, request).await?,
+        )),
+        Body::MediaDownloadRequest(request) => Ok(Body::MediaDownloadResponse(
+            crate::media::presign_download(shard, session.user_id, request).await?,
+        )),
         _ => Err(ApiError::new(
             ErrorCode::UnexpectedFrame,
             "unexpected frame",
@@ -1159,6 +1178,9 @@ pub async fn send_message(
     }
     if shard.state(|s| s.membership(user_id, conversation_id).is_none()) {
         return Err(ApiError::forbidden());
+    }
+    if let Some(media) = &send.media {
+        crate::media::check_attachment(shard, media).await?;
     }
     let append = AppendMsg {
         conversation_id,

@@ -381,6 +381,70 @@ impl Connection {
         }
     }
 
+    /// `KeysUpload`: publish this device's end-to-end encryption keys; answered with the
+    /// size of its one-time key pool.
+    pub fn keys_upload(&mut self, upload: message::KeysUpload) -> Result<u32, ClientError> {
+        match self.call(Body::KeysUpload(upload), self.timeout)?.body {
+            Body::KeysUploaded(uploaded) => Ok(uploaded.one_time_keys_remaining),
+            other => Err(unexpected("keys_uploaded", &other)),
+        }
+    }
+
+    /// `KeysFetch`: claim a key bundle for every device of `user_id` (or one device):
+    /// each bundle takes one one-time key out of that device's pool.
+    pub fn keys_fetch(
+        &mut self,
+        user_id: u64,
+        device_id: u64,
+    ) -> Result<message::KeyBundle, ClientError> {
+        let fetch = message::KeysFetch { user_id, device_id };
+        match self.call(Body::KeysFetch(fetch), self.timeout)?.body {
+            Body::KeyBundle(bundle) => Ok(bundle),
+            other => Err(unexpected("key_bundle", &other)),
+        }
+    }
+
+    /// `MediaPresignRequest`: an upload URL for this content, or (`exists`) its media
+    /// reference at once when the server already has it.
+    pub fn media_presign(
+        &mut self,
+        sha256: [u8; 32],
+        size: u64,
+        content_type: &str,
+    ) -> Result<message::MediaPresignResponse, ClientError> {
+        let request = message::MediaPresignRequest {
+            sha256: message::Sha256(sha256),
+            size,
+            content_type: content_type.to_string(),
+        };
+        match self
+            .call(Body::MediaPresignRequest(request), self.timeout)?
+            .body
+        {
+            Body::MediaPresignResponse(answer) => Ok(answer),
+            other => Err(unexpected("media_presign_response", &other)),
+        }
+    }
+
+    /// `MediaDownloadRequest`: a signed download URL for the media of message `seq`.
+    pub fn media_download_url(
+        &mut self,
+        conversation_id: u64,
+        seq: u64,
+    ) -> Result<message::MediaDownloadResponse, ClientError> {
+        let request = message::MediaDownloadRequest {
+            conversation_id,
+            seq,
+        };
+        match self
+            .call(Body::MediaDownloadRequest(request), self.timeout)?
+            .body
+        {
+            Body::MediaDownloadResponse(answer) => Ok(answer),
+            other => Err(unexpected("media_download_response", &other)),
+        }
+    }
+
     /// `GroupCreate`: a new group with this user as owner and `member_user_ids` as
     /// members; answered with its `GroupInfo`.
     pub fn create_group(

@@ -215,6 +215,45 @@ pub fn send(
     response.error_for_status()?.json()
 }
 
+/// The path and query of a media URL (`/v1/media/...`), whether the server gave it
+/// relative or absolute (a configured public base such as a CDN).
+pub fn media_path(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/"),
+        None => url,
+    }
+}
+
+/// `PUT` `bytes` to a signed upload URL (from `MediaPresignResponse.upload_url`) on the
+/// server at `addr`. The response is returned whatever its status: 201 stored, 200
+/// already stored, 400/403/413 refused (see `gateway/API.md`).
+pub fn media_upload(
+    addr: impl ToSocketAddrs,
+    upload_url: &str,
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<HttpResponse, ClientError> {
+    request(
+        addr,
+        "PUT",
+        media_path(upload_url),
+        &[("Content-Type", content_type)],
+        Some(bytes),
+    )
+}
+
+/// `GET` a signed download URL, optionally one byte range (inclusive `first..=last`,
+/// as HTTP writes it). 200 whole, 206 the range, 403/404/416 refused.
+pub fn media_download(
+    addr: impl ToSocketAddrs,
+    download_url: &str,
+    range: Option<(u64, u64)>,
+) -> Result<HttpResponse, ClientError> {
+    let range = range.map(|(first, last)| format!("bytes={first}-{last}"));
+    let headers: Vec<(&str, &str)> = range.iter().map(|r| ("Range", r.as_str())).collect();
+    request(addr, "GET", media_path(download_url), &headers, None)
+}
+
 /// One long-poll answer: frames exactly as the JSON subprotocol sends them, and the
 /// cursor to send with the next poll (which acknowledges these frames).
 #[derive(Debug, Clone, PartialEq)]
