@@ -15,6 +15,8 @@
 //!   retry under one idempotency key ([`Bot::send_with_retry`]), dedupes deliveries by
 //!   `(conversation, seq)` ([`Seen`]), optionally acknowledges them (auto-ack), and keeps
 //!   the connection alive with `Ping`s.
+//! - [`e2ee`] (feature `e2ee`): end-to-end encryption with Olm and Megolm (vodozemac):
+//!   key uploads, encrypted envelopes for direct and group conversations, pickling.
 //!
 //! Every failure is a [`ClientError`]; nothing the network controls can panic.
 //!
@@ -54,6 +56,8 @@ use crate::message::{self, ErrorCode, IdempotencyKey};
 
 mod bot;
 mod conn;
+#[cfg(feature = "e2ee")]
+pub mod e2ee;
 pub mod http;
 #[cfg(test)]
 mod test_peer;
