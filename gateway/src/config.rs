@@ -63,6 +63,9 @@ pub const DEFAULT_PUSH_TIMEOUT_MS: u64 = 5_000;
 /// Largest media object, in bytes [default: 16 MiB]. An upload is held in memory while
 /// it is verified, so this times `media_uploads_per_shard` bounds upload memory per shard.
 pub const DEFAULT_MEDIA_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// The largest `media_bytes_max` a configuration may set: an upload is held in memory
+/// while it is hashed.
+pub const MEDIA_BYTES_MAX_CEILING: u64 = 256 * 1024 * 1024;
 /// Media content types accepted (`type/*` allows a whole type).
 pub const DEFAULT_MEDIA_ALLOWED_TYPES: &[&str] = &[
     "image/*",
@@ -545,6 +548,13 @@ impl Config {
             return invalid(format!(
                 "log_segment_bytes must be in {segment:?}, got {}",
                 self.log_segment_bytes
+            ));
+        }
+        if self.media_bytes_max > MEDIA_BYTES_MAX_CEILING {
+            return invalid(format!(
+                "media_bytes_max is at most {MEDIA_BYTES_MAX_CEILING} (uploads are verified \
+                 in memory), got {}",
+                self.media_bytes_max
             ));
         }
         if self.media_bytes_max == 0

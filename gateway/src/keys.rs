@@ -18,6 +18,8 @@
 //! one-time keys, its connected sessions get `KeysLow`; a device that connects with a low
 //! pool gets it after `Welcome`.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use wire::message::{
@@ -41,15 +43,23 @@ pub const ONE_TIME_KEYS_LOW: usize = 10;
 /// The first upload must carry the identity key and the signed pre-key. A different
 /// identity key later means the device was reset: its old pre-keys are dropped. One-time
 /// keys add to the pool; a key id already in the pool with the same key is accepted
-/// again (a retried upload), with a different key it is refused. New one-time key ids
-/// must be higher than every id published before under the same identity key, so a key
-/// once handed out cannot come back.
+/// again (a retried upload), with a different key it is refused. Ids not higher than
+/// every id published before under the same identity key are skipped, so a key once
+/// handed out cannot come back (clients count ids up from 1).
 pub async fn upload(
     shard: &Rc<Shard>,
     user_id: u64,
     device_id: u64,
     upload: KeysUpload,
 ) -> Result<KeysUploaded, ApiError> {
+    // One upload per device at a time: each is validated against the state the one
+    // before it left (a reset racing an addition could otherwise fold stale keys).
+    let Some(_uploading) = Marks::take(&shard.keys_uploading, [(user_id, device_id, 0)]) else {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "another key upload of this device is in progress; retry",
+        ));
+    };
     let invalid = |what: &str| ApiError::new(ErrorCode::InvalidArgument, what);
     let current = shard.state(|s| {
         s.users
@@ -98,11 +108,9 @@ pub async fn upload(
         match pool.get(&key.key_id).or(fresh.get(&key.key_id)) {
             Some(known) if *known == key.public_key => {}
             Some(_) => return Err(invalid("one-time key id reused for another key")),
-            None if key.key_id <= highest => {
-                return Err(invalid(
-                    "one-time key ids must grow: this id was published before",
-                ))
-            }
+            // Published before and since handed out (e.g. a retried upload): never
+            // again, and not an error, so retries stay harmless.
+            None if key.key_id <= highest => {}
             None => {
                 fresh.insert(key.key_id, key.public_key);
             }
@@ -190,12 +198,14 @@ pub async fn claim(shard: &Rc<Shard>, fetch: KeysFetch) -> Result<KeyBundle, Api
         .iter()
         .filter_map(|(device, _, otk)| otk.as_ref().map(|(id, _)| (*device, *id)))
         .collect();
-    {
-        let mut claiming = shard.keys_claiming.borrow_mut();
-        for &(device_id, key_id) in &claims {
-            claiming.insert((user_id, device_id, key_id));
-        }
-    }
+    // Unmarked when this claim ends, however it ends (also if its task is dropped).
+    // The picks skipped marked keys in this same step, so marking cannot collide.
+    let Some(marks) = Marks::take(
+        &shard.keys_claiming,
+        claims.iter().map(|&(device, key)| (user_id, device, key)),
+    ) else {
+        return Err(ApiError::unavailable("key claim collided; retry"));
+    };
     let persisted = if claims.is_empty() {
         Ok(())
     } else {
@@ -205,12 +215,7 @@ pub async fn claim(shard: &Rc<Shard>, fetch: KeysFetch) -> Result<KeyBundle, Api
         };
         chat::persist(shard, &event).await
     };
-    {
-        let mut claiming = shard.keys_claiming.borrow_mut();
-        for &(device_id, key_id) in &claims {
-            claiming.remove(&(user_id, device_id, key_id));
-        }
-    }
+    drop(marks);
     persisted?;
     shard.counters().keys_claimed(claims.len() as u64);
     for &(device_id, _) in &claims {
@@ -233,6 +238,37 @@ pub async fn claim(shard: &Rc<Shard>, fetch: KeysFetch) -> Result<KeyBundle, Api
         })
         .collect();
     Ok(KeyBundle { user_id, devices })
+}
+
+/// Entries of a shard's mark set, held by one task and removed when it drops them.
+struct Marks<'a> {
+    set: &'a RefCell<HashSet<(u64, u64, u64)>>,
+    entries: Vec<(u64, u64, u64)>,
+}
+
+impl<'a> Marks<'a> {
+    /// Mark `entries`; `None` (nothing marked) if one of them is marked already.
+    fn take(
+        set: &'a RefCell<HashSet<(u64, u64, u64)>>,
+        entries: impl IntoIterator<Item = (u64, u64, u64)>,
+    ) -> Option<Marks<'a>> {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let mut marked = set.borrow_mut();
+        if entries.iter().any(|e| marked.contains(e)) {
+            return None;
+        }
+        marked.extend(entries.iter().copied());
+        Some(Marks { set, entries })
+    }
+}
+
+impl Drop for Marks<'_> {
+    fn drop(&mut self) {
+        let mut marked = self.set.borrow_mut();
+        for entry in &self.entries {
+            marked.remove(entry);
+        }
+    }
 }
 
 /// Push `KeysLow` to the connected sessions of one device.

@@ -66,6 +66,8 @@ pub struct Shard {
     /// One-time keys picked by a claim whose record is not durable yet,
     /// `(user, device, key id)` (see `gateway/src/keys.rs`).
     pub keys_claiming: RefCell<HashSet<(u64, u64, u64)>>,
+    /// Devices with a key upload in progress, `(user, device, 0)`.
+    pub keys_uploading: RefCell<HashSet<(u64, u64, u64)>>,
     /// The media object store (shared by every shard; see `gateway/src/media/store.rs`).
     pub media: crate::media::store::MediaStore,
     /// Media uploads this shard is receiving now.
@@ -112,6 +114,7 @@ impl Shard {
             reserving_users: RefCell::new(HashSet::new()),
             reserved_devices: RefCell::new(HashMap::new()),
             keys_claiming: RefCell::new(HashSet::new()),
+            keys_uploading: RefCell::new(HashSet::new()),
             media: parts.media,
             media_uploads: Cell::new(0),
             last_seqs: RefCell::new(HashMap::new()),

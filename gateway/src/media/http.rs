@@ -73,7 +73,24 @@ pub async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, head: &[u8], rest:
         None => Err(Refusal(404, "not_found", "no such object".into())),
         Some(sha256) => match method {
             "PUT" => {
-                let length = header("content-length").map(|v| v.trim().parse::<u64>());
+                let length = header("content-length").map(|v| {
+                    let v = v.trim();
+                    // RFC 9112: digits only (no sign, no list of lengths).
+                    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(());
+                    }
+                    v.parse::<u64>().map_err(|_| ())
+                });
+                if header("transfer-encoding").is_some() {
+                    shard.counters().media_refused();
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\n\
+                              Connection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
                 let expect =
                     header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
                 upload(shard, stream, sha256.0, query, length, expect, rest).await
@@ -148,7 +165,7 @@ async fn upload(
     stream: &mut TcpStream,
     sha256: [u8; 32],
     query: &str,
-    length: Option<Result<u64, std::num::ParseIntError>>,
+    length: Option<Result<u64, ()>>,
     expect_continue: bool,
     rest: &[u8],
 ) -> Result<(), Refusal> {
@@ -195,7 +212,8 @@ async fn upload(
         return Ok(());
     }
     let size = usize::try_from(length).unwrap_or(usize::MAX);
-    let mut body = BytesMut::with_capacity(size);
+    // Grows as bytes arrive: a client that announces much and sends little holds little.
+    let mut body = BytesMut::with_capacity(size.min(DOWNLOAD_CHUNK_BYTES as usize));
     let mut hash = Sha256::new();
     let first = rest.get(..size.min(rest.len())).unwrap_or_default();
     body.extend_from_slice(first);
@@ -226,7 +244,8 @@ async fn upload(
         ));
     }
     let store = &shard.media;
-    let existed = store.head(&sha256).await.map_err(store_refusal)?.is_some();
+    // Stored with another size can only be a damaged object: overwrite it.
+    let existed = store.head(&sha256).await.map_err(store_refusal)? == Some(length);
     if !existed {
         store
             .put(&sha256, body.freeze())

@@ -10,10 +10,12 @@
 //! Objects are named `objects/<first two hex digits>/<sha256 hex>`. Only verified bytes
 //! are ever written under that name, and both backends make a put visible atomically
 //! (the local one writes a temporary file and renames it), so "the name exists" means
-//! "the content is complete and matches its hash".
+//! "the content is complete and matches its hash". `object_store`'s local backend does
+//! not fsync, so after a local put this thread syncs the file and its directories before
+//! the put is answered: an object a durable message points at survives a power loss.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -95,6 +97,7 @@ impl MediaStore {
     /// `file:///path`; `s3://bucket/prefix` with credentials, region and endpoint from
     /// the usual `AWS_*` environment variables) and start its thread.
     pub fn open(url: &str, default_dir: &Path) -> anyhow::Result<MediaStore> {
+        let mut local_root = None;
         let (store, describe): (Arc<dyn ObjectStore>, String) =
             if let Some(bucket) = url.strip_prefix("s3://") {
                 let (bucket_name, prefix) = bucket.split_once('/').unwrap_or((bucket, ""));
@@ -119,6 +122,7 @@ impl MediaStore {
                     },
                 };
                 std::fs::create_dir_all(&dir)?;
+                local_root = Some(dir.clone());
                 let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)?;
                 (Arc::new(local), format!("file:{}", dir.display()))
             };
@@ -128,7 +132,7 @@ impl MediaStore {
             .build()?;
         std::thread::Builder::new()
             .name("confab-media".into())
-            .spawn(move || runtime.block_on(run(store, receiver)))?;
+            .spawn(move || runtime.block_on(run(store, local_root, receiver)))?;
         Ok(MediaStore { jobs, describe })
     }
 
@@ -173,21 +177,41 @@ impl MediaStore {
 }
 
 /// The store thread: run each job as a task, at most [`STORE_IN_FLIGHT_MAX`] at once.
-async fn run(store: Arc<dyn ObjectStore>, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+async fn run(
+    store: Arc<dyn ObjectStore>,
+    local_root: Option<PathBuf>,
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
+) {
     let running = Arc::new(tokio::sync::Semaphore::new(STORE_IN_FLIGHT_MAX));
     while let Some(job) = jobs.recv().await {
         let Ok(permit) = running.clone().acquire_owned().await else {
             break;
         };
         let store = store.clone();
+        let local_root = local_root.clone();
         tokio::spawn(async move {
-            serve(store.as_ref(), job).await;
+            serve(store.as_ref(), local_root, job).await;
             drop(permit);
         });
     }
 }
 
-async fn serve(store: &dyn ObjectStore, job: Job) {
+/// fsync a local object, its directory and the directories above it up to `root`.
+fn sync_local(root: &Path, object: &ObjectPath) -> std::io::Result<()> {
+    let file = root.join(object.as_ref());
+    std::fs::File::open(&file)?.sync_all()?;
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        std::fs::File::open(d)?.sync_all()?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+async fn serve(store: &dyn ObjectStore, local_root: Option<PathBuf>, job: Job) {
     match job {
         Job::Head { sha256, reply } => {
             let answer = match store.head(&object_path(&sha256)).await {
@@ -202,11 +226,18 @@ async fn serve(store: &dyn ObjectStore, job: Job) {
             bytes,
             reply,
         } => {
-            let answer = store
-                .put(&object_path(&sha256), PutPayload::from_bytes(bytes))
+            let path = object_path(&sha256);
+            let mut answer = store
+                .put(&path, PutPayload::from_bytes(bytes))
                 .await
                 .map(|_| ())
                 .map_err(backend);
+            if let (Ok(()), Some(root)) = (&answer, local_root) {
+                answer = tokio::task::spawn_blocking(move || sync_local(&root, &path))
+                    .await
+                    .map_err(|e| StoreError::Backend(e.to_string()))
+                    .and_then(|synced| synced.map_err(|e| StoreError::Backend(e.to_string())));
+            }
             let _ = reply.send(answer);
         }
         Job::Get {
