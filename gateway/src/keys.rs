@@ -61,12 +61,7 @@ pub async fn upload(
         ));
     };
     let invalid = |what: &str| ApiError::new(ErrorCode::InvalidArgument, what);
-    let current = shard.state(|s| {
-        s.users
-            .get(&user_id)
-            .and_then(|u| u.devices.get(&device_id))
-            .map(|d| d.keys.clone())
-    });
+    let current = shard.state(|s| s.device(user_id, device_id).map(|d| d.keys.clone()));
     let Some(current) = current else {
         return Err(ApiError::new(ErrorCode::NotFound, "no such device"));
     };
@@ -149,9 +144,7 @@ pub async fn upload(
 fn remaining(shard: &Shard, user_id: u64, device_id: u64) -> usize {
     let claiming = shard.keys_claiming.borrow();
     shard.state(|s| {
-        s.users
-            .get(&user_id)
-            .and_then(|u| u.devices.get(&device_id))
+        s.device(user_id, device_id)
             .and_then(|d| d.keys.as_ref())
             .map_or(0, |k| {
                 k.one_time
@@ -293,9 +286,7 @@ fn low_frame(left: usize) -> Frame {
 /// low (a device that never published keys is not nagged).
 pub fn low_on_connect(shard: &Shard, user_id: u64, device_id: u64) -> Option<Frame> {
     let published = shard.state(|s| {
-        s.users
-            .get(&user_id)
-            .and_then(|u| u.devices.get(&device_id))
+        s.device(user_id, device_id)
             .is_some_and(|d| d.keys.is_some())
     });
     let left = remaining(shard, user_id, device_id);

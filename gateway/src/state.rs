@@ -542,11 +542,7 @@ impl ShardState {
                 delivered,
                 read,
             } => {
-                let device = self
-                    .users
-                    .get_mut(&user_id)
-                    .and_then(|u| u.devices.get_mut(&device_id));
-                if let Some(device) = device {
+                if let Some(device) = self.device_mut(user_id, device_id) {
                     device
                         .cursors
                         .entry(conversation_id)
@@ -636,11 +632,7 @@ impl ShardState {
                 signed_pre_key,
                 one_time_keys,
             } => {
-                let device = self
-                    .users
-                    .get_mut(&user_id)
-                    .and_then(|u| u.devices.get_mut(&device_id));
-                if let Some(device) = device {
+                if let Some(device) = self.device_mut(user_id, device_id) {
                     let keys = device.keys.get_or_insert_with(DeviceKeys::default);
                     if keys.identity_key != identity_key {
                         *keys = DeviceKeys {
@@ -722,11 +714,18 @@ impl ShardState {
             .get(&conversation_id)
     }
 
+    /// A registered device of a user homed here.
+    pub fn device(&self, user_id: u64, device_id: u64) -> Option<&Device> {
+        self.users.get(&user_id)?.devices.get(&device_id)
+    }
+
+    fn device_mut(&mut self, user_id: u64, device_id: u64) -> Option<&mut Device> {
+        self.users.get_mut(&user_id)?.devices.get_mut(&device_id)
+    }
+
     /// A device's cursor in a conversation (zero if it never moved).
     pub fn cursor(&self, user_id: u64, device_id: u64, conversation_id: u64) -> Cursor {
-        self.users
-            .get(&user_id)
-            .and_then(|u| u.devices.get(&device_id))
+        self.device(user_id, device_id)
             .and_then(|d| d.cursors.get(&conversation_id))
             .copied()
             .unwrap_or_default()
