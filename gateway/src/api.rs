@@ -117,6 +117,7 @@ pub async fn handle(shard: &Rc<Shard>, request: Request<'_>) -> Response {
         }
         ("POST", "/v1/messages") => send_message(shard, &request).await,
         ("POST", "/v1/poll") => poll(shard, &request).await,
+        ("GET", "/v1/discover") => discover(shard, &request),
         (_, "/v1/users" | "/v1/login" | "/v1/token/refresh" | "/v1/messages" | "/v1/poll") => Err(
             ApiError::new(ErrorCode::InvalidArgument, "method not allowed"),
         ),
@@ -288,6 +289,58 @@ async fn lookup_user(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Respons
         200,
         &serde_json::json!({"user_id": user_id.to_string(), "username": username}),
     ))
+}
+
+/// `GET /v1/discover?username=` (or `?user_id=`): which node serves this user's
+/// connections (its home node), so a client connects there first instead of being
+/// redirected. No token needed: it runs before login and says only where a name lives.
+/// `here` is true when this node is that node; a single node always answers `here`.
+fn discover(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, ApiError> {
+    let param = |name: &str| {
+        request
+            .query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+    };
+    let user_id = match (param("username"), param("user_id")) {
+        (Some(username), _) => {
+            if password::check_username(username).is_err() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "not a valid username",
+                ));
+            }
+            chat::user_id_of(username)
+        }
+        (None, Some(id)) => id
+            .parse::<u64>()
+            .map_err(|_| ApiError::new(ErrorCode::InvalidArgument, "user_id must be a number"))?,
+        (None, None) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "give ?username= or ?user_id=",
+            ))
+        }
+    };
+    let node = shard.node_of(shard.user_home(user_id));
+    let mut answer = serde_json::json!({
+        "user_id": user_id.to_string(),
+        "node": node,
+        "here": node == shard.node_id,
+    });
+    if let Some(cluster) = shard.cluster.as_ref() {
+        if !cluster.shared.is_up(node) {
+            return Err(ApiError::unavailable(
+                "this user's home node is unavailable; retry later",
+            ));
+        }
+        if let Some(info) = cluster.with_view(|view| view.node(node).cloned()) {
+            answer["http"] = info.http.to_string().into();
+            answer["tcp"] = info.tcp.to_string().into();
+            answer["ws"] = format!("ws://{}/ws", info.http).into();
+        }
+    }
+    Ok(Response::json(200, &answer))
 }
 
 /// `GET /v1/conversations/{id}/messages?before=&after=&limit=`

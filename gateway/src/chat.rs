@@ -35,7 +35,7 @@ use crate::state::{Cursor, MetaEvent};
 pub type Reply<T> = oneshot::Sender<T>;
 
 /// A refused request: the code clients see and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
@@ -86,7 +86,7 @@ impl ApiError {
 }
 
 /// Which records a read wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReadRange {
     /// Sequence > n, oldest first.
     After(u64),
@@ -97,7 +97,7 @@ pub enum ReadRange {
 }
 
 /// A page of one conversation, ascending.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReadPage {
     pub messages: Vec<StoredMessage>,
     pub has_more: bool,

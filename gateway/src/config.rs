@@ -81,6 +81,18 @@ pub const DEFAULT_MEDIA_TRANSFER_TIMEOUT_MS: u64 = 120_000;
 /// Media uploads one shard receives at once; more get 503 [default: 4].
 pub const DEFAULT_MEDIA_UPLOADS_PER_SHARD: usize = 4;
 
+/// Node-link port (cluster mode: other nodes connect here); 0 picks a free one [default: 9090].
+pub const DEFAULT_LINK_PORT: u16 = 9090;
+/// Cluster name: the prefix of every Redis key this cluster uses [default: confab].
+pub const DEFAULT_CLUSTER_NAME: &str = "confab";
+/// A node refreshes its membership record in Redis this often, in ms [default: 500].
+pub const DEFAULT_CLUSTER_HEARTBEAT_MS: u64 = 500;
+/// A node whose membership record is this old is down, in ms [default: 3000].
+pub const DEFAULT_CLUSTER_NODE_TTL_MS: u64 = 3_000;
+/// A request forwarded to another node fails as unavailable after this long, in ms
+/// [default: 10000].
+pub const DEFAULT_LINK_CALL_TIMEOUT_MS: u64 = 10_000;
+
 /// Command-line flags; each also reads its `CONFAB_*` environment variable.
 #[derive(Debug, Default, Parser)]
 #[command(
@@ -89,6 +101,9 @@ pub const DEFAULT_MEDIA_UPLOADS_PER_SHARD: usize = 4;
     about = "Confab chat server (thread-per-core gateway)"
 )]
 pub struct Cli {
+    /// Administration instead of serving (see `confab cluster --help`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML config file; flags and environment variables override it.
     #[arg(long, env = "CONFAB_CONFIG")]
     pub config: Option<PathBuf>,
@@ -211,6 +226,65 @@ pub struct Cli {
     /// Media uploads one shard receives at once [default: 4].
     #[arg(long, env = "CONFAB_MEDIA_UPLOADS_PER_SHARD")]
     pub media_uploads_per_shard: Option<usize>,
+    /// Cluster mode: the Redis holding the partition map and membership
+    /// (redis://host:port[/db]); none runs a single node that needs nothing else.
+    #[arg(long, env = "CONFAB_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Cluster name, the prefix of this cluster's Redis keys [default: confab].
+    #[arg(long, env = "CONFAB_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Node-link port (cluster mode); 0 picks a free one [default: 9090].
+    #[arg(long, env = "CONFAB_LINK_PORT")]
+    pub link_port: Option<u16>,
+    /// Address other nodes and redirected clients use to reach this node [default: bind].
+    #[arg(long, env = "CONFAB_ADVERTISE")]
+    pub advertise: Option<IpAddr>,
+    /// Membership heartbeat interval in ms [default: 500].
+    #[arg(long, env = "CONFAB_CLUSTER_HEARTBEAT_MS")]
+    pub cluster_heartbeat_ms: Option<u64>,
+    /// A node silent this long is down, in ms [default: 3000].
+    #[arg(long, env = "CONFAB_CLUSTER_NODE_TTL_MS")]
+    pub cluster_node_ttl_ms: Option<u64>,
+    /// A forwarded request fails as unavailable after this long, in ms [default: 10000].
+    #[arg(long, env = "CONFAB_LINK_CALL_TIMEOUT_MS")]
+    pub link_call_timeout_ms: Option<u64>,
+}
+
+/// Administrative commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Cluster administration: the partition map in Redis (needs --redis-url).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `confab cluster ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Create the partition map, spreading partitions round-robin over nodes 0..nodes.
+    Init {
+        /// Number of nodes (ids 0..nodes).
+        #[arg(long)]
+        nodes: u16,
+        /// Shards every node runs (each node's --shards must equal it).
+        #[arg(long)]
+        shards_per_node: u16,
+        /// Partitions (a power of two; fixed for the cluster's life).
+        #[arg(long, default_value_t = router::limits::PARTITIONS_DEFAULT)]
+        partitions: u32,
+        /// Replace an existing map (partitions that move strand their data).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the map version, partitions per node and which nodes are up.
+    Show,
+    /// Move one partition to another node (its stored data does not move).
+    Assign {
+        #[arg(long)]
+        partition: u32,
+        #[arg(long)]
+        node: u16,
+    },
 }
 
 /// The TOML file: the same keys as the flags, in snake_case.
@@ -255,6 +329,13 @@ pub struct FileConfig {
     pub media_url_ttl_ms: Option<u64>,
     pub media_transfer_timeout_ms: Option<u64>,
     pub media_uploads_per_shard: Option<usize>,
+    pub redis_url: Option<String>,
+    pub cluster_name: Option<String>,
+    pub link_port: Option<u16>,
+    pub advertise: Option<IpAddr>,
+    pub cluster_heartbeat_ms: Option<u64>,
+    pub cluster_node_ttl_ms: Option<u64>,
+    pub link_call_timeout_ms: Option<u64>,
 }
 
 /// The resolved configuration every shard gets a copy of.
@@ -299,6 +380,15 @@ pub struct Config {
     pub media_url_ttl: Duration,
     pub media_transfer_timeout: Duration,
     pub media_uploads_per_shard: usize,
+    /// Cluster mode's Redis (None: a single node).
+    pub redis_url: Option<String>,
+    pub cluster_name: String,
+    pub link_port: u16,
+    /// The address others reach this node at.
+    pub advertise: IpAddr,
+    pub cluster_heartbeat: Duration,
+    pub cluster_node_ttl: Duration,
+    pub link_call_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -329,11 +419,12 @@ impl Config {
 
     /// Flags over file over defaults; `cores` is the default shard count.
     pub fn merge(cli: Cli, file: FileConfig, cores: usize) -> Result<Config, ConfigError> {
+        let bind = cli
+            .bind
+            .or(file.bind)
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let config = Config {
-            bind: cli
-                .bind
-                .or(file.bind)
-                .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            bind,
             http_port: cli
                 .http_port
                 .or(file.http_port)
@@ -494,6 +585,31 @@ impl Config {
                 .media_uploads_per_shard
                 .or(file.media_uploads_per_shard)
                 .unwrap_or(DEFAULT_MEDIA_UPLOADS_PER_SHARD),
+            redis_url: cli.redis_url.or(file.redis_url).filter(|u| !u.is_empty()),
+            cluster_name: cli
+                .cluster_name
+                .or(file.cluster_name)
+                .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_owned()),
+            link_port: cli
+                .link_port
+                .or(file.link_port)
+                .unwrap_or(DEFAULT_LINK_PORT),
+            advertise: cli.advertise.or(file.advertise).unwrap_or(bind),
+            cluster_heartbeat: Duration::from_millis(
+                cli.cluster_heartbeat_ms
+                    .or(file.cluster_heartbeat_ms)
+                    .unwrap_or(DEFAULT_CLUSTER_HEARTBEAT_MS),
+            ),
+            cluster_node_ttl: Duration::from_millis(
+                cli.cluster_node_ttl_ms
+                    .or(file.cluster_node_ttl_ms)
+                    .unwrap_or(DEFAULT_CLUSTER_NODE_TTL_MS),
+            ),
+            link_call_timeout: Duration::from_millis(
+                cli.link_call_timeout_ms
+                    .or(file.link_call_timeout_ms)
+                    .unwrap_or(DEFAULT_LINK_CALL_TIMEOUT_MS),
+            ),
         };
         config.validate()?;
         Ok(config)
@@ -587,6 +703,27 @@ impl Config {
                  retry maximum at least the base)"
                     .to_string(),
             );
+        }
+        if self.cluster_heartbeat.is_zero()
+            || self.cluster_node_ttl <= self.cluster_heartbeat
+            || self.link_call_timeout.is_zero()
+        {
+            return invalid(
+                "cluster_heartbeat_ms and link_call_timeout_ms must be greater than zero and \
+                 cluster_node_ttl_ms greater than the heartbeat"
+                    .to_string(),
+            );
+        }
+        if self.cluster_name.is_empty()
+            || !self
+                .cluster_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return invalid(format!(
+                "cluster_name must be non-empty ASCII letters, digits, - or _, got {:?}",
+                self.cluster_name
+            ));
         }
         if let Some((url, secret)) = &self.push_webhook {
             if !(url.starts_with("http://") || url.starts_with("https://")) || secret.is_empty() {

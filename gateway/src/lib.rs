@@ -20,12 +20,14 @@
 //!   cursors, receipts, direct conversations, published keys).
 //! - [`keys`]: the end-to-end encryption key directory (one-time keys claimed once each).
 //! - [`media`]: media attachments: presigned upload/download URLs, the object store.
+//! - [`cluster`]: cluster mode: the Redis coordinator, node links, forwarded messages.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod http;

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use gateway::config::{Cli, Config};
+use gateway::config::{Cli, Command, Config};
 use gateway::shutdown::ShutdownFlag;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -13,7 +13,21 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::resolve(Cli::parse())?;
+    let mut cli = Cli::parse();
+    if let Some(Command::Cluster(command)) = cli.command.take() {
+        let url = cli
+            .redis_url
+            .as_deref()
+            .context("cluster commands need --redis-url (or CONFAB_REDIS_URL)")?;
+        let name = cli
+            .cluster_name
+            .as_deref()
+            .unwrap_or(gateway::config::DEFAULT_CLUSTER_NAME);
+        let out = gateway::cluster::coord::admin(url, name, &command)?;
+        print!("{out}");
+        return Ok(());
+    }
+    let config = Config::resolve(cli)?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -49,6 +49,13 @@ pub struct ShardCounters {
     media_bytes_in: AtomicU64,
     media_bytes_out: AtomicU64,
     media_refused: AtomicU64,
+    link_sent: AtomicU64,
+    link_received: AtomicU64,
+    link_dropped: AtomicU64,
+    link_opened: AtomicU64,
+    link_bad_frames: AtomicU64,
+    link_timed_out: AtomicU64,
+    redirected: AtomicU64,
     /// Append-to-durable latency: counts per bucket of [`APPEND_BUCKETS_US`], plus +Inf.
     append_buckets: [AtomicU64; APPEND_BUCKETS_US.len() + 1],
     append_sum_us: AtomicU64,
@@ -186,6 +193,41 @@ impl ShardCounters {
         add(&self.media_refused);
     }
 
+    /// A message forwarded to another node.
+    pub fn link_sent(&self) {
+        add(&self.link_sent);
+    }
+
+    /// A message received from another node.
+    pub fn link_received(&self) {
+        add(&self.link_received);
+    }
+
+    /// A message for another node dropped (node down, link full or reconnecting).
+    pub fn link_dropped(&self) {
+        add(&self.link_dropped);
+    }
+
+    /// An outbound node link connected.
+    pub fn link_opened(&self) {
+        add(&self.link_opened);
+    }
+
+    /// A node-link frame that failed to decode or match.
+    pub fn link_bad_frame(&self) {
+        add(&self.link_bad_frames);
+    }
+
+    /// A client sent to its home node (cluster mode).
+    pub fn redirected(&self) {
+        add(&self.redirected);
+    }
+
+    /// Forwarded requests that got no reply in time.
+    pub fn link_timed_out(&self, n: u64) {
+        self.link_timed_out.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn push_dead_lettered(&self) {
         add(&self.push_dead_lettered);
     }
@@ -262,7 +304,7 @@ impl Metrics {
                 field,
             );
         }
-        let counters: [(&str, &str, Field); 22] = [
+        let counters: [(&str, &str, Field); 29] = [
             (
                 "confab_keys_claimed_total",
                 "One-time pre-keys handed out",
@@ -288,6 +330,41 @@ impl Metrics {
                 "confab_media_refused_total",
                 "Media requests refused (signature, expiry, hash, size, type)",
                 |c| &c.media_refused,
+            ),
+            (
+                "confab_link_sent_total",
+                "Messages forwarded to other nodes",
+                |c| &c.link_sent,
+            ),
+            (
+                "confab_link_received_total",
+                "Messages received from other nodes",
+                |c| &c.link_received,
+            ),
+            (
+                "confab_link_dropped_total",
+                "Messages for other nodes dropped (node down, link full or reconnecting)",
+                |c| &c.link_dropped,
+            ),
+            (
+                "confab_link_connects_total",
+                "Outbound node links opened",
+                |c| &c.link_opened,
+            ),
+            (
+                "confab_link_bad_frames_total",
+                "Node-link frames refused",
+                |c| &c.link_bad_frames,
+            ),
+            (
+                "confab_redirects_total",
+                "Clients redirected to their home node",
+                |c| &c.redirected,
+            ),
+            (
+                "confab_link_timeouts_total",
+                "Forwarded requests that got no reply in time",
+                |c| &c.link_timed_out,
             ),
             (
                 "confab_presence_updates_total",

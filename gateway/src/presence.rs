@@ -482,7 +482,7 @@ async fn ask_homes(
 ) -> Result<PresenceUpdate, ApiError> {
     let conversations = conversations_of(shard, session.user_id);
     let by_home = shard.users_by_home(wanted);
-    let watch_from = watch.then_some(shard.id);
+    let watch_from = watch.then_some(shard.global_id());
     let mut entries = Vec::new();
     for (home, user_ids) in by_home {
         let viewer = session.user_id;
@@ -504,7 +504,7 @@ async fn ask_homes(
                     .route(
                         home,
                         ShardMsg::PresenceUnwatch {
-                            from: shard.id,
+                            from: shard.global_id(),
                             user_ids: ids,
                         },
                     )
@@ -568,7 +568,7 @@ fn drop_local(shard: &Rc<Shard>, session: &SessionHandle, user_ids: Vec<u64>) {
     }
     for (home, user_ids) in shard.users_by_home(user_ids) {
         let msg = ShardMsg::PresenceUnwatch {
-            from: shard.id,
+            from: shard.global_id(),
             user_ids,
         };
         let shard = shard.clone();

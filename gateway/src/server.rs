@@ -19,11 +19,14 @@ use router::{Placement, SnowflakeGenerator};
 
 use crate::auth::TokenKey;
 use crate::chat::ShardMsg;
+use crate::cluster::link::ShardCluster;
+use crate::cluster::{coord, ClusterShared, NodeInfo};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shard::{self, Shard, ShardParts};
 use crate::shutdown::ShutdownFlag;
 use crate::state::ShardState;
+use std::sync::Arc;
 
 /// The file holding the token signing key, in the data directory.
 pub const TOKEN_KEY_FILE: &str = "token.key";
@@ -57,6 +60,8 @@ pub struct Ready {
     pub http: SocketAddr,
     pub tcp: SocketAddr,
     pub shards: usize,
+    /// The node-link listener (cluster mode only).
+    pub link: Option<SocketAddr>,
 }
 
 impl std::fmt::Display for Ready {
@@ -65,11 +70,16 @@ impl std::fmt::Display for Ready {
             f,
             "confab ready http={} tcp={} shards={}",
             self.http, self.tcp, self.shards
-        )
+        )?;
+        if let Some(link) = self.link {
+            write!(f, " link={link}")?;
+        }
+        Ok(())
     }
 }
 
-type Bound = Result<(SocketAddr, SocketAddr), String>;
+/// What a shard bound: HTTP, raw TCP, and (cluster mode) the link port.
+type Bound = Result<(SocketAddr, SocketAddr, Option<SocketAddr>), String>;
 
 /// Run the server until `flag` is set and every shard has drained. `on_ready` is called
 /// once, when all shards are listening.
@@ -79,21 +89,69 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config)?;
     check_layout(&config)?;
-    let token_key = TokenKey::load_or_create(&config.data_dir.join(TOKEN_KEY_FILE))
-        .context("loading the token key")?;
+    let key_path = config.data_dir.join(TOKEN_KEY_FILE);
+    let mut token_key = TokenKey::load_or_create(&key_path).context("loading the token key")?;
+    let cluster = match &config.redis_url {
+        Some(url) => {
+            let keys = coord::Keys::new(&config.cluster_name);
+            if config.advertise.is_unspecified() {
+                return Err(anyhow!(
+                    "cluster mode needs --advertise (or a specific --bind): other nodes and \
+                     redirected clients cannot reach {}",
+                    config.advertise
+                ));
+            }
+            check_node_id(&config)?;
+            let boot = coord::bootstrap(
+                url,
+                &keys,
+                &config.data_dir,
+                config.node_id,
+                config.shards,
+                token_key.as_bytes(),
+            )
+            .context("joining the cluster")?;
+            if let Some(bytes) = boot
+                .token_key
+                .filter(|k| k.as_slice() != token_key.as_bytes())
+            {
+                token_key = TokenKey::from_bytes(&bytes).context("the cluster token key")?;
+                TokenKey::store(&key_path, &token_key).context("storing the cluster token key")?;
+            }
+            tracing::info!(
+                node = config.node_id,
+                map_version = boot.view.map.version,
+                partitions = boot.view.map.partitions_of(config.node_id),
+                "joined the cluster"
+            );
+            Some((
+                ClusterShared::new(config.node_id, boot.view),
+                url.clone(),
+                keys,
+            ))
+        }
+        None => None,
+    };
     let media = MediaStore::open(&config.media_store, &config.data_dir.join(MEDIA_DIR))
         .context("opening the media store")?;
     tracing::info!(store = %media.describe, "media store open");
-    let placement = Placement::single_node(config.node_id, config.shards as u32)
-        .map_err(|e| anyhow!("placement: {e}"))?;
+    let placement = match &cluster {
+        Some((shared, ..)) => shared.view().placement.clone(),
+        None => Placement::single_node(config.node_id, config.shards as u32)
+            .map_err(|e| anyhow!("placement: {e}"))?,
+    };
     let cpus = cpus()?;
     let metrics = Metrics::new(config.shards);
     let mut mesh_ends =
         full_mesh::<ShardMsg>(config.shards, MESH_CHANNEL_BATCHES_DEFAULT).into_iter();
     let (bound_tx, bound_rx) = mpsc::channel::<Bound>();
     let mut handles = Vec::with_capacity(config.shards);
-    let mut ports = (config.http_port, config.tcp_port);
-    let mut first: Option<(SocketAddr, SocketAddr)> = None;
+    let mut ports = (
+        config.http_port,
+        config.tcp_port,
+        cluster.as_ref().map(|_| config.link_port),
+    );
+    let mut first: Option<(SocketAddr, SocketAddr, Option<SocketAddr>)> = None;
     for id in 0..config.shards {
         let cpu = cpus[id % cpus.len()];
         let common = Common {
@@ -103,6 +161,7 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
             token_key: token_key.clone(),
             placement: placement.clone(),
             media: media.clone(),
+            cluster: cluster.as_ref().map(|(shared, ..)| shared.clone()),
         };
         let ends = mesh_ends
             .next()
@@ -117,7 +176,7 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
         });
         match bound {
             Ok(addrs) => {
-                ports = (addrs.0.port(), addrs.1.port());
+                ports = (addrs.0.port(), addrs.1.port(), addrs.2.map(|a| a.port()));
                 first.get_or_insert(addrs);
             }
             Err(e) => {
@@ -127,13 +186,75 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
             }
         }
     }
-    let (http, tcp) = first.ok_or_else(|| anyhow!("no shards"))?;
+    let (http, tcp, link) = first.ok_or_else(|| anyhow!("no shards"))?;
+    // Cluster mode: announce this node only once every shard listens.
+    let coordinator = match (cluster, link) {
+        (Some((shared, url, keys)), Some(link)) => {
+            let advertise = |addr: SocketAddr| SocketAddr::new(config.advertise, addr.port());
+            let coordinator = coord::Coordinator {
+                url,
+                keys,
+                data_dir: config.data_dir.clone(),
+                heartbeat: config.cluster_heartbeat,
+                node_ttl: config.cluster_node_ttl,
+                shared,
+                me: NodeInfo {
+                    node: config.node_id,
+                    http: advertise(http),
+                    tcp: advertise(tcp),
+                    link: advertise(link),
+                    shards: config.shards as u16,
+                    connections: 0,
+                    started_ms: crate::chat::now_ms(),
+                },
+                token_key: token_key.as_bytes().to_vec(),
+                metrics: metrics.clone(),
+                shards: config.shards,
+            };
+            let flag = flag.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("confab-cluster".to_owned())
+                    .spawn(move || coordinator.run(flag))
+                    .context("starting the cluster thread")?,
+            )
+        }
+        _ => None,
+    };
     on_ready(Ready {
         http,
         tcp,
         shards: config.shards,
+        link,
     });
-    join(handles)
+    let joined = join(handles);
+    if let Some(thread) = coordinator {
+        let _ = thread.join();
+    }
+    joined
+}
+
+/// The file recording the node id the data directory belongs to (cluster mode).
+pub const NODE_FILE: &str = "node";
+
+/// Refuse to start a cluster node on a data directory of another node: its logs hold
+/// that node's partitions.
+fn check_node_id(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join(NODE_FILE);
+    let want = format!("node={}\n", config.node_id);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == want => Ok(()),
+        Ok(found) => Err(anyhow!(
+            "{} belongs to {} but this server is --node-id {}",
+            config.data_dir.display(),
+            found.trim(),
+            config.node_id
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, want).with_context(|| format!("writing {}", path.display()))
+        }
+        Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+    }
 }
 
 /// What every shard gets a copy of.
@@ -144,6 +265,7 @@ struct Common {
     token_key: TokenKey,
     placement: Placement,
     media: MediaStore,
+    cluster: Option<Arc<ClusterShared>>,
 }
 
 /// Lock the data directory for this process's lifetime (the lock goes with the file
@@ -208,7 +330,7 @@ fn open_log(config: &Config, id: usize) -> anyhow::Result<shard::ShardLog> {
 fn spawn_shard(
     id: usize,
     cpu: usize,
-    (http_port, tcp_port): (u16, u16),
+    (http_port, tcp_port, link_port): (u16, u16, Option<u16>),
     common: Common,
     ends: MeshEnds<ShardMsg>,
     bound: mpsc::Sender<Bound>,
@@ -220,6 +342,7 @@ fn spawn_shard(
         token_key,
         placement,
         media,
+        cluster,
     } = common;
     LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
         .name(&format!("shard{id}"))
@@ -227,8 +350,11 @@ fn spawn_shard(
         .ring_depth(RING_DEPTH)
         .spawn(move || async move {
             let bind = |port| glommio::net::TcpListener::bind(SocketAddr::new(config.bind, port));
-            let listeners = bind(http_port).and_then(|h| Ok((h, bind(tcp_port)?)));
-            let (http, tcp) = match listeners {
+            let listeners = bind(http_port).and_then(|h| {
+                let link = link_port.map(bind).transpose()?;
+                Ok((h, bind(tcp_port)?, link))
+            });
+            let (http, tcp, link) = match listeners {
                 Ok(pair) => pair,
                 Err(e) => {
                     let _ = bound.send(Err(format!("binding {}: {e}", config.bind)));
@@ -253,7 +379,10 @@ fn spawn_shard(
                     return;
                 }
             };
-            let addrs = http.local_addr().and_then(|h| Ok((h, tcp.local_addr()?)));
+            let addrs = http.local_addr().and_then(|h| {
+                let l = link.as_ref().map(|l| l.local_addr()).transpose()?;
+                Ok((h, tcp.local_addr()?, l))
+            });
             let _ = bound.send(addrs.map_err(|e| e.to_string()));
             // Every shard connects its mesh ends; this waits for all of them — or for the
             // process to stop (another shard failed to start: it will never connect).
@@ -268,8 +397,16 @@ fn spawn_shard(
                 tracing::warn!(shard = id, "stopped before every shard started");
                 return;
             };
+            let cluster = cluster.map(|shared| {
+                ShardCluster::new(
+                    shared,
+                    config.cluster_name.clone(),
+                    config.link_call_timeout,
+                )
+            });
             let shard = Shard::new(ShardParts {
                 id,
+                cluster,
                 config,
                 metrics,
                 placement,
@@ -281,6 +418,11 @@ fn spawn_shard(
             });
             for peer in incoming {
                 glommio::spawn_local(shard::receive_loop(shard.clone(), peer)).detach();
+            }
+            if let Some(link) = link {
+                glommio::spawn_local(crate::cluster::link::accept_loop(shard.clone(), link))
+                    .detach();
+                glommio::spawn_local(crate::cluster::link::sweep_loop(shard.clone())).detach();
             }
             tracing::info!(shard = id, cpu, "shard listening");
             shard::serve(shard, flag, http, tcp).await;
@@ -323,6 +465,7 @@ mod tests {
             http: "127.0.0.1:8080".parse().unwrap(),
             tcp: "127.0.0.1:7070".parse().unwrap(),
             shards: 2,
+            link: None,
         };
         assert_eq!(
             ready.to_string(),

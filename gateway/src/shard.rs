@@ -43,7 +43,14 @@ pub struct Shard {
     pub config: Config,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
-    pub placement: Placement,
+    /// This node's id (0 on a single node).
+    pub node_id: u16,
+    /// Shards per node: the divisor of global shard indices (`crate::cluster`).
+    pub shards_per_node: usize,
+    /// The placement of a single node; a cluster's comes from its view.
+    placement: Placement,
+    /// Cluster mode: the view, links to other nodes (None on a single node).
+    pub cluster: Option<crate::cluster::link::ShardCluster>,
     pub mesh: Mesh<ShardMsg>,
     pub log: ShardLog,
     pub ids: RefCell<SnowflakeGenerator>,
@@ -85,6 +92,7 @@ pub struct ShardParts {
     pub config: Config,
     pub metrics: Metrics,
     pub placement: Placement,
+    pub cluster: Option<crate::cluster::link::ShardCluster>,
     pub mesh: Mesh<ShardMsg>,
     pub log: ShardLog,
     pub ids: SnowflakeGenerator,
@@ -95,6 +103,7 @@ pub struct ShardParts {
 impl Shard {
     pub fn new(parts: ShardParts) -> Rc<Shard> {
         let push_provider = crate::push::provider_from(&parts.config);
+        let (node_id, shards_per_node) = (parts.config.node_id, parts.config.shards);
         Rc::new(Shard {
             id: parts.id,
             presence: RefCell::new(crate::presence::PresenceRuntime::default()),
@@ -104,7 +113,10 @@ impl Shard {
             config: parts.config,
             metrics: parts.metrics,
             shutdown: Shutdown::default(),
+            node_id,
+            shards_per_node,
             placement: parts.placement,
+            cluster: parts.cluster,
             mesh: parts.mesh,
             log: parts.log,
             ids: RefCell::new(parts.ids),
@@ -137,9 +149,33 @@ impl Shard {
         self.log.with_log(|log| f(log.state()))
     }
 
-    /// The shard that is `user_id`'s home.
+    /// Run `f` on the current placement (the cluster's view, refreshed when it moved).
+    pub fn with_placement<R>(&self, f: impl FnOnce(&Placement) -> R) -> R {
+        match &self.cluster {
+            Some(cluster) => cluster.with_view(|view| f(&view.placement)),
+            None => f(&self.placement),
+        }
+    }
+
+    /// This shard's global index (`node × shards_per_node + shard`; see `crate::cluster`).
+    pub fn global_id(&self) -> usize {
+        self.global_of_local(self.id)
+    }
+
+    /// The global index of this node's shard `local`.
+    pub fn global_of_local(&self, local: usize) -> usize {
+        usize::from(self.node_id) * self.shards_per_node + local
+    }
+
+    /// The node of global shard index `global`.
+    pub fn node_of(&self, global: usize) -> u16 {
+        (global / self.shards_per_node.max(1)) as u16
+    }
+
+    /// The global index of the shard that is `user_id`'s home.
     pub fn user_home(&self, user_id: u64) -> usize {
-        self.placement.user_home(user_id).shard as usize
+        let home = self.with_placement(|p| p.user_home(user_id));
+        crate::cluster::global_index(home, self.shards_per_node)
     }
 
     /// Users grouped by their home shard (one mesh message per shard instead of per user).
@@ -154,9 +190,20 @@ impl Shard {
         homes
     }
 
-    /// The shard that owns `conversation_id`.
+    /// The global index of the shard that owns `conversation_id`.
     pub fn conversation_owner(&self, conversation_id: u64) -> usize {
-        self.placement.conversation_owner(conversation_id).shard as usize
+        let home = self.with_placement(|p| p.conversation_owner(conversation_id));
+        crate::cluster::global_index(home, self.shards_per_node)
+    }
+
+    /// Is global shard `global` on a node that is down? (Always false on a single node.)
+    pub fn is_unavailable(&self, global: usize) -> bool {
+        let node = self.node_of(global);
+        node != self.node_id
+            && self
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| !cluster.shared.is_up(node))
     }
 
     pub fn next_session_id(&self) -> u64 {
@@ -179,8 +226,28 @@ impl Shard {
             .unwrap_or(0)
     }
 
-    /// Deliver `msg` to shard `to` (this one included, through a task of its own).
+    /// Deliver `msg` to global shard `to`: this one (through a task of its own), another
+    /// shard of this node over the mesh, or another node over its link.
     pub async fn route(self: &Rc<Self>, to: usize, msg: ShardMsg) {
+        let node = self.node_of(to);
+        if node != self.node_id {
+            match &self.cluster {
+                Some(cluster) => {
+                    let local = (to % self.shards_per_node.max(1)) as u16;
+                    crate::cluster::link::send(self, cluster, node, local, msg);
+                }
+                None => {
+                    self.counters().mesh_dropped();
+                    tracing::warn!(
+                        shard = self.id,
+                        to,
+                        "message for another node, but no cluster"
+                    );
+                }
+            }
+            return;
+        }
+        let to = to % self.shards_per_node.max(1);
         if to == self.id {
             chat::handle(self, msg);
             return;
@@ -201,6 +268,12 @@ impl Shard {
         to: usize,
         make: impl FnOnce(Reply<T>) -> ShardMsg,
     ) -> Result<T, ApiError> {
+        if self.is_unavailable(to) {
+            return Err(ApiError::unavailable(&format!(
+                "node {} (which owns this data) is unavailable; retry later",
+                self.node_of(to)
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         self.route(to, make(reply)).await;
         answer

@@ -155,6 +155,14 @@ impl TokenKey {
 
     fn create_key_file(path: &Path) -> Result<TokenKey, AuthError> {
         let key = Self::generate()?;
+        Self::store(path, &key)?;
+        tracing::info!(path = %path.display(), "created a new token signing key");
+        Ok(key)
+    }
+
+    /// Write `key` to `path` atomically and durably (tmp file, fsync, rename, fsync dir);
+    /// a cluster node stores the cluster's key this way.
+    pub fn store(path: &Path, key: &TokenKey) -> Result<(), AuthError> {
         let tmp = tmp_path(path);
         // A leftover from a crash mid-creation: start over (and with our file mode).
         match fs::remove_file(&tmp) {
@@ -179,8 +187,7 @@ impl TokenKey {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_error(dir, e))?;
-        tracing::info!(path = %path.display(), "created a new token signing key");
-        Ok(key)
+        Ok(())
     }
 }
 

@@ -119,7 +119,28 @@ pub async fn run(
         }
     };
     let home = shard.user_home(claims.user_id);
-    if home == shard.id {
+    if shard.node_of(home) != shard.node_id {
+        // Cluster mode: a user's connections live on its home node (docs/architecture.md,
+        // "Cluster"). Say where that is, or that it is down, and close.
+        match crate::cluster::redirect_for(shard, shard.node_of(home), transport) {
+            Some(redirect) => {
+                codec.send(&Frame {
+                    request_id,
+                    body: Body::Redirect(redirect),
+                });
+                codec.close(CloseCode::Redirect, "connect to your home node");
+            }
+            None => {
+                let error = ApiError::unavailable("your home node is unavailable; retry later");
+                codec.send(&error.frame(request_id));
+                codec.close(CloseCode::TryAgainLater, "home node unavailable");
+            }
+        }
+        shard.counters().redirected();
+        let _ = write_all(stream, &mut codec).await;
+        return Ended::Close;
+    }
+    if home == shard.global_id() {
         let handle = match open_session(shard, &claims) {
             Ok(handle) => handle,
             Err(error) => {
