@@ -151,6 +151,7 @@ fn parse_ready(line: &str) -> (SocketAddr, SocketAddr, usize) {
             Some(("http", v)) => http = v.parse().ok(),
             Some(("tcp", v)) => tcp = v.parse().ok(),
             Some(("shards", v)) => shards = v.parse().ok(),
+            Some(("link", _)) => {}
             _ => panic!("unexpected part {part:?} in {line:?}"),
         }
     }

@@ -180,8 +180,33 @@ impl Connection {
                 self.welcome = Some(welcome.clone());
                 Ok(welcome)
             }
+            Body::Redirect(redirect) => Err(ClientError::Redirect {
+                address: redirect.address,
+                node_id: redirect.node_id,
+            }),
             other => Err(unexpected("welcome", &other)),
         }
+    }
+
+    /// [`Connection::connect`], following cluster redirects (at most
+    /// [`REDIRECTS_MAX`]) to the user's home node.
+    pub fn connect_following(
+        addr: SocketAddr,
+        transport: Transport,
+        token: &str,
+    ) -> Result<(Connection, Welcome), ClientError> {
+        let mut addr = addr;
+        for _ in 0..REDIRECTS_MAX {
+            match Connection::connect(addr, transport, token) {
+                Err(ClientError::Redirect { address, .. }) => {
+                    addr = redirect_target(&address)?;
+                }
+                other => return other,
+            }
+        }
+        Err(ClientError::Protocol(format!(
+            "more than {REDIRECTS_MAX} redirects"
+        )))
     }
 
     // ----- accessors --------------------------------------------------------------------
@@ -783,6 +808,19 @@ fn ws_handshake(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Redirects [`Connection::connect_following`] follows before giving up.
+pub const REDIRECTS_MAX: usize = 3;
+
+/// The socket address of a Redirect's `address` (`host:port` or `ws://host:port/ws`).
+pub fn redirect_target(address: &str) -> Result<SocketAddr, ClientError> {
+    let host_port = address
+        .strip_prefix("ws://")
+        .map_or(address, |rest| rest.split('/').next().unwrap_or(rest));
+    host_port
+        .parse()
+        .map_err(|_| ClientError::Protocol(format!("bad redirect address {address:?}")))
 }
 
 fn unexpected(wanted: &str, got: &Body) -> ClientError {

@@ -109,6 +109,10 @@ pub enum ClientError {
     /// The server answered the request with an `Error` frame.
     #[error("server error {}: {}", .0.code.as_str(), .0.message)]
     ServerError(message::Error),
+    /// Cluster mode: this node does not serve the user; connect to `address` (`host:port`
+    /// for raw TCP, `ws://host:port/ws` for WebSocket) instead. The server closed with 4030.
+    #[error("redirected to node {node_id} at {address}")]
+    Redirect { address: String, node_id: u16 },
 }
 
 impl ClientError {
@@ -122,6 +126,7 @@ impl ClientError {
             ClientError::Io(_)
             | ClientError::Wire(_)
             | ClientError::Closed { .. }
+            | ClientError::Redirect { .. }
             | ClientError::Timeout => true,
             ClientError::ServerError(e) => e.code == ErrorCode::ShuttingDown,
             ClientError::Handshake(_)
