@@ -27,8 +27,8 @@ use common::{fresh_dir, http_get, Server};
 use wire::client::http::{self, Login};
 use wire::client::{new_key, sync_until_live, ClientError, Connection, Transport};
 use wire::message::{
-    Body, ErrorCode, Frame, IdempotencyKey, MessageKind, PresenceStatus, PresenceSubscribe, ReceiptKind,
-    StoredMessage, Typing,
+    Body, ErrorCode, Frame, IdempotencyKey, MessageKind, PresenceStatus, PresenceSubscribe,
+    ReceiptKind, StoredMessage, Typing,
 };
 
 const NODES: u16 = 3;
@@ -151,7 +151,13 @@ impl Cluster {
         let nodes = NODES.to_string();
         admin(
             &redis.url(),
-            &["init", "--nodes", &nodes, "--shards-per-node", SHARDS_PER_NODE],
+            &[
+                "init",
+                "--nodes",
+                &nodes,
+                "--shards-per-node",
+                SHARDS_PER_NODE,
+            ],
         );
         let dirs: Vec<PathBuf> = (0..NODES).map(|n| base.join(format!("node{n}"))).collect();
         let mut cluster = Cluster {
@@ -272,7 +278,12 @@ fn person(cluster: &Cluster, home: u16, via: u16) -> Person {
 }
 
 /// Connect through node `via`, following the redirect to the home node; catch up.
-fn online(cluster: &Cluster, p: &Person, via: u16, transport: Transport) -> (Connection, Vec<StoredMessage>) {
+fn online(
+    cluster: &Cluster,
+    p: &Person,
+    via: u16,
+    transport: Transport,
+) -> (Connection, Vec<StoredMessage>) {
     let server = cluster.node(via);
     let addr = match transport {
         Transport::Tcp => server.tcp,
@@ -281,7 +292,11 @@ fn online(cluster: &Cluster, p: &Person, via: u16, transport: Transport) -> (Con
     let (mut conn, welcome) =
         Connection::connect_following(addr, transport, &p.login.access_token).unwrap();
     assert_eq!(welcome.user_id, p.login.user_id);
-    assert_eq!(welcome.node_id, p.home, "{} served by its home node", p.name);
+    assert_eq!(
+        welcome.node_id, p.home,
+        "{} served by its home node",
+        p.name
+    );
     assert_eq!(conn.peer_addr().ip(), cluster.node(p.home).http.ip());
     let missed = sync_until_live(&mut conn, WAIT).unwrap();
     (conn, missed)
@@ -383,7 +398,11 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
         }
         other => panic!("expected a redirect, got {:?}", other.map(|(_, w)| w)),
     }
-    match Connection::connect(cluster.node(2).http, Transport::WsBinary, &b.login.access_token) {
+    match Connection::connect(
+        cluster.node(2).http,
+        Transport::WsBinary,
+        &b.login.access_token,
+    ) {
         Err(ClientError::Redirect { address, .. }) => {
             assert_eq!(address, format!("ws://{}/ws", cluster.node(1).http));
         }
@@ -415,7 +434,11 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
             acked.push((ack.seq, body));
         }
         let seqs: Vec<u64> = acked.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (seqs[0]..seqs[0] + 20).collect::<Vec<_>>(), "gap-free");
+        assert_eq!(
+            seqs,
+            (seqs[0]..seqs[0] + 20).collect::<Vec<_>>(),
+            "gap-free"
+        );
         for (seq, body) in &acked {
             let m = next_deliver(&mut conns[y]);
             assert_eq!((m.conversation_id, m.seq), (conversation, *seq));
@@ -429,9 +452,9 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
         loop {
             let u = next_receipt(&mut conns[x]);
             if u.conversation_id == conversation
-                && u.states.iter().any(|s| {
-                    s.user_id == recipient.login.user_id && s.read_seq == last
-                })
+                && u.states
+                    .iter()
+                    .any(|s| s.user_id == recipient.login.user_id && s.read_seq == last)
             {
                 break;
             }
@@ -458,7 +481,9 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
     let mut sent = BTreeMap::new();
     for (i, conn) in conns.iter_mut().enumerate() {
         let body = format!("hello group from {i}");
-        let ack = conn.send_message(group, body.as_bytes(), new_key()).unwrap();
+        let ack = conn
+            .send_message(group, body.as_bytes(), new_key())
+            .unwrap();
         sent.insert(ack.seq, body);
     }
     for (i, conn) in conns.iter_mut().enumerate() {
@@ -484,8 +509,7 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
     loop {
         let u = next_receipt(&mut conns[0]);
         if u.conversation_id == group
-            && u
-                .states
+            && u.states
                 .iter()
                 .any(|s| s.user_id == people[5].login.user_id && s.read_seq == newest)
         {
@@ -508,7 +532,10 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
     let leaving = conns.remove(1);
     leaving.close().unwrap();
     // conns[4] is now at index 3.
-    assert_eq!(next_presence(&mut conns[3], watched), PresenceStatus::Offline);
+    assert_eq!(
+        next_presence(&mut conns[3], watched),
+        PresenceStatus::Offline
+    );
 
     // History of the group reads the same from every node's HTTP API.
     for n in 0..NODES {
@@ -565,7 +592,9 @@ impl Sender {
                                 acked.lock().unwrap().push((ack.seq, body.clone()));
                                 break;
                             }
-                            Err(ClientError::ServerError(e)) if e.code == ErrorCode::Unavailable => {
+                            Err(ClientError::ServerError(e))
+                                if e.code == ErrorCode::Unavailable =>
+                            {
                                 unavailable.fetch_add(1, Ordering::Relaxed);
                                 std::thread::sleep(Duration::from_millis(50));
                             }
@@ -622,7 +651,12 @@ impl Sender {
 
 /// Every acknowledged message is in history exactly once at its sequence, and history is
 /// gap-free.
-fn assert_history_complete(server: &Server, token: &str, conversation: u64, acked: &[(u64, Vec<u8>)]) {
+fn assert_history_complete(
+    server: &Server,
+    token: &str,
+    conversation: u64,
+    acked: &[(u64, Vec<u8>)],
+) {
     let history = full_history(server, token, conversation);
     let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
     assert_eq!(
@@ -677,9 +711,16 @@ fn a_killed_node_loses_nothing_acknowledged_and_redis_restarts_are_survived() {
                 .unwrap();
         let peer = [&xb, &yb, &zb]
             .into_iter()
-            .find(|q| router::direct_conversation_id(p.login.user_id, q.login.user_id) == conversation)
+            .find(|q| {
+                router::direct_conversation_id(p.login.user_id, q.login.user_id) == conversation
+            })
             .unwrap();
-        assert_eq!(conn.open_direct(peer.login.user_id).unwrap().conversation_id, conversation);
+        assert_eq!(
+            conn.open_direct(peer.login.user_id)
+                .unwrap()
+                .conversation_id,
+            conversation
+        );
         conn.close().unwrap();
     }
     // Z's recipient stays online throughout and must see everything live.
@@ -698,7 +739,10 @@ fn a_killed_node_loses_nothing_acknowledged_and_redis_restarts_are_survived() {
     // Sends to X fail with typed Unavailable; Y and Z keep being acknowledged.
     let deadline = Instant::now() + WAIT;
     while sx.unavailable.load(Ordering::Relaxed) < unavailable_before + 5 {
-        assert!(Instant::now() < deadline, "no Unavailable for the dead node's partition");
+        assert!(
+            Instant::now() < deadline,
+            "no Unavailable for the dead node's partition"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     sy.wait_for_more(30);
@@ -741,7 +785,10 @@ fn a_killed_node_loses_nothing_acknowledged_and_redis_restarts_are_survived() {
             assert!(text.contains("map version 1,"), "{text}");
             break;
         }
-        assert!(Instant::now() < deadline, "cluster did not recover in Redis: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "cluster did not recover in Redis: {text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for s in [&sx, &sy, &sz] {
@@ -786,7 +833,10 @@ fn a_killed_node_loses_nothing_acknowledged_and_redis_restarts_are_survived() {
         .filter(|m| m.conversation_id == y)
         .map(|m| m.seq)
         .collect();
-    assert_eq!(y_missed, y_acked.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    assert_eq!(
+        y_missed,
+        y_acked.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
     // X's recipient too.
     let (_, missed) = online(&cluster, &xb, 2, Transport::Tcp);
     let x_missed: Vec<u64> = missed
@@ -794,5 +844,8 @@ fn a_killed_node_loses_nothing_acknowledged_and_redis_restarts_are_survived() {
         .filter(|m| m.conversation_id == x)
         .map(|m| m.seq)
         .collect();
-    assert_eq!(x_missed, x_acked.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    assert_eq!(
+        x_missed,
+        x_acked.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+    );
 }

@@ -367,29 +367,35 @@ impl Coordinator {
     pub fn run(self, flag: ShutdownFlag) {
         let mut con: Option<redis::Connection> = None;
         let mut failing_since: Option<std::time::Instant> = None;
+        // Since when this connection has seen Redis with its data. Records written before a
+        // Redis restart are gone until their nodes' next heartbeat, so for one TTL after
+        // (re)connecting a missing record does not mark a node down.
+        let mut settled_from = std::time::Instant::now();
         while !flag.is_set() {
-            let result = match con.as_mut() {
-                Some(c) => self.tick(c),
-                None => connect(&self.url).and_then(|mut c| {
-                    let r = self.tick(&mut c);
-                    con = Some(c);
-                    r
-                }),
-            };
-            match result {
-                Ok(()) => {
+            if con.is_none() {
+                match connect(&self.url) {
+                    Ok(c) => {
+                        con = Some(c);
+                        settled_from = std::time::Instant::now();
+                    }
+                    Err(error) => self.failed(&mut failing_since, &error),
+                }
+            }
+            if let Some(c) = con.as_mut() {
+                let settled = settled_from.elapsed() >= self.node_ttl;
+                match self.tick(c, settled) {
+                    Ok(TickOutcome::Normal) => {}
+                    Ok(TickOutcome::RedisWasEmpty) => settled_from = std::time::Instant::now(),
+                    Err(error) => {
+                        con = None;
+                        self.failed(&mut failing_since, &error);
+                    }
+                }
+                if con.is_some() {
                     if failing_since.take().is_some() {
                         tracing::info!("redis reachable again; membership resumed");
                     }
                     self.shared.redis_ok.store(true, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    con = None;
-                    self.shared.redis_ok.store(false, Ordering::Relaxed);
-                    if failing_since.is_none() {
-                        failing_since = Some(std::time::Instant::now());
-                        tracing::warn!(%error, "redis unreachable; keeping the last cluster view");
-                    }
                 }
             }
             std::thread::sleep(self.heartbeat);
@@ -399,7 +405,18 @@ impl Coordinator {
         }
     }
 
-    fn tick(&self, con: &mut redis::Connection) -> Result<(), CoordError> {
+    fn failed(&self, failing_since: &mut Option<std::time::Instant>, error: &CoordError) {
+        self.shared.redis_ok.store(false, Ordering::Relaxed);
+        if failing_since.is_none() {
+            *failing_since = Some(std::time::Instant::now());
+            tracing::warn!(%error, "redis unreachable; keeping the last cluster view");
+        }
+    }
+
+    /// One heartbeat. `settled`: Redis has held its data long enough that a missing
+    /// membership record means a node stopped heartbeating.
+    fn tick(&self, con: &mut redis::Connection, settled: bool) -> Result<TickOutcome, CoordError> {
+        let mut outcome = TickOutcome::Normal;
         let mut me = self.me.clone();
         me.connections = (0..self.shards)
             .map(|i| self.metrics.shard(i).connections())
@@ -442,6 +459,7 @@ impl Coordinator {
                         "redis had no cluster map; restored it from this node's cache"
                     );
                 }
+                outcome = TickOutcome::RedisWasEmpty;
                 current.map.as_ref().clone()
             }
         };
@@ -450,7 +468,7 @@ impl Coordinator {
                 tracing::error!(
                     "the new cluster map changes shards_per_node; ignoring it (restart every node)"
                 );
-                return Ok(());
+                return Ok(outcome);
             }
             tracing::info!(
                 from = current.map.version,
@@ -459,7 +477,14 @@ impl Coordinator {
             );
             write_cached_map(&self.data_dir, &map);
         }
-        let members = read_nodes(con, &self.keys, &map.nodes())?;
+        let mut members = read_nodes(con, &self.keys, &map.nodes())?;
+        if !settled || outcome == TickOutcome::RedisWasEmpty {
+            for (node, info) in &mut members {
+                if info.is_none() {
+                    *info = current.node(*node).cloned();
+                }
+            }
+        }
         // Load figures change every heartbeat; only membership and addresses matter here.
         let same = |a: Option<&NodeInfo>, b: Option<&NodeInfo>| match (a, b) {
             (Some(a), Some(b)) => {
@@ -488,8 +513,16 @@ impl Coordinator {
             }
             self.shared.publish(view_of(map, members)?);
         }
-        Ok(())
+        Ok(outcome)
     }
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TickOutcome {
+    Normal,
+    /// Redis had lost its data (restarted empty); the map was put back.
+    RedisWasEmpty,
 }
 
 /// Run `confab cluster <command>` against the Redis at `url`; returns what to print.
