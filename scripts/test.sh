@@ -28,6 +28,13 @@ if [ ! -x /usr/bin/chromium ] || ! command -v node >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm
 fi
+# The cluster tests (gateway/tests/cluster.rs) start their own redis-server on a free
+# loopback port per test and stop it (Debian's package; its service is not used).
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server (cluster tests)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+fi
 if [ ! -d gateway/tests/web/node_modules/playwright-core ]; then
   step "installing playwright-core (browser tests)"
   (cd gateway/tests/web && npm ci --no-audit --no-fund --loglevel=error)

@@ -551,10 +551,13 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
 
 // ----- failures ---------------------------------------------------------------------------
 
+/// Acknowledged (sequence, body) pairs, in ack order.
+type Acked = Vec<(u64, Vec<u8>)>;
+
 /// A sender that keeps sending into one conversation, retrying each message with its
 /// idempotency key until it is acknowledged.
 struct Sender {
-    acked: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    acked: Arc<Mutex<Acked>>,
     unavailable: Arc<AtomicU64>,
     other_errors: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -640,7 +643,7 @@ impl Sender {
         }
     }
 
-    fn finish(mut self) -> (Vec<(u64, Vec<u8>)>, u64, Vec<String>) {
+    fn finish(mut self) -> (Acked, u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         let acked = std::mem::take(&mut *self.acked.lock().unwrap());
@@ -758,6 +761,26 @@ fn a_killed_node_loses_nothing_acknowledged_and_redis_restarts_are_survived() {
         assert!(Instant::now() < deadline, "node 2 never reported down");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A user with a conversation on the dead node still connects and catches up on the
+    // rest; that conversation is reported unavailable, typed.
+    let (mut xb_conn, _) =
+        Connection::connect_following(cluster.node(1).tcp, Transport::Tcp, &xb.login.access_token)
+            .unwrap();
+    wire::client::catch_up(&mut xb_conn, WAIT).unwrap();
+    match xb_conn
+        .recv_where(WAIT, |f| matches!(f.body, Body::Error(_)))
+        .unwrap()
+    {
+        Some(Frame {
+            body: Body::Error(e),
+            ..
+        }) => {
+            assert_eq!(e.code, ErrorCode::Unavailable);
+            assert!(e.message.contains(&x.to_string()), "{}", e.message);
+        }
+        other => panic!("expected an Unavailable error, got {other:?}"),
+    }
+    xb_conn.close().unwrap();
     let x_acked_while_down = sx.acked_count();
 
     // Node 2 returns with its data; X resumes.

@@ -596,6 +596,22 @@ async fn drain(
                 }
                 return true;
             }
+            // Cluster mode: the owner's node is down. Skip this conversation (the others
+            // still catch up) and say so; the next push into it, or a SyncRequest once
+            // the node is back, reads on from the unchanged cursor.
+            Err(error) if error.code == ErrorCode::Unavailable => {
+                if let Some(d) = session.delivery.borrow_mut().get_mut(&conversation_id) {
+                    d.reading = false;
+                }
+                session.push_live(
+                    ApiError::unavailable(&format!(
+                        "conversation {conversation_id} is unavailable (its node is down); \
+                         send a SyncRequest later"
+                    ))
+                    .frame(0),
+                );
+                return true;
+            }
             Err(error) => {
                 tracing::warn!(
                     shard = shard.id,
