@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod cluster;
 mod epoll;
 mod heartbeat;
 mod presence;
@@ -89,6 +90,15 @@ enum Scenario {
         /// Message body bytes (at least 8: the scheduled send time).
         #[arg(long, default_value_t = 64)]
         body: usize,
+        /// Where the users live in a cluster: `same-node` puts senders and recipients on
+        /// the node of `--http`, `cross-node` senders there and recipients on another
+        /// node (names are chosen with `/v1/discover`). Sessions connect to their home.
+        #[arg(long, value_enum, default_value_t = cluster::Placement::Any)]
+        placement: cluster::Placement,
+        /// Which node owns each pair's conversation (log and sequence): the sender's
+        /// home, the recipient's, neither, or any.
+        #[arg(long, value_enum, default_value_t = cluster::Owner::Any)]
+        owner: cluster::Owner,
     },
     /// One sender to a group of `--members` online members: deliveries per second,
     /// send→last-member latency and the sender's ack latency.
@@ -167,13 +177,19 @@ fn main() {
             window,
             duration,
             body,
+            placement,
+            owner,
         } => chat(
             &cli,
-            pairs,
-            rate,
-            window,
-            Duration::from_secs(duration),
-            body.max(8),
+            ChatOptions {
+                pairs: pairs.max(1),
+                rate,
+                window: window.max(1),
+                duration: Duration::from_secs(duration),
+                body: body.max(8),
+                placement,
+                owner,
+            },
         ),
         Scenario::Group {
             members,
