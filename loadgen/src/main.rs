@@ -9,6 +9,10 @@
 //!   coordinated-omission correction as in wrk2), or with `--rate 0` in a closed loop
 //!   with `--window` sends outstanding per sender (the maximum rate). Each body carries its
 //!   scheduled send time; the receiver records send→deliver, the sender send→ack.
+//!   Against a cluster, `--placement same-node|cross-node` chooses users by their home
+//!   node and `--owner` by the node owning their conversation (see `cluster.rs`); every
+//!   session connects to its user's home node, and the figures are also given per route
+//!   (how many node links a message crosses).
 //! - `group`: one sender to a group of `--members` online members (one connection each,
 //!   all read by one thread with poll(2)), open loop at `--rate`: deliveries per second,
 //!   send→last-member and send→each-member latency, and the sender's send→ack.
@@ -256,9 +260,13 @@ fn transport(cli: &Cli) -> (Transport, SocketAddr) {
 
 /// A fresh user (random name prefix so runs never collide).
 fn new_user(cli: &Cli, run: &str, role: &str, i: usize) -> Result<Login> {
-    let name = format!("lg{run}{role}{i}");
-    http::register(cli.http, &name, PASSWORD).map_err(|e| format!("register {name}: {e}"))?;
-    http::login(cli.http, &name, PASSWORD, None, Some("loadgen"))
+    register_login(cli, &format!("lg{run}{role}{i}"))
+}
+
+/// Register `name` and log in, through `--http` (a cluster forwards to the home node).
+fn register_login(cli: &Cli, name: &str) -> Result<Login> {
+    http::register(cli.http, name, PASSWORD).map_err(|e| format!("register {name}: {e}"))?;
+    http::login(cli.http, name, PASSWORD, None, Some("loadgen"))
         .map_err(|e| format!("login {name}: {e}"))
 }
 
@@ -275,71 +283,147 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid constant histogram bounds")
 }
 
-struct ChatTotals {
-    deliver: Histogram<u64>,
-    ack: Histogram<u64>,
-    sent: u64,
-    delivered: u64,
-    errors: HashMap<String, u64>,
-}
-
-fn chat(
-    cli: &Cli,
+/// Options of the `chat` scenario.
+struct ChatOptions {
     pairs: usize,
+    /// Total messages per second; 0 = closed loop.
     rate: u64,
     window: usize,
     duration: Duration,
     body: usize,
-) -> Result<()> {
+    placement: cluster::Placement,
+    owner: cluster::Owner,
+}
+
+/// Counts and latencies of a set of pairs.
+struct ChatStats {
+    pairs: usize,
+    deliver: Histogram<u64>,
+    ack: Histogram<u64>,
+    sent: u64,
+    delivered: u64,
+}
+
+impl ChatStats {
+    fn new() -> ChatStats {
+        ChatStats {
+            pairs: 0,
+            deliver: histogram(),
+            ack: histogram(),
+            sent: 0,
+            delivered: 0,
+        }
+    }
+}
+
+struct ChatTotals {
+    all: ChatStats,
+    /// The same, per route between nodes (one entry on a single node: `local`).
+    routes: std::collections::BTreeMap<cluster::Route, ChatStats>,
+    /// Pairs whose sender and recipient have different home nodes.
+    cross_node_pairs: usize,
+    /// Sends including the warm-up (to relate server counters to messages).
+    sent_with_warmup: u64,
+    errors: HashMap<String, u64>,
+}
+
+/// The address of `home`'s node for `transport`, or the command line's on a single node.
+fn session_addr(cli: &Cli, home: &cluster::Home) -> SocketAddr {
+    let (_, default) = transport(cli);
+    match cli.transport {
+        Proto::Tcp => home.tcp.unwrap_or(default),
+        Proto::Ws | Proto::WsJson => home.http.unwrap_or(default),
+    }
+}
+
+/// Connect `login`'s session to its home node (following a redirect if the cluster map
+/// moved since discover).
+fn connect_home(cli: &Cli, home: &cluster::Home, login: &Login) -> Result<Connection> {
+    let (transport, _) = transport(cli);
+    let addr = session_addr(cli, home);
+    let (conn, _) = Connection::connect_following(addr, transport, &login.access_token)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    Ok(conn)
+}
+
+fn chat(cli: &Cli, o: ChatOptions) -> Result<()> {
     let run = run_id();
-    let (transport, addr) = transport(cli);
+    let plans = cluster::plan(cli.http, &format!("lg{run}"), o.pairs, o.placement, o.owner)?;
     let mut setups = Vec::new();
-    for i in 0..pairs {
-        let sender = new_user(cli, &run, "s", i)?;
-        let receiver = new_user(cli, &run, "r", i)?;
-        let (mut conn, _) = Connection::connect(addr, transport, &sender.access_token)
-            .map_err(|e| e.to_string())?;
+    for plan in &plans {
+        let sender = register_login(cli, &plan.sender.name)?;
+        let receiver = register_login(cli, &plan.recipient.name)?;
+        let mut conn = connect_home(cli, &plan.sender.home, &sender)?;
         sync_until_live(&mut conn, Duration::from_secs(10)).map_err(|e| e.to_string())?;
         let id = conn
             .open_direct(receiver.user_id)
             .map_err(|e| e.to_string())?
             .conversation_id;
-        setups.push((conn, receiver, id));
+        if id != plan.conversation_id
+            || sender.user_id != plan.sender.home.user_id
+            || receiver.user_id != plan.recipient.home.user_id
+        {
+            return Err(format!(
+                "the server's ids differ from loadgen's (conversation {id} vs {}): \
+                 loadgen's copy of router's hash is out of date",
+                plan.conversation_id
+            ));
+        }
+        setups.push((conn, receiver, id, plan));
     }
     let epoch = Instant::now();
     let warmup = Duration::from_secs(1);
     let measure_from = epoch + warmup;
-    let end = measure_from + duration;
+    let end = measure_from + o.duration;
     let stop = Arc::new(AtomicBool::new(false));
-    let per_sender = if rate == 0 {
+    let per_sender = if o.rate == 0 {
         0.0
     } else {
-        rate as f64 / pairs as f64
+        o.rate as f64 / o.pairs as f64
     };
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
-    for (conn, receiver, id) in setups {
+    let mut routes = Vec::new();
+    for (conn, receiver, id, plan) in setups {
         let stop_r = stop.clone();
-        let (rconn, _) = Connection::connect(addr, transport, &receiver.access_token)
-            .map_err(|e| e.to_string())?;
+        let rconn = connect_home(cli, &plan.recipient.home, &receiver)?;
         receivers.push(std::thread::spawn(move || {
             receive(rconn, id, epoch, measure_from, end, stop_r)
         }));
+        let (window, body) = (o.window, o.body);
         senders.push(std::thread::spawn(move || {
             send(conn, id, epoch, measure_from, end, per_sender, window, body)
         }));
+        routes.push(plan.route());
     }
     let mut totals = ChatTotals {
-        deliver: histogram(),
-        ack: histogram(),
-        sent: 0,
-        delivered: 0,
+        all: ChatStats::new(),
+        routes: Default::default(),
+        cross_node_pairs: plans
+            .iter()
+            .filter(|p| p.sender.home.node != p.recipient.home.node)
+            .count(),
+        sent_with_warmup: 0,
         errors: HashMap::new(),
     };
-    for s in senders {
-        let (ack, sent, errors) = s.join().map_err(|_| "sender panicked")?;
-        let _ = totals.ack.add(&ack);
-        totals.sent += sent;
+    for route in &routes {
+        totals
+            .routes
+            .entry(*route)
+            .or_insert_with(ChatStats::new)
+            .pairs += 1;
+    }
+    totals.all.pairs = routes.len();
+    for (s, route) in senders.into_iter().zip(&routes) {
+        let (ack, sent, sent_with_warmup, errors) = s.join().map_err(|_| "sender panicked")?;
+        totals.sent_with_warmup += sent_with_warmup;
+        for stats in [
+            &mut totals.all,
+            totals.routes.entry(*route).or_insert_with(ChatStats::new),
+        ] {
+            let _ = stats.ack.add(&ack);
+            stats.sent += sent;
+        }
         for (k, v) in errors {
             *totals.errors.entry(k).or_default() += v;
         }
@@ -347,15 +431,20 @@ fn chat(
     // Give deliveries in flight a moment, then stop the receivers.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
-    for r in receivers {
+    for (r, route) in receivers.into_iter().zip(&routes) {
         let (deliver, delivered, error) = r.join().map_err(|_| "receiver panicked")?;
-        let _ = totals.deliver.add(&deliver);
-        totals.delivered += delivered;
+        for stats in [
+            &mut totals.all,
+            totals.routes.entry(*route).or_insert_with(ChatStats::new),
+        ] {
+            let _ = stats.deliver.add(&deliver);
+            stats.delivered += delivered;
+        }
         if let Some(error) = error {
             *totals.errors.entry(error).or_default() += 1;
         }
     }
-    report_chat(cli, pairs, rate, window, duration, body, &totals);
+    report_chat(cli, &o, &totals);
     Ok(())
 }
 
@@ -373,11 +462,12 @@ fn send(
     per_sec: f64,
     window: usize,
     body_len: usize,
-) -> (Histogram<u64>, u64, HashMap<String, u64>) {
+) -> (Histogram<u64>, u64, u64, HashMap<String, u64>) {
     let mut acks = histogram();
     let mut errors: HashMap<String, u64> = HashMap::new();
     let mut outstanding: HashMap<u64, Instant> = HashMap::new();
     let mut sent = 0u64;
+    let mut sent_with_warmup = 0u64;
     let interval = if per_sec > 0.0 {
         Duration::from_secs_f64(1.0 / per_sec)
     } else {
@@ -409,6 +499,7 @@ fn send(
             match conn.request(frame) {
                 Ok(request_id) => {
                     outstanding.insert(request_id, scheduled);
+                    sent_with_warmup += 1;
                     if scheduled >= measure_from {
                         sent += 1;
                     }
@@ -455,7 +546,7 @@ fn send(
             }
         }
     }
-    (acks, sent, errors)
+    (acks, sent, sent_with_warmup, errors)
 }
 
 fn receive(
@@ -502,41 +593,60 @@ fn receive(
     (latency, delivered, None)
 }
 
-fn report_chat(
-    cli: &Cli,
-    pairs: usize,
-    rate: u64,
-    window: usize,
-    duration: Duration,
-    body: usize,
-    t: &ChatTotals,
-) {
-    let secs = duration.as_secs_f64();
+fn report_chat(cli: &Cli, o: &ChatOptions, t: &ChatTotals) {
+    let (pairs, rate, window, body) = (o.pairs, o.rate, o.window, o.body);
+    let (placement, owner) = (o.placement.name(), o.owner.name());
+    let secs = o.duration.as_secs_f64();
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
+    let a = &t.all;
     if cli.json {
         let errors: Vec<String> = t
             .errors
             .iter()
             .map(|(k, v)| format!("{:?}: {v}", k))
             .collect();
+        let routes: Vec<String> = t
+            .routes
+            .iter()
+            .map(|(route, s)| {
+                format!(
+                    "\"{}\":{{\"pairs\":{},\"deliver_hops\":{},\"ack_hops\":{},\"sent\":{},\"delivered\":{},\
+                     \"deliver_us\":{{\"p50\":{},\"p99\":{}}},\"ack_us\":{{\"p50\":{},\"p99\":{}}}}}",
+                    route.name(),
+                    s.pairs,
+                    route.deliver_hops(),
+                    route.ack_hops(),
+                    s.sent,
+                    s.delivered,
+                    q(&s.deliver, 0.5),
+                    q(&s.deliver, 0.99),
+                    q(&s.ack, 0.5),
+                    q(&s.ack, 0.99),
+                )
+            })
+            .collect();
         println!(
-            "{{\"scenario\":\"chat\",\"pairs\":{pairs},\"rate\":{rate},\"window\":{window},\"body\":{body},\
-             \"seconds\":{secs},\"sent\":{},\"delivered\":{},\"sent_per_sec\":{:.0},\"delivered_per_sec\":{:.0},\
+            "{{\"scenario\":\"chat\",\"pairs\":{pairs},\"placement\":\"{placement}\",\"owner\":\"{owner}\",\
+             \"cross_node_pairs\":{},\"rate\":{rate},\"window\":{window},\"body\":{body},\
+             \"seconds\":{secs},\"sent\":{},\"sent_with_warmup\":{},\"delivered\":{},\"sent_per_sec\":{:.0},\"delivered_per_sec\":{:.0},\
              \"deliver_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\
-             \"ack_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"errors\":{{{}}}}}",
-            t.sent,
-            t.delivered,
-            t.sent as f64 / secs,
-            t.delivered as f64 / secs,
-            q(&t.deliver, 0.5),
-            q(&t.deliver, 0.9),
-            q(&t.deliver, 0.99),
-            q(&t.deliver, 0.999),
-            t.deliver.max(),
-            q(&t.ack, 0.5),
-            q(&t.ack, 0.99),
-            q(&t.ack, 0.999),
-            t.ack.max(),
+             \"ack_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"routes\":{{{}}},\"errors\":{{{}}}}}",
+            t.cross_node_pairs,
+            a.sent,
+            t.sent_with_warmup,
+            a.delivered,
+            a.sent as f64 / secs,
+            a.delivered as f64 / secs,
+            q(&a.deliver, 0.5),
+            q(&a.deliver, 0.9),
+            q(&a.deliver, 0.99),
+            q(&a.deliver, 0.999),
+            a.deliver.max(),
+            q(&a.ack, 0.5),
+            q(&a.ack, 0.99),
+            q(&a.ack, 0.999),
+            a.ack.max(),
+            routes.join(","),
             errors.join(",")
         );
         return;
@@ -548,13 +658,17 @@ fn report_chat(
     };
     println!("chat: {pairs} pairs, {mode}, {body} B bodies, {secs:.0} s measured");
     println!(
-        "  sent {} ({:.0}/s), delivered {} ({:.0}/s)",
-        t.sent,
-        t.sent as f64 / secs,
-        t.delivered,
-        t.delivered as f64 / secs
+        "  placement {placement}, owner {owner}: {pairs} pairs, {} with sender and recipient on different nodes",
+        t.cross_node_pairs
     );
-    for (name, h) in [("send->deliver", &t.deliver), ("send->ack", &t.ack)] {
+    println!(
+        "  sent {} ({:.0}/s), delivered {} ({:.0}/s)",
+        a.sent,
+        a.sent as f64 / secs,
+        a.delivered,
+        a.delivered as f64 / secs
+    );
+    for (name, h) in [("send->deliver", &a.deliver), ("send->ack", &a.ack)] {
         println!(
             "  {name:14} µs  p50 {}  p90 {}  p99 {}  p999 {}  max {}",
             q(h, 0.5),
@@ -562,6 +676,21 @@ fn report_chat(
             q(h, 0.99),
             q(h, 0.999),
             h.max()
+        );
+    }
+    println!("  by route (node-link hops send->deliver / send->ack):");
+    for (route, s) in &t.routes {
+        println!(
+            "    {:18} {}/{} hops  {:3} pairs  delivered {:.0}/s  deliver µs p50 {} p99 {}  ack µs p50 {} p99 {}",
+            route.name(),
+            route.deliver_hops(),
+            route.ack_hops(),
+            s.pairs,
+            s.delivered as f64 / secs,
+            q(&s.deliver, 0.5),
+            q(&s.deliver, 0.99),
+            q(&s.ack, 0.5),
+            q(&s.ack, 0.99)
         );
     }
     if !t.errors.is_empty() {
@@ -661,7 +790,7 @@ fn group(cli: &Cli, members: usize, rate: u64, duration: Duration, body: usize) 
             }
         }
     }
-    let (acks, sent, send_errors) = sending.join().map_err(|_| "sender panicked")?;
+    let (acks, sent, _, send_errors) = sending.join().map_err(|_| "sender panicked")?;
     for (k, v) in send_errors {
         *errors.entry(k).or_default() += v;
     }
