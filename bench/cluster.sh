@@ -25,7 +25,7 @@
 #   REDIS_PORT  port of the private redis-server                      [26400]
 #   FRESH       1: a fresh cluster (redis, map, empty nodes) for every run; 0: one for all
 #               (the nodes' logs and idempotency maps grow from run to run)   [1]
-#   OUT_DIR     if set, every run's loadgen JSON is copied there
+#   OUT_DIR     if set, every run's loadgen JSON and the nodes' logs are copied there
 #
 # Examples:
 #   bench/cluster.sh                                   # maximum rate, 3 runs per case
@@ -158,6 +158,17 @@ link_sent() {
     echo "$total"
 }
 
+# CPU seconds (user + system) both nodes have used so far, from /proc/<pid>/stat.
+node_cpu() {
+    local pid ticks=0 t
+    for pid in "${NODE_PIDS[@]}"; do
+        # Fields 14 and 15 (utime, stime); the command name (field 2) holds no spaces.
+        t=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+        ticks=$((ticks + t))
+    done
+    echo "$ticks $(getconf CLK_TCK)" | awk '{ printf "%.3f", $1 / $2 }'
+}
+
 if [[ $RATE == 0 ]]; then
     mode="closed loop, window $WINDOW"
     load=(--rate 0 --window "$WINDOW")
@@ -166,12 +177,13 @@ else
     load=(--rate "$RATE")
 fi
 fresh="one cluster for all runs"
-[[ $FRESH == 1 ]] && fresh="a fresh cluster (redis, map, empty nodes) per run"
+if [[ $FRESH == 1 ]]; then fresh="a fresh cluster (redis, map, empty nodes) per run"; fi
 echo "chat: $PAIRS pairs, $mode, ${DURATION} s, $TRANSPORT; loadgen --http on node 0; $RUNS runs per case, $fresh"
 echo "$(nproc) CPUs; $(uptime)"
 echo "latencies in ms from the scheduled send; link/m = node-link requests and pushes (replies not"
-echo "counted, delivered-receipt traffic included) per message sent, warm-up included"
-printf '%-26s %3s %9s %9s %9s %9s %9s %6s %5s  %s\n' case run "msg/s" "dlv p50" "dlv p99" "ack p50" "ack p99" "link/m" errs "load1  routes (pairs)"
+echo "counted, delivered-receipt traffic included) per message sent, warm-up included; cpu/m = µs of"
+echo "CPU (user + system) of both nodes together per message sent, setup and warm-up included"
+printf '%-26s %3s %9s %9s %9s %9s %9s %6s %6s %5s  %s\n' case run "msg/s" "dlv p50" "dlv p99" "ack p50" "ack p99" "link/m" "cpu/m" errs "load1  routes (pairs)"
 if [[ $FRESH != 1 ]]; then
     start_cluster
     "$CONFAB" --redis-url "$REDIS_URL" cluster show
@@ -187,6 +199,7 @@ for run in $(seq "$RUNS"); do
         if [[ $case == */* ]]; then owner=${case#*/}; fi
         out="$WORK/${placement}_${owner}_$run.json"
         before=$(link_sent)
+        cpu_before=$(node_cpu)
         "$LOADGEN" --http "${HTTP[0]}" --tcp "${TCP[0]}" --transport "$TRANSPORT" --json \
             chat --pairs "$PAIRS" "${load[@]}" --duration "$DURATION" \
             --placement "$placement" --owner "$owner" >"$out" &
@@ -195,21 +208,30 @@ for run in $(seq "$RUNS"); do
         wait "$LOADGEN_PID"
         LOADGEN_PID=
         after=$(link_sent)
+        cpu_after=$(node_cpu)
         # delivered/s, send->deliver p50 p99, send->ack p50 p99 (ms), all sends, errors, routes
         read -r rate dp50 dp99 ap50 ap99 sends errors routes < <(jq -r '
             [(.delivered_per_sec | floor), (.deliver_us.p50, .deliver_us.p99, .ack_us.p50, .ack_us.p99 | . / 1000),
              .sent_with_warmup, ([.errors[]] | add // 0),
              ([.routes | to_entries[] | "\(.key)=\(.value.pairs)"] | join(","))] | map(tostring) | join(" ")' "$out")
         per_msg=$(awk -v l=$((after - before)) -v d="$sends" 'BEGIN { if (d > 0) printf "%.2f", l / d; else print "-" }')
-        printf '%-26s %3s %9s %9.2f %9.2f %9.2f %9.2f %6s %5s  %s  %s\n' "$placement/$owner" "$run" "$rate" \
-            "$dp50" "$dp99" "$ap50" "$ap99" "$per_msg" "$errors" "$(cut -d' ' -f1 /proc/loadavg)" "$routes"
-        if [[ -n $OUT_DIR ]]; then mkdir -p "$OUT_DIR" && cp "$out" "$OUT_DIR/"; fi
+        cpu_msg=$(awk -v a="$cpu_after" -v b="$cpu_before" -v d="$sends" 'BEGIN { if (d > 0) printf "%.1f", (a - b) / d * 1e6; else print "-" }')
+        echo "$cpu_msg" >>"$WORK/${placement}_${owner}.cpu"
+        printf '%-26s %3s %9s %9.2f %9.2f %9.2f %9.2f %6s %6s %5s  %s  %s\n' "$placement/$owner" "$run" "$rate" \
+            "$dp50" "$dp99" "$ap50" "$ap99" "$per_msg" "$cpu_msg" "$errors" "$(cut -d' ' -f1 /proc/loadavg)" "$routes"
+        if [[ -n $OUT_DIR ]]; then
+            mkdir -p "$OUT_DIR"
+            cp "$out" "$OUT_DIR/"
+            for n in 0 1; do
+                cp "$WORK/cluster/n$n.err" "$OUT_DIR/${placement}_${owner}_$run.node$n.log"
+            done
+        fi
     done
 done
 
 echo
 echo "medians over $RUNS runs (latencies in ms):"
-printf '%-26s %9s %9s %9s %9s %9s\n' case "msg/s" "dlv p50" "dlv p99" "ack p50" "ack p99"
+printf '%-26s %9s %9s %9s %9s %9s %6s\n' case "msg/s" "dlv p50" "dlv p99" "ack p50" "ack p99" "cpu/m"
 for case in $CASES; do
     placement=${case%%/*}
     owner=$OWNER
@@ -219,6 +241,7 @@ for case in $CASES; do
         [(map(.delivered_per_sec) | median | floor),
          (map(.deliver_us.p50), map(.deliver_us.p99), map(.ack_us.p50), map(.ack_us.p99) | median / 1000)]
         | map(tostring) | join(" ")' "$WORK/${placement}_${owner}"_*.json)
-    printf '%-26s %9s %9.2f %9.2f %9.2f %9.2f\n' "$placement/$owner" "$rate" "$dp50" "$dp99" "$ap50" "$ap99"
+    cpu=$(sort -g "$WORK/${placement}_${owner}.cpu" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    printf '%-26s %9s %9.2f %9.2f %9.2f %9.2f %6s\n' "$placement/$owner" "$rate" "$dp50" "$dp99" "$ap50" "$ap99" "$cpu"
 done
 echo "$(uptime)"
