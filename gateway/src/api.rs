@@ -268,16 +268,12 @@ async fn lookup_user(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Respons
             (id, None)
         }
         None => {
-            let username = request
-                .query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("username="))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::InvalidArgument,
-                        "give ?username= or /v1/users/{id}",
-                    )
-                })?;
+            let username = query_param(request.query, "username").ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    "give ?username= or /v1/users/{id}",
+                )
+            })?;
             if password::check_username(username).is_err() {
                 return Err(ApiError::new(ErrorCode::NotFound, "no such user"));
             }
@@ -291,17 +287,19 @@ async fn lookup_user(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Respons
     ))
 }
 
+/// The raw value of query parameter `name` (the first one), if present.
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// `GET /v1/discover?username=` (or `?user_id=`): which node serves this user's
 /// connections (its home node), so a client connects there first instead of being
 /// redirected. No token needed: it runs before login and says only where a name lives.
 /// `here` is true when this node is that node; a single node always answers `here`.
 fn discover(shard: &Rc<Shard>, request: &Request<'_>) -> Result<Response, ApiError> {
-    let param = |name: &str| {
-        request
-            .query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-    };
+    let param = |name: &str| query_param(request.query, name);
     let user_id = match (param("username"), param("user_id")) {
         (Some(username), _) => {
             if password::check_username(username).is_err() {

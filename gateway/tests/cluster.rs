@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::people::{next_deliver, next_receipt, unique, FAST, WAIT};
+use common::people::{
+    full_history, next_deliver, next_presence, next_receipt, next_typing, unique, FAST, WAIT,
+};
 use common::{fresh_dir, http_get, Server};
 use wire::client::http::{self, Login};
 use wire::client::{new_key, sync_until_live, ClientError, Connection, Transport};
@@ -310,61 +312,6 @@ fn typing(conversation_id: u64, active: bool) -> Body {
     })
 }
 
-fn next_typing(conn: &mut Connection) -> Typing {
-    match conn
-        .recv_where(WAIT, |f| matches!(f.body, Body::Typing(_)))
-        .unwrap()
-    {
-        Some(Frame {
-            body: Body::Typing(t),
-            ..
-        }) => t,
-        other => panic!("expected Typing, got {other:?}"),
-    }
-}
-
-/// The next pushed presence status of `user_id`.
-fn next_presence(conn: &mut Connection, user_id: u64) -> PresenceStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no presence update for {user_id}");
-        let frame = conn
-            .recv_where(left, |f| {
-                f.request_id == 0 && matches!(f.body, Body::PresenceUpdate(_))
-            })
-            .unwrap();
-        if let Some(Frame {
-            body: Body::PresenceUpdate(update),
-            ..
-        }) = frame
-        {
-            if let Some(entry) = update.entries.into_iter().find(|e| e.user_id == user_id) {
-                return entry.status;
-            }
-        }
-    }
-}
-
-/// Every message of a conversation through the HTTP history API of node `via`.
-fn full_history(server: &Server, token: &str, conversation_id: u64) -> Vec<StoredMessage> {
-    let mut pages = Vec::new();
-    let mut before = 0;
-    loop {
-        let page = http::history(server.http, token, conversation_id, before, 0, 200).unwrap();
-        let Some(first) = page.messages.first().map(|m| m.seq) else {
-            break;
-        };
-        before = first;
-        let more = page.has_more;
-        pages.push(page.messages);
-        if !more {
-            break;
-        }
-    }
-    pages.into_iter().rev().flatten().collect()
-}
-
 // ----- chat across nodes --------------------------------------------------------------------
 
 #[test]
@@ -462,13 +409,17 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
 
         // Typing crosses the link both ways.
         conns[x].request(typing(conversation, true)).unwrap();
-        let t = next_typing(&mut conns[y]);
+        let t = next_typing(&mut conns[y], WAIT).expect("typing start");
         assert_eq!(
             (t.conversation_id, t.user_id, t.active),
             (conversation, sender.login.user_id, true)
         );
         conns[x].request(typing(conversation, false)).unwrap();
-        assert!(!next_typing(&mut conns[y]).active);
+        assert!(
+            !next_typing(&mut conns[y], WAIT)
+                .expect("typing stop")
+                .active
+        );
     }
 
     // A group spanning all three nodes: each member sends; everyone sees every message
@@ -533,7 +484,9 @@ fn users_on_different_nodes_chat_one_to_one_and_in_a_group() {
     leaving.close().unwrap();
     // conns[4] is now at index 3.
     assert_eq!(
-        next_presence(&mut conns[3], watched),
+        next_presence(&mut conns[3], watched, WAIT)
+            .expect("presence update")
+            .status,
         PresenceStatus::Offline
     );
 

@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::people::full_history;
 use common::{fresh_dir, Server};
 use wire::client::http::{self, Login};
 use wire::client::{new_key, sync_until_live, ClientError, Connection, Transport};
-use wire::message::{AckStatus, IdempotencyKey, StoredMessage};
+use wire::message::{AckStatus, IdempotencyKey};
 
 const FAST: &[&str] = &[
     "--rate-limit-per-sec",
@@ -44,26 +45,6 @@ fn transport_addr(server: &Server, transport: Transport) -> std::net::SocketAddr
         Transport::Tcp => server.tcp,
         _ => server.http,
     }
-}
-
-/// Every message of a conversation, through the HTTP history API (walked backwards from
-/// the newest page), oldest first.
-fn full_history(server: &Server, token: &str, conversation_id: u64) -> Vec<StoredMessage> {
-    let mut pages = Vec::new();
-    let mut before = 0;
-    loop {
-        let page = http::history(server.http, token, conversation_id, before, 0, 200).unwrap();
-        let Some(first) = page.messages.first().map(|m| m.seq) else {
-            break;
-        };
-        before = first;
-        let more = page.has_more;
-        pages.push(page.messages);
-        if !more {
-            break;
-        }
-    }
-    pages.into_iter().rev().flatten().collect()
 }
 
 #[test]

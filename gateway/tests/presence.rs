@@ -12,8 +12,8 @@ use common::people::*;
 use common::Server;
 use wire::client::{ClientError, Connection, Transport};
 use wire::message::{
-    Body, ErrorCode, Frame, PresenceEntry, PresenceQuery, PresenceSet, PresenceStatus,
-    PresenceSubscribe, PresenceUnsubscribe, Typing,
+    Body, ErrorCode, PresenceEntry, PresenceQuery, PresenceSet, PresenceStatus, PresenceSubscribe,
+    PresenceUnsubscribe, Typing,
 };
 
 /// Short intervals so the tests see heartbeats, coalescing and expiry in seconds.
@@ -68,46 +68,6 @@ fn query(conn: &mut Connection, user_ids: &[u64]) -> Vec<PresenceEntry> {
 fn set_status(conn: &mut Connection, status: PresenceStatus) {
     conn.request(Body::PresenceSet(PresenceSet { status }))
         .unwrap();
-}
-
-/// The next pushed presence entry for `user_id` (request id 0), within `within`.
-fn next_presence(conn: &mut Connection, user_id: u64, within: Duration) -> Option<PresenceEntry> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        let frame = conn
-            .recv_where(left, |f| {
-                f.request_id == 0 && matches!(f.body, Body::PresenceUpdate(_))
-            })
-            .unwrap();
-        match frame {
-            Some(Frame {
-                body: Body::PresenceUpdate(update),
-                ..
-            }) => {
-                if let Some(entry) = update.entries.into_iter().find(|e| e.user_id == user_id) {
-                    return Some(entry);
-                }
-            }
-            _ => return None,
-        }
-    }
-}
-
-fn next_typing(conn: &mut Connection, within: Duration) -> Option<Typing> {
-    match conn
-        .recv_where(within, |f| matches!(f.body, Body::Typing(_)))
-        .unwrap()
-    {
-        Some(Frame {
-            body: Body::Typing(t),
-            ..
-        }) => Some(t),
-        _ => None,
-    }
 }
 
 fn now_ms() -> u64 {

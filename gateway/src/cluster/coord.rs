@@ -253,15 +253,18 @@ pub fn cluster_token_key(
     keys: &Keys,
     candidate: &[u8],
 ) -> Result<Vec<u8>, CoordError> {
-    let hex: String = candidate.iter().map(|b| format!("{b:02x}")).collect();
     let _: Option<String> = redis::cmd("SET")
         .arg(keys.token_key())
-        .arg(hex)
+        .arg(hex(candidate))
         .arg("NX")
         .query(con)?;
     let stored: Option<String> = con.get(keys.token_key())?;
     let stored = stored.ok_or_else(|| CoordError::Invalid("token key vanished".to_owned()))?;
     decode_hex(&stored).ok_or_else(|| CoordError::BadMap("token key is not hex".to_owned()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
@@ -429,22 +432,18 @@ impl Coordinator {
             .arg("PX")
             .arg(ttl_ms)
             .query(con)?;
-        let _: Option<String> = redis::cmd("SET")
-            .arg(self.keys.token_key())
-            .arg(
-                self.token_key
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
-            )
-            .arg("NX")
-            .query(con)?;
         let current = self.shared.view();
         let map = match read_map(con, &self.keys)? {
             Some(map) => map,
             None => {
-                // Redis lost its data: put back the map every node cached (NX: the first
-                // node to get there wins; they all hold the same version).
+                // Redis lost its data: put back the token key first (so a map in Redis
+                // always comes with its key), then the map every node cached (NX: the
+                // first node to get there wins; they all hold the same version).
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(self.keys.token_key())
+                    .arg(hex(&self.token_key))
+                    .arg("NX")
+                    .query(con)?;
                 let json = serde_json::to_string(current.map.as_ref())
                     .map_err(|e| CoordError::Invalid(e.to_string()))?;
                 let put: bool = redis::cmd("SET")

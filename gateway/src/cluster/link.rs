@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use serde::{Deserialize, Serialize};
-use wire::tcp_frame::{self, TcpFrameDecoder};
+use wire::tcp_frame::TcpFrameDecoder;
 
 use super::remote::{self, PendingReply, RemoteReply, RemoteRequest};
 use super::{ClusterShared, View};
@@ -125,17 +125,8 @@ impl Conn {
         if self.closed.get() || self.out.borrow().len() > LINK_OUTBOX_BYTES_MAX {
             return false;
         }
-        let payload = match remote::encode(frame) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::warn!(%error, "link frame not encodable");
-                return false;
-            }
-        };
-        if payload.len() > wire::limits::FRAME_BYTES_MAX
-            || tcp_frame::encode(&payload, &mut self.out.borrow_mut()).is_err()
-        {
-            tracing::warn!(bytes = payload.len(), "link frame over the frame limit");
+        if let Err(error) = remote::encode_framed(frame, &mut self.out.borrow_mut()) {
+            tracing::warn!(%error, "link frame not sendable");
             return false;
         }
         if let Some(waker) = self.waker.borrow_mut().take() {

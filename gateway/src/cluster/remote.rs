@@ -1008,6 +1008,33 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RemoteError> {
     rmp_serde::to_vec_named(value).map_err(|e| RemoteError::Encode(e.to_string()))
 }
 
+/// Append `value` to `out` as one raw-TCP frame of `wire` (u32 LE length + MessagePack),
+/// encoding in place: no intermediate buffer, one limit check. On error `out` is left as
+/// it was.
+pub fn encode_framed<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), RemoteError> {
+    use wire::limits::{FRAME_BYTES_MAX, TCP_LENGTH_PREFIX_BYTES};
+    let start = out.len();
+    out.extend_from_slice(&[0; TCP_LENGTH_PREFIX_BYTES]);
+    let encoded = rmp_serde::encode::write_named(out, value);
+    let len = out.len() - start - TCP_LENGTH_PREFIX_BYTES;
+    let result = match encoded {
+        Err(e) => Err(RemoteError::Encode(e.to_string())),
+        Ok(()) if len > FRAME_BYTES_MAX => Err(RemoteError::Encode(format!(
+            "{len} bytes, over the {FRAME_BYTES_MAX}-byte frame limit"
+        ))),
+        // `len` ≤ FRAME_BYTES_MAX < u32::MAX.
+        Ok(()) => match out.get_mut(start..start + TCP_LENGTH_PREFIX_BYTES) {
+            Some(prefix) => {
+                prefix.copy_from_slice(&(len as u32).to_le_bytes());
+                return Ok(());
+            }
+            None => Err(RemoteError::Encode("length prefix vanished".to_owned())),
+        },
+    };
+    out.truncate(start);
+    result
+}
+
 /// Decode a value [`encode`] encoded.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RemoteError> {
     rmp_serde::from_slice(bytes).map_err(|e| RemoteError::Decode(e.to_string()))
@@ -1843,5 +1870,25 @@ mod tests {
         .unwrap();
         // bin: one byte a byte; an array of numbers would take two (0xcc 0xab) each.
         assert!(encode(&request).unwrap().len() < 1200);
+    }
+
+    #[test]
+    fn framed_encoding_is_one_raw_tcp_frame_and_over_limit_leaves_the_buffer_alone() {
+        let value = RemoteReply::UserIds(vec![1, 2, 3]);
+        let mut out = b"earlier".to_vec();
+        encode_framed(&value, &mut out).unwrap();
+        let mut decoder = wire::tcp_frame::TcpFrameDecoder::new(wire::limits::FRAME_BYTES_MAX);
+        decoder.feed(&out[7..]);
+        let frame = decoder.poll().unwrap().unwrap();
+        assert_eq!(decode::<RemoteReply>(frame).unwrap(), value);
+        assert_eq!(frame, encode(&value).unwrap().as_slice());
+
+        let huge = RemoteReply::UserIds(vec![u64::MAX; wire::limits::FRAME_BYTES_MAX / 8]);
+        let before = out.clone();
+        assert!(matches!(
+            encode_framed(&huge, &mut out),
+            Err(RemoteError::Encode(_))
+        ));
+        assert_eq!(out, before);
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use wire::client::http::{self, Login};
 use wire::client::{sync_until_live, Connection, Transport};
-use wire::message::{Body, Frame, ReceiptUpdate, StoredMessage};
+use wire::message::{Body, Frame, PresenceEntry, ReceiptUpdate, StoredMessage, Typing};
 
 use super::Server;
 
@@ -114,4 +114,68 @@ pub fn assert_no_deliver(conn: &mut Connection, quiet: Duration) {
             );
         }
     }
+}
+
+/// The next pushed presence entry for `user_id` (request id 0), within `within`.
+pub fn next_presence(
+    conn: &mut Connection,
+    user_id: u64,
+    within: Duration,
+) -> Option<PresenceEntry> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let frame = conn
+            .recv_where(left, |f| {
+                f.request_id == 0 && matches!(f.body, Body::PresenceUpdate(_))
+            })
+            .unwrap();
+        match frame {
+            Some(Frame {
+                body: Body::PresenceUpdate(update),
+                ..
+            }) => {
+                if let Some(entry) = update.entries.into_iter().find(|e| e.user_id == user_id) {
+                    return Some(entry);
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+pub fn next_typing(conn: &mut Connection, within: Duration) -> Option<Typing> {
+    match conn
+        .recv_where(within, |f| matches!(f.body, Body::Typing(_)))
+        .unwrap()
+    {
+        Some(Frame {
+            body: Body::Typing(t),
+            ..
+        }) => Some(t),
+        _ => None,
+    }
+}
+
+/// Every message of a conversation, through the HTTP history API (walked backwards from
+/// the newest page), oldest first.
+pub fn full_history(server: &Server, token: &str, conversation_id: u64) -> Vec<StoredMessage> {
+    let mut pages = Vec::new();
+    let mut before = 0;
+    loop {
+        let page = http::history(server.http, token, conversation_id, before, 0, 200).unwrap();
+        let Some(first) = page.messages.first().map(|m| m.seq) else {
+            break;
+        };
+        before = first;
+        let more = page.has_more;
+        pages.push(page.messages);
+        if !more {
+            break;
+        }
+    }
+    pages.into_iter().rev().flatten().collect()
 }
