@@ -825,3 +825,41 @@ fn a_killed_node_loses_nothing_acknowledged_and_redis_restarts_are_survived() {
         x_acked.iter().map(|(s, _)| *s).collect::<Vec<_>>()
     );
 }
+
+/// A send whose conversation is owned by another node is acknowledged on its own: the
+/// ack must not wait for the sender's next frame or for other traffic on either node.
+/// Each send here follows an idle pause and nothing else happens, so an ack held back
+/// by a lost wake-up (once: the log's completion wake spent on a finished append) would
+/// miss the one-second bound. Figures for these acks are in bench/RESULTS.md.
+#[test]
+fn a_lone_send_to_a_remote_owner_is_acknowledged_without_other_traffic() {
+    let cluster = Cluster::start();
+    let (a, b, conversation) = pair_owned_by(&cluster, 0, 1, 2);
+    let (mut conn, _) = online(&cluster, &a, 0, Transport::Tcp);
+    assert_eq!(
+        conn.open_direct(b.login.user_id).unwrap().conversation_id,
+        conversation
+    );
+    conn.set_timeout(LONE_ACK_WITHIN).unwrap();
+    let mut waits = Vec::new();
+    for i in 0..30 {
+        // Idle long enough for every executor on the way to go to sleep.
+        std::thread::sleep(Duration::from_millis(30));
+        let started = Instant::now();
+        let ack = conn
+            .send_message(conversation, format!("lone #{i}").as_bytes(), new_key())
+            .unwrap_or_else(|e| panic!("lone send #{i} not acknowledged: {e}"));
+        waits.push(started.elapsed());
+        assert_eq!(ack.seq, i + 1, "gap-free");
+    }
+    waits.sort();
+    eprintln!(
+        "lone acks across nodes: median {:?}, max {:?}",
+        waits[waits.len() / 2],
+        waits[waits.len() - 1]
+    );
+    assert!(waits[waits.len() - 1] < LONE_ACK_WITHIN);
+}
+
+/// How long a lone send may wait for its ack before the test calls it stuck.
+const LONE_ACK_WITHIN: Duration = Duration::from_secs(1);

@@ -110,27 +110,48 @@ impl<S: Storage + Send + 'static, M: StateMachine> Inner<S, M> {
     /// Collect completions, wake the futures they resolve, and hand the next batch to
     /// the I/O thread.
     fn pump(&mut self) {
-        let acks = match self.log.poll_acks().and_then(|acks| {
-            self.log.flush()?;
-            Ok(acks)
-        }) {
-            Ok(acks) => acks,
-            Err(_) => {
-                self.poisoned = true;
-                for (_, waker) in self.waiting.drain() {
-                    waker.wake();
+        loop {
+            let acks = match self.log.poll_acks().and_then(|acks| {
+                self.log.flush()?;
+                Ok(acks)
+            }) {
+                Ok(acks) => acks,
+                Err(_) => {
+                    self.poisoned = true;
+                    for (_, waker) in self.waiting.drain() {
+                        waker.wake();
+                    }
+                    return;
                 }
+            };
+            if acks.is_empty() {
                 return;
             }
-        };
-        for (ticket, ack) in acks {
-            if self.abandoned.remove(&ticket) {
-                continue;
+            for (ticket, ack) in acks {
+                if self.abandoned.remove(&ticket) {
+                    continue;
+                }
+                if let Some(waker) = self.waiting.remove(&ticket) {
+                    waker.wake();
+                }
+                self.resolved.insert(ticket, ack);
             }
-            if let Some(waker) = self.waiting.remove(&ticket) {
-                waker.wake();
+            // The I/O thread wakes the one waker armed last. It may belong to a future
+            // resolved just now, which never polls again; later batches would then
+            // complete unnoticed until some other append happened to poll. Arm one that
+            // still waits (its poll pumps for everyone), then look again for completions
+            // that landed before it was armed.
+            match self.waiting.values().next() {
+                Some(waker) => self.log.wake_on_completion(waker),
+                None => return,
             }
-            self.resolved.insert(ticket, ack);
+        }
+    }
+
+    /// Point the I/O thread's wake at a future that still waits, if any.
+    fn rearm(&self) {
+        if let Some(waker) = self.waiting.values().next() {
+            self.log.wake_on_completion(waker);
         }
     }
 }
@@ -178,9 +199,15 @@ impl<S: Storage + Send + 'static, M: StateMachine> Drop for Durable<'_, S, M> {
     fn drop(&mut self) {
         if let Some(Ok(ticket)) = self.ticket.take() {
             let mut inner = self.log.inner.borrow_mut();
-            inner.waiting.remove(&ticket);
+            let was_waiting = inner.waiting.remove(&ticket).is_some();
             if inner.resolved.remove(&ticket).is_none() {
                 inner.abandoned.insert(ticket);
+            }
+            if was_waiting {
+                // Its wake may have been the one armed, or already spent on it: arm one
+                // that still waits, then collect what completed meanwhile.
+                inner.rearm();
+                inner.pump();
             }
         }
     }
@@ -306,6 +333,110 @@ mod tests {
         ]);
         let seqs: Vec<u64> = acks.into_iter().map(|a| a.unwrap().seq).collect();
         assert_eq!(seqs, vec![1, 2], "metadata sequence, gap-free");
+    }
+
+    /// Polls `future` once with `flag`'s waker.
+    fn poll_with<F: Future + Unpin>(future: &mut F, flag: &Arc<Flag>) -> Poll<F::Output> {
+        let waker = Waker::from(Arc::clone(flag));
+        Pin::new(future).poll(&mut Context::from_waker(&waker))
+    }
+
+    /// Parks until `flag` was woken more than `seen` times, or `within` passes.
+    fn woken_within(flag: &Flag, seen: usize, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while flag.woken.load(Ordering::SeqCst) == seen {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+        true
+    }
+
+    /// Two tasks wait on different batches; the one woken first finishes and never polls
+    /// again. The other must still be woken when its batch completes. (This once lost the
+    /// wake: the I/O thread's waker slot kept the finished task's waker, and the waiting
+    /// append sat until some other append polled the log — 5–10 ms in the gateway.)
+    #[test]
+    fn a_waiter_on_a_later_batch_is_woken_after_the_first_waiter_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsStorage::open(dir.path()).unwrap();
+        // One batch in flight at a time: the second append's batch leaves only when the
+        // first one's completion is collected.
+        let config = Config {
+            pipeline_in_flight: 1,
+            ..Config::default()
+        };
+        let (log, _) = PipelinedLog::open(storage, config, ()).unwrap();
+        let log = AsyncLog::new(log);
+        let flag = |_: u8| {
+            Arc::new(Flag {
+                woken: AtomicUsize::new(0),
+                thread: std::thread::current(),
+            })
+        };
+        let (a, b) = (flag(0), flag(1));
+        let mut first = log.append(&request(1, b"first"));
+        let mut second = log.append(&request(1, b"second"));
+        assert!(poll_with(&mut second, &b).is_pending());
+        let seen_a = a.woken.load(Ordering::SeqCst);
+        match poll_with(&mut first, &a) {
+            Poll::Pending => {
+                assert!(
+                    woken_within(&a, seen_a, std::time::Duration::from_secs(5)),
+                    "first waiter woken"
+                );
+                assert!(matches!(poll_with(&mut first, &a), Poll::Ready(Ok(_))));
+            }
+            Poll::Ready(ack) => assert!(ack.is_ok()),
+        }
+        // `first` is done and never polled again; `second`, parked since its first poll,
+        // must be woken once its batch is durable — without anyone polling the log.
+        assert!(
+            woken_within(&b, 0, std::time::Duration::from_secs(5)),
+            "second waiter never woken after its batch completed"
+        );
+        match poll_with(&mut second, &b) {
+            Poll::Ready(ack) => assert_eq!(ack.unwrap().seq, 2),
+            Poll::Pending => panic!("woken but not resolved"),
+        }
+    }
+
+    /// The future whose waker the I/O thread woke is dropped before it polls: the other
+    /// waiters must not be stranded.
+    #[test]
+    fn dropping_the_woken_waiter_does_not_strand_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FsStorage::open(dir.path()).unwrap();
+        let config = Config {
+            pipeline_in_flight: 1,
+            ..Config::default()
+        };
+        let (log, _) = PipelinedLog::open(storage, config, ()).unwrap();
+        let log = AsyncLog::new(log);
+        let flag = || {
+            Arc::new(Flag {
+                woken: AtomicUsize::new(0),
+                thread: std::thread::current(),
+            })
+        };
+        let (a, b) = (flag(), flag());
+        let mut kept = log.append(&request(1, b"kept"));
+        let mut dropped = log.append(&request(1, b"dropped"));
+        assert!(poll_with(&mut kept, &a).is_pending());
+        assert!(poll_with(&mut dropped, &b).is_pending());
+        // The first batch completes; its wake goes to the waker armed last: `dropped`'s.
+        assert!(woken_within(&b, 0, std::time::Duration::from_secs(5)));
+        drop(dropped);
+        assert!(
+            woken_within(&a, 0, std::time::Duration::from_secs(5)),
+            "the remaining waiter was stranded"
+        );
+        match poll_with(&mut kept, &a) {
+            Poll::Ready(ack) => assert_eq!(ack.unwrap().seq, 1),
+            Poll::Pending => panic!("woken but not resolved"),
+        }
     }
 
     #[test]
