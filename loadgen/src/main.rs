@@ -522,9 +522,16 @@ fn send(
         // blocking: a socket read timeout (SO_RCVTIMEO) counts in jiffies and would wake
         // the sender up to a few ms late, which the open loop charges as latency.
         wait_readable(&mut conn, wait);
-        match conn.recv(Duration::ZERO) {
-            Ok(Some(Frame { request_id, body })) => {
-                if let Some(scheduled) = outstanding.remove(&request_id) {
+        // Take every frame that arrived, not one: frames read together sit in the
+        // connection's buffer where ppoll cannot see them, so one left behind (an ack
+        // that came in the same read as a receipt) would wait for the next send or the
+        // 50 ms cap — which once showed up as "remote acks wait for the next frame".
+        loop {
+            match conn.recv(Duration::ZERO) {
+                Ok(Some(Frame { request_id, body })) => {
+                    let Some(scheduled) = outstanding.remove(&request_id) else {
+                        continue;
+                    };
                     match body {
                         Body::Ack(_) if scheduled >= measure_from => {
                             let _ = acks.record(
@@ -538,11 +545,11 @@ fn send(
                         _ => {}
                     }
                 }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                *errors.entry(format!("recv: {e}")).or_default() += 1;
-                break;
+                Ok(None) => break,
+                Err(e) => {
+                    *errors.entry(format!("recv: {e}")).or_default() += 1;
+                    return (acks, sent, sent_with_warmup, errors);
+                }
             }
         }
     }
