@@ -119,6 +119,11 @@ pub struct Cli {
     /// Number of shards (pinned executors) [default: available cores].
     #[arg(long, env = "CONFAB_SHARDS")]
     pub shards: Option<usize>,
+    /// Index (in the online CPU list) of the CPU shard 0 is pinned to; shard i gets the
+    /// one (first_cpu + i) places on, wrapping. Several nodes on one host set different
+    /// values to spread over the cores [default: 0].
+    #[arg(long, env = "CONFAB_FIRST_CPU")]
+    pub first_cpu: Option<usize>,
     /// Data directory, created if missing [default: ./confab-data].
     #[arg(long, env = "CONFAB_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -295,6 +300,7 @@ pub struct FileConfig {
     pub http_port: Option<u16>,
     pub tcp_port: Option<u16>,
     pub shards: Option<usize>,
+    pub first_cpu: Option<usize>,
     pub data_dir: Option<PathBuf>,
     pub handshake_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
@@ -345,6 +351,7 @@ pub struct Config {
     pub http_port: u16,
     pub tcp_port: u16,
     pub shards: usize,
+    pub first_cpu: usize,
     pub data_dir: PathBuf,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -431,6 +438,7 @@ impl Config {
                 .unwrap_or(DEFAULT_HTTP_PORT),
             tcp_port: cli.tcp_port.or(file.tcp_port).unwrap_or(DEFAULT_TCP_PORT),
             shards: cli.shards.or(file.shards).unwrap_or(cores),
+            first_cpu: cli.first_cpu.or(file.first_cpu).unwrap_or(0),
             data_dir: cli
                 .data_dir
                 .or(file.data_dir)

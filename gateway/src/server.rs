@@ -153,7 +153,7 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
     );
     let mut first: Option<(SocketAddr, SocketAddr, Option<SocketAddr>)> = None;
     for id in 0..config.shards {
-        let cpu = cpus[id % cpus.len()];
+        let cpu = cpus[(config.first_cpu + id) % cpus.len()];
         let common = Common {
             config: config.clone(),
             metrics: metrics.clone(),
@@ -440,7 +440,7 @@ fn join(handles: Vec<glommio::ExecutorJoinHandle<()>>) -> anyhow::Result<()> {
     result
 }
 
-/// The CPUs shards are pinned to, in order; shard `i` gets `cpus[i % len]`.
+/// The CPUs shards are pinned to, in order; shard `i` gets `cpus[(first_cpu + i) % len]`.
 fn cpus() -> anyhow::Result<Vec<usize>> {
     let mut cpus: Vec<usize> = CpuSet::online()
         .map_err(|e| anyhow!("listing online CPUs: {e}"))?
