@@ -40,6 +40,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod cluster;
 mod epoll;
+mod fleet;
 mod heartbeat;
 mod presence;
 
@@ -128,9 +129,10 @@ enum Scenario {
         conns: usize,
         #[arg(long, default_value_t = 100)]
         users: usize,
-        /// The server's pid, to read its resident memory and CPU time from /proc.
-        #[arg(long)]
-        server_pid: Option<u32>,
+        /// The server's pid (several, comma-separated, for the nodes of a cluster), to
+        /// read resident memory and CPU time from /proc.
+        #[arg(long, value_delimiter = ',')]
+        server_pid: Vec<u32>,
         /// Seconds of the measurement window: from the last connection opened (with
         /// pings, after a 1 s warm-up of pinging).
         #[arg(long, visible_alias = "hold", default_value_t = 3)]
@@ -143,6 +145,34 @@ enum Scenario {
         /// connections with epoll).
         #[arg(long, default_value_t = 1)]
         ping_threads: usize,
+        /// Worker processes holding the connections (each under the open-files limit;
+        /// see fleet.rs). Default: in this process up to 18,000 connections, else
+        /// enough workers for 18,000 each.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Connections opened per second over all workers; 0 = as fast as they go.
+        #[arg(long, default_value_t = 0)]
+        connect_rate: u64,
+        /// Nodes in the cluster: with workers, users are chosen so that each node is home
+        /// to the same number of them (and holds the same share of the connections).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+    },
+    /// One worker process of `idle --workers` (started by the coordinator).
+    #[command(hide = true)]
+    IdleWorker {
+        #[arg(long)]
+        plan: std::path::PathBuf,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        total: usize,
+        #[arg(long, default_value_t = 0)]
+        ping_interval_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        connect_rate: u64,
     },
     /// Targets toggle Away/Online; subscribers count PresenceUpdate pushes (the
     /// presence fan-out rate) and the toggle→entry latency.
@@ -210,19 +240,67 @@ fn main() {
         Scenario::Idle {
             conns,
             users,
-            server_pid,
+            ref server_pid,
             duration,
             ping_interval_ms,
             ping_threads,
+            workers,
+            connect_rate,
+            nodes,
+        } if workers.is_some() || conns > fleet::WORKER_CONNS_MAX || server_pid.len() > 1 => {
+            fleet::run(
+                &cli,
+                fleet::Options {
+                    conns,
+                    users: users.max(1),
+                    workers: fleet::workers_for(conns, workers.unwrap_or(0)),
+                    server_pids: server_pid.clone(),
+                    window: Duration::from_secs(duration),
+                    ping_interval: Duration::from_millis(ping_interval_ms),
+                    connect_rate,
+                    nodes: nodes.max(1),
+                },
+            )
+            .map(|_| {
+                let _ = ping_threads;
+            })
+        }
+        Scenario::Idle {
+            conns,
+            users,
+            ref server_pid,
+            duration,
+            ping_interval_ms,
+            ping_threads,
+            ..
         } => idle(
             &cli,
             conns,
             users.max(1),
-            server_pid,
+            server_pid.first().copied(),
             Duration::from_secs(duration),
             Duration::from_millis(ping_interval_ms),
             ping_threads.max(1),
         ),
+        Scenario::IdleWorker {
+            ref plan,
+            first,
+            count,
+            total,
+            ping_interval_ms,
+            connect_rate,
+        } => fleet::worker(
+            &cli,
+            fleet::WorkerOptions {
+                plan: plan.clone(),
+                first,
+                count,
+                total,
+                ping_interval: Duration::from_millis(ping_interval_ms),
+                connect_rate,
+            },
+        )
+        .inspect_err(|e| println!("error {e}")),
         Scenario::Presence {
             targets,
             subscribers,
@@ -635,11 +713,12 @@ fn report_chat(cli: &Cli, o: &ChatOptions, t: &ChatTotals) {
         println!(
             "{{\"scenario\":\"chat\",\"pairs\":{pairs},\"placement\":\"{placement}\",\"owner\":\"{owner}\",\
              \"cross_node_pairs\":{},\"rate\":{rate},\"window\":{window},\"body\":{body},\
-             \"seconds\":{secs},\"sent\":{},\"sent_with_warmup\":{},\"delivered\":{},\"sent_per_sec\":{:.0},\"delivered_per_sec\":{:.0},\
+             \"seconds\":{secs},\"sent\":{},\"acked\":{},\"sent_with_warmup\":{},\"delivered\":{},\"sent_per_sec\":{:.0},\"delivered_per_sec\":{:.0},\
              \"deliver_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\
              \"ack_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"routes\":{{{}}},\"errors\":{{{}}}}}",
             t.cross_node_pairs,
             a.sent,
+            a.ack.len(),
             t.sent_with_warmup,
             a.delivered,
             a.sent as f64 / secs,

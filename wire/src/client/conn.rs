@@ -17,8 +17,12 @@ use crate::tcp_frame::{self, TcpFrameDecoder};
 use crate::ws::{ClientHandshake, CloseCode, Event, Subprotocol, WsCodec, WsConfig};
 use crate::{json, limits};
 
-/// Bytes read from the socket at a time.
+/// Most bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// The first read buffer of a connection. It doubles (up to [`READ_CHUNK_BYTES`]) each time
+/// a read fills it, so a busy connection soon reads in large chunks while an idle one —
+/// a load generator holds tens of thousands per process — keeps a small one.
+const READ_CHUNK_BYTES_MIN: usize = 2 * 1024;
 
 /// How long [`Connection::close`] waits for the server's close echo at most.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -161,7 +165,7 @@ impl Connection {
             closed: None,
             welcome: None,
             timeout,
-            chunk: vec![0; READ_CHUNK_BYTES],
+            chunk: vec![0; READ_CHUNK_BYTES_MIN],
             last_sent: Instant::now(),
         })
     }
@@ -630,6 +634,9 @@ impl Connection {
                     match &mut self.codec {
                         Codec::Ws { codec, .. } => codec.feed(bytes),
                         Codec::Tcp { decoder } => decoder.feed(bytes),
+                    }
+                    if n == self.chunk.len() && n < READ_CHUNK_BYTES {
+                        self.chunk.resize((n * 2).min(READ_CHUNK_BYTES), 0);
                     }
                 }
                 Err(e)
