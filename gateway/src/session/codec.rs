@@ -39,6 +39,16 @@ pub enum Codec {
     },
 }
 
+/// What [`Codec::send`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The connection is closing: nothing more can be sent.
+    Closing,
+    /// The encoded frame (this many bytes) is over the raw-TCP frame limit; not sent.
+    TooLarge(usize),
+}
+
 impl Codec {
     pub fn new(transport: Transport, max_frame_bytes: usize) -> Codec {
         match transport {
@@ -130,15 +140,21 @@ impl Codec {
         }
     }
 
-    /// Queue one frame. `false` if it cannot be sent (closing, or too large to frame).
-    pub fn send(&mut self, frame: &Frame) -> bool {
+    /// Queue one frame.
+    pub fn send(&mut self, frame: &Frame) -> Sent {
         match self {
-            Codec::Ws { codec, subprotocol } => match subprotocol {
-                Subprotocol::Binary => codec
-                    .send_binary(&wire::message::to_flatbuffers(frame))
-                    .is_ok(),
-                Subprotocol::Json => codec.send_text(&wire::json::to_json(frame)).is_ok(),
-            },
+            Codec::Ws { codec, subprotocol } => {
+                let queued = match subprotocol {
+                    Subprotocol::Binary => codec.send_binary(&wire::message::to_flatbuffers(frame)),
+                    Subprotocol::Json => codec.send_text(&wire::json::to_json(frame)),
+                };
+                // The WebSocket codec refuses only when closing.
+                if queued.is_ok() {
+                    Sent::Queued
+                } else {
+                    Sent::Closing
+                }
+            }
             Codec::Tcp {
                 output,
                 frame_bytes_max,
@@ -146,13 +162,16 @@ impl Codec {
                 ..
             } => {
                 if *closed {
-                    return false;
+                    return Sent::Closing;
                 }
                 let bytes = wire::message::to_flatbuffers(frame);
                 if bytes.len() > *frame_bytes_max {
-                    return false;
+                    return Sent::TooLarge(bytes.len());
                 }
-                tcp_frame::encode(&bytes, output).is_ok()
+                match tcp_frame::encode(&bytes, output) {
+                    Ok(()) => Sent::Queued,
+                    Err(_) => Sent::TooLarge(bytes.len()),
+                }
             }
         }
     }
@@ -236,4 +255,41 @@ impl Codec {
 
 fn invalid(error: &WireError) -> InputEnd {
     InputEnd::Invalid(error.close_code(), error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::message::{Body, Pong};
+
+    /// A tiny Pong (`error_bytes` 0), or an Error whose message has `error_bytes` bytes
+    /// (standing in for a big answer).
+    fn frame(request_id: u64, error_bytes: usize) -> Frame {
+        if error_bytes == 0 {
+            return Frame {
+                request_id,
+                body: Body::Pong(Pong {
+                    nonce: 1,
+                    server_time_ms: 2,
+                }),
+            };
+        }
+        crate::chat::ApiError::new(wire::message::ErrorCode::Internal, "x".repeat(error_bytes))
+            .frame(request_id)
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_alone_and_later_frames_still_go_out() {
+        let mut codec = Codec::new(Transport::Tcp, 256);
+        assert_eq!(codec.send(&frame(1, 0)), Sent::Queued);
+        let queued = codec.output().len();
+        assert!(matches!(codec.send(&frame(2, 900)), Sent::TooLarge(n) if n > 256));
+        assert_eq!(
+            codec.output().len(),
+            queued,
+            "nothing of the big frame was queued"
+        );
+        assert_eq!(codec.send(&frame(3, 0)), Sent::Queued);
+        assert!(codec.output().len() > queued);
+    }
 }

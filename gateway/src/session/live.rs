@@ -41,7 +41,7 @@ use wire::ws::CloseCode;
 
 use crate::auth::{self, Claims, TokenKind};
 use crate::chat::{self, ApiError, AppendMsg, Handoff, ReadRange, ShardMsg};
-use crate::session::codec::{Codec, InputEnd, Transport};
+use crate::session::codec::{Codec, InputEnd, Sent, Transport};
 use crate::session::io::{race, Woken};
 use crate::session::{CLOSE_LINGER, READ_BYTES, READ_BYTES_IDLE};
 use crate::shard::{ConnGuard, Shard};
@@ -886,10 +886,27 @@ async fn serve(
         }
         // Output.
         for frame in session.take_queued() {
-            if !codec.send(&frame) {
-                break;
+            match codec.send(&frame) {
+                Sent::Queued => shard.counters().frame_out(),
+                Sent::Closing => break,
+                // One oversized answer must not take the frames queued after it with it:
+                // its asker gets a typed error instead, and the loop goes on.
+                Sent::TooLarge(bytes) => {
+                    tracing::warn!(
+                        shard = shard.id,
+                        bytes,
+                        "outbound frame over the frame limit; answered with too_large"
+                    );
+                    let refusal = ApiError::new(
+                        ErrorCode::TooLarge,
+                        "the answer is over the frame limit; ask for less (smaller pages)",
+                    )
+                    .frame(frame.request_id);
+                    if codec.send(&refusal) == Sent::Queued {
+                        shard.counters().frame_out();
+                    }
+                }
             }
-            shard.counters().frame_out();
         }
         if let Some((code, reason)) = session.close.get().filter(|_| !session.closed.get()) {
             codec.close(code, reason);
