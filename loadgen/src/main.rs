@@ -243,10 +243,10 @@ fn main() {
             ref server_pid,
             duration,
             ping_interval_ms,
-            ping_threads,
             workers,
             connect_rate,
             nodes,
+            ..
         } if workers.is_some() || conns > fleet::WORKER_CONNS_MAX || server_pid.len() > 1 => {
             fleet::run(
                 &cli,
@@ -261,9 +261,6 @@ fn main() {
                     nodes: nodes.max(1),
                 },
             )
-            .map(|_| {
-                let _ = ping_threads;
-            })
         }
         Scenario::Idle {
             conns,

@@ -354,6 +354,25 @@ mod tests {
         true
     }
 
+    /// A log on real files with one batch in flight at a time: a second append's batch
+    /// leaves only when the first one's completion is collected.
+    fn one_batch_in_flight(dir: &std::path::Path) -> AsyncLog<FsStorage> {
+        let storage = FsStorage::open(dir).unwrap();
+        let config = Config {
+            pipeline_in_flight: 1,
+            ..Config::default()
+        };
+        AsyncLog::new(PipelinedLog::open(storage, config, ()).unwrap().0)
+    }
+
+    /// A waker that counts its wakes and unparks this thread.
+    fn new_flag() -> Arc<Flag> {
+        Arc::new(Flag {
+            woken: AtomicUsize::new(0),
+            thread: std::thread::current(),
+        })
+    }
+
     /// Two tasks wait on different batches; the one woken first finishes and never polls
     /// again. The other must still be woken when its batch completes. (This once lost the
     /// wake: the I/O thread's waker slot kept the finished task's waker, and the waiting
@@ -361,22 +380,8 @@ mod tests {
     #[test]
     fn a_waiter_on_a_later_batch_is_woken_after_the_first_waiter_finishes() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = FsStorage::open(dir.path()).unwrap();
-        // One batch in flight at a time: the second append's batch leaves only when the
-        // first one's completion is collected.
-        let config = Config {
-            pipeline_in_flight: 1,
-            ..Config::default()
-        };
-        let (log, _) = PipelinedLog::open(storage, config, ()).unwrap();
-        let log = AsyncLog::new(log);
-        let flag = |_: u8| {
-            Arc::new(Flag {
-                woken: AtomicUsize::new(0),
-                thread: std::thread::current(),
-            })
-        };
-        let (a, b) = (flag(0), flag(1));
+        let log = one_batch_in_flight(dir.path());
+        let (a, b) = (new_flag(), new_flag());
         let mut first = log.append(&request(1, b"first"));
         let mut second = log.append(&request(1, b"second"));
         assert!(poll_with(&mut second, &b).is_pending());
@@ -408,20 +413,8 @@ mod tests {
     #[test]
     fn dropping_the_woken_waiter_does_not_strand_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = FsStorage::open(dir.path()).unwrap();
-        let config = Config {
-            pipeline_in_flight: 1,
-            ..Config::default()
-        };
-        let (log, _) = PipelinedLog::open(storage, config, ()).unwrap();
-        let log = AsyncLog::new(log);
-        let flag = || {
-            Arc::new(Flag {
-                woken: AtomicUsize::new(0),
-                thread: std::thread::current(),
-            })
-        };
-        let (a, b) = (flag(), flag());
+        let log = one_batch_in_flight(dir.path());
+        let (a, b) = (new_flag(), new_flag());
         let mut kept = log.append(&request(1, b"kept"));
         let mut dropped = log.append(&request(1, b"dropped"));
         assert!(poll_with(&mut kept, &a).is_pending());
