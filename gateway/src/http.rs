@@ -90,11 +90,9 @@ pub async fn serve(shard: &Rc<Shard>, stream: &mut TcpStream, accepted_at: Insta
                     }
                     let rest = buf.get(len..filled).unwrap_or_default().to_vec();
                     drop(buf);
-                    shard.counters().ws_opened();
+                    // The WebSocket gauge counts sessions: the session task keeps it.
                     let transport = Transport::Ws(upgrade.subprotocol);
-                    let ended = live::run(shard, stream, transport, &rest, accepted_at).await;
-                    shard.counters().ws_closed();
-                    return ended;
+                    return live::run(shard, stream, transport, &rest, accepted_at).await;
                 }
                 Routed::Media => {
                     let head = buf.get(..len).unwrap_or_default();

@@ -370,7 +370,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Listener) {
 }
 
 async fn connection(guard: ConnGuard, mut stream: TcpStream, kind: Listener) {
-    let shard = &guard.0;
+    let shard = &guard.0.clone();
     let accepted_at = Instant::now();
     let _ = stream.set_nodelay(true);
     // A peer that stops reading cannot hold a session's writer forever.
@@ -382,7 +382,11 @@ async fn connection(guard: ConnGuard, mut stream: TcpStream, kind: Listener) {
             session::live::run(shard, &mut stream, transport, &[], accepted_at).await
         }
     };
-    if ended == Ended::Close {
-        session::io::linger_close(&mut stream).await;
+    match ended {
+        Ended::Close => session::io::linger_close(&mut stream).await,
+        Ended::HandedOff => {}
+        Ended::Authenticated(authenticated) => {
+            session::live::spawn_session(shard, guard, stream, *authenticated)
+        }
     }
 }

@@ -50,6 +50,10 @@ pub enum Sent {
 }
 
 impl Codec {
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Codec::Ws { .. })
+    }
+
     pub fn new(transport: Transport, max_frame_bytes: usize) -> Codec {
         match transport {
             Transport::Ws(subprotocol) => Codec::Ws {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use futures_lite::{future, AsyncReadExt};
 use glommio::net::TcpStream;
 
-use crate::session::{CLOSE_LINGER, CLOSE_LINGER_BYTES_MAX};
+use crate::session::{CLOSE_LINGER, CLOSE_LINGER_BYTES_MAX, LINGER_READ_BYTES};
 use crate::shutdown::Wait;
 
 /// What ended a wait on the socket.
@@ -47,7 +47,9 @@ pub async fn race<T>(
 pub async fn linger_close(stream: &mut TcpStream) {
     let _ = stream.shutdown(Shutdown::Write).await;
     let deadline = Instant::now() + CLOSE_LINGER;
-    let mut scratch = [0u8; 1024];
+    // On the heap, and only for the linger: an array here would be part of every
+    // session task's future, idle or not.
+    let mut scratch = vec![0u8; LINGER_READ_BYTES];
     let mut discarded = 0usize;
     while discarded < CLOSE_LINGER_BYTES_MAX {
         match race(stream.read(&mut scratch), deadline, None).await {

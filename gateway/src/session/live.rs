@@ -58,12 +58,55 @@ pub const SYNC_BATCH_BODY_BYTES: usize = 512 * 1024;
 pub const RATE_LIMIT_STRIKES_MAX: u32 = 64;
 
 /// How a connection task ended.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
     /// Close the socket (with the lingering close).
     Close,
     /// The socket moved to another shard: drop this descriptor without a shutdown.
     HandedOff,
+    /// The Hello was accepted and this shard is the user's home: the caller moves the
+    /// socket into a session task of its own ([`spawn_session`]).
+    Authenticated(Box<Authenticated>),
+}
+
+/// A connection whose Hello this shard accepted, ready for its session task.
+pub struct Authenticated {
+    codec: Codec,
+    handle: Rc<SessionHandle>,
+    hello_request_id: u64,
+}
+
+/// Run an authenticated session in a task of its own, then close the socket.
+///
+/// Why a separate task: a task's memory is its future's largest state, fixed at spawn.
+/// The task that accepted the connection is sized for the HTTP upgrade, the Hello and
+/// the lingering close; an idle session would carry all of that for hours. The session
+/// task holds only the session loop (see the memory budget in docs/architecture.md).
+pub fn spawn_session(
+    shard: &Rc<Shard>,
+    guard: ConnGuard,
+    mut stream: TcpStream,
+    authenticated: Authenticated,
+) {
+    let shard = shard.clone();
+    let Authenticated {
+        mut codec,
+        handle,
+        hello_request_id,
+    } = authenticated;
+    glommio::spawn_local(async move {
+        let websocket = codec.is_websocket();
+        if websocket {
+            shard.counters().ws_opened();
+        }
+        serve(&shard, &mut stream, &mut codec, handle, hello_request_id).await;
+        drop(codec);
+        crate::session::io::linger_close(&mut stream).await;
+        if websocket {
+            shard.counters().ws_closed();
+        }
+        drop(guard);
+    })
+    .detach();
 }
 
 // ----- the gate -----------------------------------------------------------------------
@@ -150,8 +193,11 @@ pub async fn run(
                 return Ended::Close;
             }
         };
-        serve(shard, stream, &mut codec, handle, request_id).await;
-        return Ended::Close;
+        return Ended::Authenticated(Box::new(Authenticated {
+            codec,
+            handle,
+            hello_request_id: request_id,
+        }));
     }
     let Some(unread) = codec.take_unread_input() else {
         codec.close(
@@ -230,26 +276,34 @@ pub fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
         expires_ms: 0,
     };
     let guard = ConnGuard::adopted(shard);
-    let shard = shard.clone();
-    glommio::spawn_local(async move {
-        // SAFETY: the descriptor is a connected TCP socket whose ownership moved here.
-        let mut stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(shard.config.idle_timeout));
-        let mut codec = Codec::new(transport, shard.config.max_frame_bytes);
-        codec.feed(&unread);
-        match open_session(&shard, &claims) {
-            Ok(handle) => serve(&shard, &mut stream, &mut codec, handle, hello_request_id).await,
-            Err(error) => {
+    // SAFETY: the descriptor is a connected TCP socket whose ownership moved here.
+    let mut stream = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shard.config.idle_timeout));
+    let mut codec = Codec::new(transport, shard.config.max_frame_bytes);
+    codec.feed(&unread);
+    match open_session(shard, &claims) {
+        Ok(handle) => spawn_session(
+            shard,
+            guard,
+            stream,
+            Authenticated {
+                codec,
+                handle,
+                hello_request_id,
+            },
+        ),
+        Err(error) => {
+            glommio::spawn_local(async move {
                 codec.send(&error.frame(hello_request_id));
                 codec.close(CloseCode::Unauthenticated, "unauthenticated");
                 let _ = write_all(&mut stream, &mut codec).await;
-            }
+                crate::session::io::linger_close(&mut stream).await;
+                drop(guard);
+            })
+            .detach();
         }
-        crate::session::io::linger_close(&mut stream).await;
-        drop(guard);
-    })
-    .detach();
+    }
 }
 
 pub(crate) fn open_session(

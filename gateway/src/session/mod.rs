@@ -26,3 +26,6 @@ pub const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
 /// Bytes discarded while lingering before giving up on a peer that keeps sending.
 pub const CLOSE_LINGER_BYTES_MAX: usize = 1024 * 1024;
+
+/// Bytes offered to each read while lingering.
+pub const LINGER_READ_BYTES: usize = 1024;
