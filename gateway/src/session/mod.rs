@@ -15,9 +15,11 @@ use std::time::Duration;
 pub const READ_BYTES: usize = 4096;
 
 /// Bytes offered to the first read of an idle session (its buffers were freed): enough
-/// for a Ping or a small Send, and an idle connection holds no 4 KiB buffer while it
-/// waits (the read buffer is allocated when the read is posted).
-pub const READ_BYTES_IDLE: usize = 512;
+/// for a heartbeat (a Ping is ~40 bytes framed) or a receipt, and an idle connection
+/// holds no 4 KiB buffer while it waits (the read buffer is allocated when the read is
+/// posted, and held for as long as the connection stays idle). A read that fills it is
+/// followed by full-size ones, so a larger frame costs one extra read.
+pub const READ_BYTES_IDLE: usize = 128;
 
 /// After our close frame (or on a failed connection), how long we keep reading and
 /// discarding the peer's bytes before dropping the socket, so the peer sees our close frame
