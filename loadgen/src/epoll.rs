@@ -86,3 +86,16 @@ pub fn drain(conn: &mut Connection, mut each: impl FnMut(Frame)) -> Result<(), C
     }
     Ok(())
 }
+
+/// Take what `conn` already holds (handing its frames to `each`: whatever the catch-up
+/// left unread would otherwise wait for the next readiness) and watch it as `token`. An
+/// error means the connection is unusable.
+pub fn adopt(
+    epoll: &Epoll,
+    conn: &mut Connection,
+    token: usize,
+    each: impl FnMut(Frame),
+) -> Result<(), String> {
+    drain(conn, each).map_err(|e| e.to_string())?;
+    epoll.add(conn, token).map_err(|e| e.to_string())
+}

@@ -25,6 +25,7 @@
 //! prints `error <text>` and exits non-zero.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,7 +91,7 @@ struct PlanUser {
 }
 
 /// The coordinator.
-pub fn run(cli: &Cli, o: Options) -> Result<()> {
+pub fn run(cli: &Cli, o: Options) -> Result<crate::report::Report> {
     let (transport, default_addr) = transport(cli);
     let names = choose_names(cli, o.users, o.nodes)?;
     let users = register_users(cli, names, default_addr)?;
@@ -161,7 +162,7 @@ pub fn run(cli: &Cli, o: Options) -> Result<()> {
         let _ = child.wait();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let report = Report {
+    let report = FleetReport {
         conns: o.conns,
         users: o.users,
         workers,
@@ -176,8 +177,7 @@ pub fn run(cli: &Cli, o: Options) -> Result<()> {
         results,
         transport,
     };
-    report.print(cli.json);
-    Ok(())
+    Ok(report.build(measure_from))
 }
 
 /// Worker `w`'s contiguous share of `total` connections over `workers`.
@@ -515,7 +515,7 @@ fn open(user: &PlanUser, transport: Transport) -> std::result::Result<Connection
 }
 
 /// A short name for an error, so thousands of them group into a few kinds.
-fn error_kind(e: &ClientError) -> String {
+pub fn error_kind(e: &ClientError) -> String {
     let text = e.to_string();
     text.split(':').next().unwrap_or(&text).trim().to_string()
 }
@@ -707,7 +707,7 @@ impl CpuTotals {
     }
 }
 
-struct Report {
+struct FleetReport {
     conns: usize,
     users: usize,
     workers: usize,
@@ -724,8 +724,10 @@ struct Report {
     transport: Transport,
 }
 
-impl Report {
-    fn print(&self, json: bool) {
+impl FleetReport {
+    /// The report, with the pong and connect histograms (the window starts at
+    /// `measure_from`).
+    fn build(&self, measure_from: Instant) -> crate::report::Report {
         let (opened, failed) = self.connected;
         let held: usize = self.results.iter().map(|r| r.held).sum();
         let sent: u64 = self.results.iter().map(|r| r.sent).sum();
@@ -754,45 +756,44 @@ impl Report {
         let connect_per_sec = opened as f64 / self.connect_secs.max(1e-9);
         let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
         let error_count: u64 = errors.values().sum();
-        if json {
-            let v = serde_json::json!({
-                "scenario": "idle",
-                "transport": format!("{:?}", self.transport),
-                "conns": self.conns,
-                "users": self.users,
-                "workers": self.workers,
-                "opened": opened,
-                "failed": failed,
-                "held": held,
-                "connect_seconds": self.connect_secs,
-                "connect_per_sec": connect_per_sec.round(),
-                "connect_us": {"p50": q(&connect, 0.5), "p99": q(&connect, 0.99), "max": connect.max()},
-                "server_rss_before": self.before.server_rss,
-                "server_rss_connected": self.after_connect.server_rss,
-                "server_rss_end": self.end.server_rss,
-                "server_bytes_per_conn": server_per_conn.map(f64::round),
-                "kernel_slab_bytes_per_conn": slab_per_conn.map(f64::round),
-                "kernel_tcp_buffer_bytes_per_conn": tcp_per_conn.map(f64::round),
-                "seconds": secs,
-                "ping_interval_ms": self.ping_interval.as_millis() as u64,
-                "pings_per_sec": (sent as f64 / secs * 10.0).round() / 10.0,
-                "pongs_per_sec": (pongs as f64 / secs * 10.0).round() / 10.0,
-                "pong_us": {"p50": q(&rtt, 0.5), "p99": q(&rtt, 0.99), "p999": q(&rtt, 0.999), "max": rtt.max()},
-                "ping_lag_max_us": lag_max_us,
-                "other_frames": other,
-                "server_cpu_per_sec": self.cpu,
-                "loadgen_cpu_seconds": loadgen_cpu,
-                "errors": errors,
-                "error_count": error_count,
-            });
-            println!("{v}");
-            return;
-        }
-        println!(
+        let v = serde_json::json!({
+            "scenario": "idle",
+            "transport": format!("{:?}", self.transport),
+            "conns": self.conns,
+            "users": self.users,
+            "workers": self.workers,
+            "opened": opened,
+            "failed": failed,
+            "held": held,
+            "connect_seconds": self.connect_secs,
+            "connect_per_sec": connect_per_sec.round(),
+            "connect_us": {"p50": q(&connect, 0.5), "p99": q(&connect, 0.99), "max": connect.max()},
+            "server_rss_before": self.before.server_rss,
+            "server_rss_connected": self.after_connect.server_rss,
+            "server_rss_end": self.end.server_rss,
+            "server_bytes_per_conn": server_per_conn.map(f64::round),
+            "kernel_slab_bytes_per_conn": slab_per_conn.map(f64::round),
+            "kernel_tcp_buffer_bytes_per_conn": tcp_per_conn.map(f64::round),
+            "seconds": secs,
+            "ping_interval_ms": self.ping_interval.as_millis() as u64,
+            "pings_per_sec": (sent as f64 / secs * 10.0).round() / 10.0,
+            "pongs_per_sec": (pongs as f64 / secs * 10.0).round() / 10.0,
+            "pong_us": {"p50": q(&rtt, 0.5), "p99": q(&rtt, 0.99), "p999": q(&rtt, 0.999), "max": rtt.max()},
+            "ping_lag_max_us": lag_max_us,
+            "other_frames": other,
+            "server_cpu_per_sec": self.cpu,
+            "loadgen_cpu_seconds": loadgen_cpu,
+            "errors": errors,
+            "error_count": error_count,
+        });
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
             "idle: {opened} of {} connections opened ({failed} failed) by {} worker processes over {} users, {connect_per_sec:.0} connects/s ({:.1} s; connect→live p50 {} µs, p99 {} µs)",
             self.conns, self.workers, self.users, self.connect_secs, q(&connect, 0.5), q(&connect, 0.99)
         );
-        println!(
+        let _ = writeln!(
+            out,
             "  held {held} for {secs:.0} s{}",
             if self.ping_interval.is_zero() {
                 ", no pings".to_string()
@@ -810,30 +811,36 @@ impl Report {
             }
         );
         if let Some(b) = server_per_conn {
-            println!(
+            let _ = writeln!(
+                out,
                 "  servers' RSS {} -> {} MiB: {b:.0} bytes ({:.2} KiB) per connection",
                 self.before.server_rss.unwrap_or(0) >> 20,
                 self.end.server_rss.unwrap_or(0) >> 20,
                 b / 1024.0
             );
         } else {
-            println!("  (pass --server-pid for server memory and CPU)");
+            let _ = writeln!(out, "  (pass --server-pid for server memory and CPU)");
         }
-        println!(
+        let _ = writeln!(
+            out,
             "  kernel per connection (both socket ends, loadgen on this host): slab {} bytes, TCP buffers {} bytes",
             json_num(slab_per_conn, 0),
             json_num(tcp_per_conn, 0)
         );
         if let Some(cpu) = self.cpu {
-            println!(
+            let _ = writeln!(
+                out,
                 "  servers' CPU {cpu:.3} s/s ({:.1}% of a core) over the window",
                 cpu * 100.0
             );
         }
-        println!("  loadgen workers' CPU {loadgen_cpu:.1} s in total");
+        let _ = writeln!(out, "  loadgen workers' CPU {loadgen_cpu:.1} s in total");
         if !errors.is_empty() {
-            println!("  errors: {errors:?}");
+            let _ = writeln!(out, "  errors: {errors:?}");
         }
+        crate::report::Report::new(v, out)
+            .with("pong", measure_from, self.window, &rtt)
+            .with("connect", measure_from, self.window, &connect)
     }
 }
 

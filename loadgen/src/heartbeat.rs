@@ -6,6 +6,9 @@
 //! (of `N`) pings at `epoch + i·P/N + r·P` for rounds `r = 0, 1, ...`, so the server sees
 //! a steady `N/P` pings per second, not bursts. The schedule is an open loop: a thread that
 //! falls behind sends what is due at once (and reports how late it got, `lag_max`).
+//! A pong counts if its ping was sent in the measured window (the nonce carries the
+//! ping's scheduled time), even if it arrives after the window: the threads read on for
+//! up to a second for those.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -14,17 +17,19 @@ use hdrhistogram::Histogram;
 use wire::client::Connection;
 use wire::message::{Body, Ping};
 
-use crate::epoll::{drain, Epoll};
+use crate::epoll::{adopt, drain, Epoll};
 use crate::{histogram, nanos_since};
 
 /// The longest one wait for pongs lasts (so the loop notices the end of the window).
 const WAIT_MAX: Duration = Duration::from_millis(50);
+/// How long after the window the pongs of the pings sent in it are still awaited.
+const PONG_GRACE: Duration = Duration::from_secs(1);
 
 /// Timeline shared by the heartbeat threads.
 #[derive(Clone, Copy)]
 pub struct Plan {
     pub epoch: Instant,
-    /// Pings sent and pongs received from here to `end` are counted.
+    /// Pings sent from here to `end` (and their pongs) are counted.
     pub measure_from: Instant,
     pub end: Instant,
     /// Per connection.
@@ -92,12 +97,7 @@ pub fn run(mut conns: Vec<Connection>, first: usize, plan: Plan) -> (Totals, Vec
     };
     let mut alive = vec![true; conns.len()];
     for (i, conn) in conns.iter_mut().enumerate() {
-        // Whatever the catch-up left unread would otherwise wait for the next readiness.
-        let error = match drain(conn, |_| {}) {
-            Ok(()) => epoll.add(conn, i).err().map(|e| e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(e) = error {
+        if let Err(e) = adopt(&epoll, conn, i, |_| {}) {
             *totals.errors.entry(format!("setup: {e}")).or_default() += 1;
             alive[i] = false;
         }
@@ -106,12 +106,17 @@ pub fn run(mut conns: Vec<Connection>, first: usize, plan: Plan) -> (Totals, Vec
     let mut k = 0u64;
     let mut next = due(0);
     let mut ready = Vec::new();
+    let (from_ns, end_ns) = (
+        nanos_since(plan.epoch, plan.measure_from),
+        nanos_since(plan.epoch, plan.end),
+    );
     loop {
         let now = Instant::now();
-        if now >= plan.end {
+        // After the end no more pings; the pongs of the measured ones are still awaited.
+        if now >= plan.end && (totals.pongs >= totals.sent || now >= plan.end + PONG_GRACE) {
             break;
         }
-        while next <= now {
+        while next <= now && next < plan.end {
             let i = (k % n) as usize;
             if alive[i] {
                 let ping = Body::Ping(Ping {
@@ -134,21 +139,24 @@ pub fn run(mut conns: Vec<Connection>, first: usize, plan: Plan) -> (Totals, Vec
             k += 1;
             next = due(k);
         }
-        let wait = next.min(plan.end).saturating_duration_since(now);
+        let wait = if next < plan.end {
+            next.saturating_duration_since(now)
+        } else {
+            (plan.end + PONG_GRACE).saturating_duration_since(now)
+        };
         epoll.wait(wait.min(WAIT_MAX), &mut ready);
         for &i in &ready {
             let Some(conn) = conns.get_mut(i) else {
                 continue;
             };
             let result = drain(conn, |frame| match frame.body {
-                Body::Pong(pong) => {
-                    let at = Instant::now();
-                    if at >= plan.measure_from && at < plan.end {
-                        totals.pongs += 1;
-                        let rtt = nanos_since(plan.epoch, at).saturating_sub(pong.nonce);
-                        let _ = totals.rtt.record(rtt / 1000);
-                    }
+                // The nonce is the ping's scheduled time: its pong counts if the ping did.
+                Body::Pong(pong) if (from_ns..end_ns).contains(&pong.nonce) => {
+                    totals.pongs += 1;
+                    let rtt = nanos_since(plan.epoch, Instant::now()).saturating_sub(pong.nonce);
+                    let _ = totals.rtt.record(rtt / 1000);
                 }
+                Body::Pong(_) => {}
                 _ => totals.other += 1,
             });
             if let Err(e) = result {
@@ -164,7 +172,7 @@ pub fn run(mut conns: Vec<Connection>, first: usize, plan: Plan) -> (Totals, Vec
 
 /// When ping `k` of a thread holding `n` connections, `first..first + n` of `total`, is
 /// due after the epoch: connection `k % n` in round `k / n`.
-fn offset(k: u64, n: u64, first: usize, total: usize, interval: Duration) -> Duration {
+pub fn offset(k: u64, n: u64, first: usize, total: usize, interval: Duration) -> Duration {
     let interval = interval.as_nanos();
     let (round, i) = ((k / n) as u128, first as u128 + (k % n) as u128);
     let at = round * interval + i * interval / total.max(1) as u128;

@@ -1,7 +1,7 @@
 //! `loadgen`: load generator for Confab (a client of `wire` only).
 //!
-//! This first version runs two scenarios in one process with blocking threads (the
-//! multi-process coordinator, more scenarios and the live progress line are issue #7):
+//! Scenarios (one process unless said otherwise; connections are files, and one process
+//! holds at most ~18,000 of them under the 20,000 open-files limit):
 //!
 //! - `chat`: `--pairs` 1:1 conversations; each sender sends at `--rate / pairs` per second
 //!   in an **open loop** (sends are scheduled on a fixed timeline and latency is measured
@@ -13,41 +13,67 @@
 //!   node and `--owner` by the node owning their conversation (see `cluster.rs`); every
 //!   session connects to its user's home node, and the figures are also given per route
 //!   (how many node links a message crosses).
-//! - `group`: one sender to a group of `--members` online members (one connection each,
-//!   all read by one thread with poll(2)), open loop at `--rate`: deliveries per second,
-//!   send→last-member and send→each-member latency, and the sender's send→ack.
+//! - `groups`: fan-out. `--groups` groups of `--members` users each (one connection per
+//!   member; a group's first member is its sender), `--rate` messages per second in all,
+//!   spread evenly over the groups, open loop as in `chat`. One thread sends for every
+//!   group; `--threads` threads read all members with epoll and send coalesced Delivered
+//!   receipts. Deliveries (expected: sent × (members − 1)) and their rate, send→each
+//!   member, send→last member and send→ack latency (see `groups.rs`). `group` is the
+//!   one-group case (`--members`, `--rate`).
+//! - `reconnect-storm`: `--conns` devices (one login, so one device, per connection) of
+//!   `--users` users, each user in a 1:1 conversation with one sender. Each of `--rounds`
+//!   rounds drops `--fraction` of the connections abruptly (a TCP reset, no close frame),
+//!   has the sender send `--missed` durable messages to every user that lost a device,
+//!   then reconnects the dropped devices with their tokens (as fast as possible or at
+//!   `--connect-rate`) and reads until each has caught up: connect→Welcome and
+//!   connect→last missed message latency, reconnects per second, messages expected and
+//!   received, duplicates and gaps (see `storm.rs`).
 //! - `idle`: opens `--conns` authenticated connections (spread over `--users` users),
 //!   holds them for `--duration` seconds, and reports the server's resident memory per
 //!   connection (from `/proc/<--server-pid>/status`) and its CPU time over that window
 //!   (`/proc/<pid>/stat`). With `--ping-interval-ms P` every connection also sends a wire
 //!   `Ping` every P ms (spread evenly over the connections; one epoll thread by default,
 //!   see `heartbeat.rs`) after a 1 s warm-up: pings and pongs per second, and the server
-//!   CPU a heartbeat costs, scaled to 100K connections pinging every 30 s.
+//!   CPU a heartbeat costs, scaled to 100K connections pinging every 30 s. More than
+//!   18,000 connections (or `--workers`) run in worker processes (`fleet.rs`).
 //! - `presence`: `--targets` users toggle Away/Online at `--toggle-rate` per second in
 //!   total while `--subscribers` users, subscribed to all of them, count the
 //!   `PresenceUpdate` pushes (the fan-out rate) and the toggle→entry latency (see
 //!   `presence.rs`).
+//! - `mixed`: the above at once on one timeline (a 1 s warm-up, then `--duration` s): an
+//!   idle population with heartbeats, 1:1 chat, groups, and optionally a reconnect storm
+//!   every `--storm-every-secs` on a population of its own (see `mixed.rs`).
 //!
-//! Output: a human summary, or one JSON object with `--json`.
+//! Output: a human summary, or one JSON object with `--json` (`mixed`: one object with a
+//! section per part). `--hdr-log FILE` also writes every latency histogram of the run
+//! (µs) to FILE in HdrHistogram's interval log format, one entry per histogram tagged
+//! with its name (`report.rs`).
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod cluster;
 mod epoll;
 mod fleet;
+mod groups;
 mod heartbeat;
+mod mixed;
 mod presence;
+mod report;
+mod storm;
 
 use hdrhistogram::Histogram;
+use report::{latency, latency_line, Report};
 use wire::client::http::{self, Login};
 use wire::client::{new_key, sync_until_live, Connection, Transport};
-use wire::message::{Body, Frame, MessageKind, ReceiptKind, Send};
+use wire::message::{Body, Frame, MessageKind, ReceiptKind, Send, StoredMessage};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -66,6 +92,10 @@ struct Cli {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Also write every latency histogram of the run (µs) to this file, in HdrHistogram's
+    /// interval log format (one entry per histogram, tagged with its name).
+    #[arg(long, global = true, value_name = "FILE")]
+    hdr_log: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -105,8 +135,29 @@ enum Scenario {
         #[arg(long, value_enum, default_value_t = cluster::Owner::Any)]
         owner: cluster::Owner,
     },
-    /// One sender to a group of `--members` online members: deliveries per second,
-    /// send→last-member latency and the sender's ack latency.
+    /// Fan-out to G groups of M online members: deliveries per second, send→each member,
+    /// send→last member and send→ack latency.
+    Groups {
+        /// Number of groups (each with its own members and one sender).
+        #[arg(long, default_value_t = 10)]
+        groups: usize,
+        /// Group size, the sender included (each member is one connection).
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Messages per second over all groups (open loop, spread evenly).
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Seconds of measured load (after a 1 s warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Message body bytes (at least 8: the scheduled send time).
+        #[arg(long, default_value_t = 64)]
+        body: usize,
+        /// Threads reading the members' connections (epoll).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// One sender to one group of `--members` online members (`groups --groups 1`).
     Group {
         /// Group size, the sender included (each member is one connection).
         #[arg(long, default_value_t = 100)]
@@ -120,6 +171,18 @@ enum Scenario {
         /// Message body bytes (at least 8: the scheduled send time).
         #[arg(long, default_value_t = 64)]
         body: usize,
+        /// Threads reading the members' connections (epoll).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Drop a fraction of the connections abruptly, send them messages while they are
+    /// away, reconnect them all at once: reconnect and catch-up latency, duplicates, gaps.
+    ReconnectStorm {
+        #[command(flatten)]
+        storm: storm::Args,
+        /// Storm rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Hold authenticated idle connections: server memory per connection, server CPU,
     /// and with --ping-interval-ms the cost of application heartbeats.
@@ -197,14 +260,53 @@ enum Scenario {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Idle connections with heartbeats, 1:1 chat, groups and (optionally) periodic
+    /// reconnect storms at once, for --duration seconds: each part's figures.
+    Mixed(mixed::Args),
 }
 
 const PASSWORD: &str = "loadgen password";
+/// Connections one process holds at most: under the 20,000 open-files limit with room
+/// for its other descriptors.
+const CONNS_PER_PROCESS_MAX: usize = fleet::WORKER_CONNS_MAX;
+/// The warm-up before every measured window.
+const WARMUP: Duration = Duration::from_secs(1);
+/// How long `chat` waits after the last send for the acks and deliveries in flight.
+const DELIVERY_GRACE: Duration = Duration::from_secs(3);
+/// Threads registering, logging in and connecting users during setup (the server's
+/// password hashing is the cost).
+const SETUP_THREADS: usize = 8;
 
 fn main() {
     let cli = Cli::parse();
     raise_fd_limit();
-    let result = match cli.scenario {
+    let started = SystemTime::now();
+    let result = run(&cli);
+    let result = result.and_then(|report| {
+        if let Some(report) = &report {
+            report.print(cli.json);
+        }
+        match (&cli.hdr_log, report) {
+            (Some(path), Some(report)) => {
+                let scenario = report.json["scenario"].as_str().unwrap_or("run");
+                report::write_hdr_log(path, scenario, started, &report.histograms)
+            }
+            // `presence` keeps its histograms to itself: an empty log says so.
+            (Some(path), None) if matches!(cli.scenario, Scenario::Presence { .. }) => {
+                report::write_hdr_log(path, "presence (no histograms logged)", started, &[])
+            }
+            _ => Ok(()),
+        }
+    });
+    if let Err(error) = result {
+        eprintln!("loadgen: {error}");
+        std::process::exit(1);
+    }
+}
+
+/// Run the scenario: its report, or `None` if it printed its own (presence, a worker).
+fn run(cli: &Cli) -> Result<Option<Report>> {
+    let report = match cli.scenario {
         Scenario::Chat {
             pairs,
             rate,
@@ -214,7 +316,7 @@ fn main() {
             placement,
             owner,
         } => chat(
-            &cli,
+            cli,
             ChatOptions {
                 pairs: pairs.max(1),
                 rate,
@@ -224,19 +326,47 @@ fn main() {
                 placement,
                 owner,
             },
-        ),
+        )?,
+        Scenario::Groups {
+            groups,
+            members,
+            rate,
+            duration,
+            body,
+            threads,
+        } => groups::run(
+            cli,
+            groups::Options {
+                name: "groups",
+                groups: groups.max(1),
+                members: members.max(2),
+                rate: rate.max(1),
+                duration: Duration::from_secs(duration),
+                body: body.max(8),
+                threads: threads.max(1),
+            },
+        )?,
         Scenario::Group {
             members,
             rate,
             duration,
             body,
-        } => group(
-            &cli,
-            members.max(2),
-            rate.max(1),
-            Duration::from_secs(duration),
-            body.max(8),
-        ),
+            threads,
+        } => groups::run(
+            cli,
+            groups::Options {
+                name: "group",
+                groups: 1,
+                members: members.max(2),
+                rate: rate.max(1),
+                duration: Duration::from_secs(duration),
+                body: body.max(8),
+                threads: threads.max(1),
+            },
+        )?,
+        Scenario::ReconnectStorm { ref storm, rounds } => {
+            storm::run(cli, storm.options()?, rounds.max(1))?
+        }
         Scenario::Idle {
             conns,
             users,
@@ -249,7 +379,7 @@ fn main() {
             ..
         } if workers.is_some() || conns > fleet::WORKER_CONNS_MAX || server_pid.len() > 1 => {
             fleet::run(
-                &cli,
+                cli,
                 fleet::Options {
                     conns,
                     users: users.max(1),
@@ -260,7 +390,7 @@ fn main() {
                     connect_rate,
                     nodes: nodes.max(1),
                 },
-            )
+            )?
         }
         Scenario::Idle {
             conns,
@@ -270,15 +400,26 @@ fn main() {
             ping_interval_ms,
             ping_threads,
             ..
-        } => idle(
-            &cli,
-            conns,
-            users.max(1),
-            server_pid.first().copied(),
-            Duration::from_secs(duration),
-            Duration::from_millis(ping_interval_ms),
-            ping_threads.max(1),
-        ),
+        } => {
+            let o = IdleOptions {
+                conns,
+                users: users.max(1),
+                server_pid: server_pid.first().copied(),
+                ping_interval: Duration::from_millis(ping_interval_ms),
+                ping_threads: ping_threads.max(1),
+            };
+            let setup = idle_setup(cli, o)?;
+            let epoch = Instant::now();
+            let warmup = if setup.o.ping_interval.is_zero() {
+                Duration::ZERO
+            } else {
+                WARMUP
+            };
+            idle_run(
+                setup,
+                Timeline::at(epoch, warmup, Duration::from_secs(duration)),
+            )?
+        }
         Scenario::IdleWorker {
             ref plan,
             first,
@@ -286,18 +427,21 @@ fn main() {
             total,
             ping_interval_ms,
             connect_rate,
-        } => fleet::worker(
-            &cli,
-            fleet::WorkerOptions {
-                plan: plan.clone(),
-                first,
-                count,
-                total,
-                ping_interval: Duration::from_millis(ping_interval_ms),
-                connect_rate,
-            },
-        )
-        .inspect_err(|e| println!("error {e}")),
+        } => {
+            fleet::worker(
+                cli,
+                fleet::WorkerOptions {
+                    plan: plan.clone(),
+                    first,
+                    count,
+                    total,
+                    ping_interval: Duration::from_millis(ping_interval_ms),
+                    connect_rate,
+                },
+            )
+            .inspect_err(|e| println!("error {e}"))?;
+            return Ok(None);
+        }
         Scenario::Presence {
             targets,
             subscribers,
@@ -305,22 +449,23 @@ fn main() {
             duration,
             drain,
             threads,
-        } => presence::run(
-            &cli,
-            presence::Options {
-                targets: targets.max(1),
-                subscribers: subscribers.max(1),
-                rate: toggle_rate.max(1),
-                duration: Duration::from_secs(duration),
-                drain: Duration::from_secs(drain),
-                threads: threads.max(1),
-            },
-        ),
+        } => {
+            presence::run(
+                cli,
+                presence::Options {
+                    targets: targets.max(1),
+                    subscribers: subscribers.max(1),
+                    rate: toggle_rate.max(1),
+                    duration: Duration::from_secs(duration),
+                    drain: Duration::from_secs(drain),
+                    threads: threads.max(1),
+                },
+            )?;
+            return Ok(None);
+        }
+        Scenario::Mixed(ref args) => mixed::run(cli, args)?,
     };
-    if let Err(error) = result {
-        eprintln!("loadgen: {error}");
-        std::process::exit(1);
-    }
+    Ok(Some(report))
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -358,7 +503,136 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid constant histogram bounds")
 }
 
+/// `f(0..count)` on up to `threads` threads at a time; the results in index order, or
+/// the first error.
+fn in_parallel<T: std::marker::Send>(
+    count: usize,
+    threads: usize,
+    f: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let threads = threads.min(count).max(1);
+    let per_thread = count.div_ceil(threads).max(1);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|n| {
+                scope.spawn(move || {
+                    (n * per_thread..((n + 1) * per_thread).min(count))
+                        .map(f)
+                        .collect::<Result<Vec<T>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(count);
+        for handle in handles {
+            all.extend(handle.join().map_err(|_| "setup thread panicked")??);
+        }
+        Ok(all)
+    })
+}
+
+/// Register, log in and connect `count` users (named `lg<run><role><i>`), several at a
+/// time; in order. The catch-up after Welcome is read (a fresh user has none).
+fn connect_users(
+    cli: &Cli,
+    run: &str,
+    role: &str,
+    count: usize,
+) -> Result<Vec<(Login, Connection)>> {
+    let (transport, addr) = transport(cli);
+    in_parallel(count, SETUP_THREADS, |i| {
+        let login = new_user(cli, run, role, i)?;
+        let (mut conn, _) = Connection::connect(addr, transport, &login.access_token)
+            .map_err(|e| format!("{role} {i}: {e}"))?;
+        sync_until_live(&mut conn, Duration::from_secs(10))
+            .map_err(|e| format!("{role} {i}: {e}"))?;
+        Ok((login, conn))
+    })
+}
+
+/// Refuse a run that would hold more connections than one process may open.
+fn check_conns(what: &str, conns: usize) -> Result<()> {
+    if conns > CONNS_PER_PROCESS_MAX {
+        return Err(format!(
+            "{what} need {conns} connections, more than the {CONNS_PER_PROCESS_MAX} one \
+             process may hold (the open-files limit here is 20,000 per process): make the \
+             run smaller (only `idle` spreads over worker processes)"
+        ));
+    }
+    Ok(())
+}
+
+/// When a run's load starts and its measured window lies.
+#[derive(Clone, Copy)]
+pub struct Timeline {
+    /// Scheduled send times are nanoseconds after this.
+    pub epoch: Instant,
+    /// Sends scheduled from here...
+    pub measure_from: Instant,
+    /// ...to here are measured.
+    pub end: Instant,
+}
+
+impl Timeline {
+    /// `epoch`, then `warmup`, then `window` of measurement.
+    fn at(epoch: Instant, warmup: Duration, window: Duration) -> Timeline {
+        Timeline {
+            epoch,
+            measure_from: epoch + warmup,
+            end: epoch + warmup + window,
+        }
+    }
+
+    /// Starting now, with the standard warm-up.
+    fn start(window: Duration) -> Timeline {
+        Timeline::at(Instant::now(), WARMUP, window)
+    }
+
+    fn window(&self) -> Duration {
+        self.end.saturating_duration_since(self.measure_from)
+    }
+
+    /// Whether a send scheduled `ns` after the epoch is inside the measured window.
+    fn measured(&self, ns: u64) -> bool {
+        let at = self.epoch + Duration::from_nanos(ns);
+        at >= self.measure_from && at < self.end
+    }
+}
+
+/// A chat `Send` into `conversation_id` whose body (`body.len()` ≥ 8 bytes) starts with
+/// the scheduled send time, `scheduled_ns` after the epoch (little endian).
+fn stamped_send(conversation_id: u64, body: &mut [u8], scheduled_ns: u64) -> Body {
+    if let Some(stamp) = body.get_mut(..8) {
+        stamp.copy_from_slice(&scheduled_ns.to_le_bytes());
+    }
+    Body::Send(Send {
+        conversation_id,
+        idempotency_key: new_key(),
+        kind: MessageKind::Chat,
+        body: body.to_vec(),
+        media: None,
+        reply_to_seq: 0,
+    })
+}
+
+/// The messages a frame brings: one pushed (`Deliver`) or a catch-up batch.
+fn messages_of(body: Body) -> Vec<StoredMessage> {
+    match body {
+        Body::Deliver(d) => vec![d.message],
+        Body::SyncBatch(b) => b.messages,
+        _ => Vec::new(),
+    }
+}
+
+/// The scheduled send time a body made by [`stamped_send`] carries.
+fn stamp_of(body: &[u8]) -> Option<u64> {
+    body.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+}
+
 /// Options of the `chat` scenario.
+#[derive(Clone, Copy)]
 struct ChatOptions {
     pairs: usize,
     /// Total messages per second; 0 = closed loop.
@@ -421,10 +695,32 @@ fn connect_home(cli: &Cli, home: &cluster::Home, login: &Login) -> Result<Connec
     Ok(conn)
 }
 
-fn chat(cli: &Cli, o: ChatOptions) -> Result<()> {
+/// One pair of the `chat` scenario, connected.
+struct ChatPair {
+    sender: Connection,
+    receiver: Connection,
+    conversation_id: u64,
+    route: cluster::Route,
+}
+
+/// The pairs of a `chat` run, connected and with their conversations open.
+struct ChatSetup {
+    o: ChatOptions,
+    pairs: Vec<ChatPair>,
+    cross_node_pairs: usize,
+}
+
+fn chat(cli: &Cli, o: ChatOptions) -> Result<Report> {
+    let setup = chat_setup(cli, o)?;
+    let t = Timeline::start(o.duration);
+    let totals = chat_run(setup, t)?;
+    Ok(chat_report(&o, &totals, t))
+}
+
+fn chat_setup(cli: &Cli, o: ChatOptions) -> Result<ChatSetup> {
     let run = run_id();
     let plans = cluster::plan(cli.http, &format!("lg{run}"), o.pairs, o.placement, o.owner)?;
-    let mut setups = Vec::new();
+    let mut pairs = Vec::new();
     for plan in &plans {
         let sender = register_login(cli, &plan.sender.name)?;
         let receiver = register_login(cli, &plan.recipient.name)?;
@@ -444,13 +740,29 @@ fn chat(cli: &Cli, o: ChatOptions) -> Result<()> {
                 plan.conversation_id
             ));
         }
-        setups.push((conn, receiver, id, plan));
+        pairs.push(ChatPair {
+            sender: conn,
+            receiver: connect_home(cli, &plan.recipient.home, &receiver)?,
+            conversation_id: id,
+            route: plan.route(),
+        });
     }
-    let epoch = Instant::now();
-    let warmup = Duration::from_secs(1);
-    let measure_from = epoch + warmup;
-    let end = measure_from + o.duration;
+    Ok(ChatSetup {
+        o,
+        pairs,
+        cross_node_pairs: plans
+            .iter()
+            .filter(|p| p.sender.home.node != p.recipient.home.node)
+            .count(),
+    })
+}
+
+/// Run the pairs on `t`'s timeline; returns once every sender is done and the receivers
+/// have had half a second for what was in flight.
+fn chat_run(setup: ChatSetup, t: Timeline) -> Result<ChatTotals> {
+    let o = setup.o;
     let stop = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
     let per_sender = if o.rate == 0 {
         0.0
     } else {
@@ -459,25 +771,22 @@ fn chat(cli: &Cli, o: ChatOptions) -> Result<()> {
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     let mut routes = Vec::new();
-    for (conn, receiver, id, plan) in setups {
-        let stop_r = stop.clone();
-        let rconn = connect_home(cli, &plan.recipient.home, &receiver)?;
+    for pair in setup.pairs {
+        let (id, stop_r, count) = (pair.conversation_id, stop.clone(), delivered.clone());
+        let rconn = pair.receiver;
         receivers.push(std::thread::spawn(move || {
-            receive(rconn, id, epoch, measure_from, end, stop_r)
+            receive(rconn, id, t, stop_r, count)
         }));
-        let (window, body) = (o.window, o.body);
+        let (window, body, sconn) = (o.window, o.body, pair.sender);
         senders.push(std::thread::spawn(move || {
-            send(conn, id, epoch, measure_from, end, per_sender, window, body)
+            send(sconn, id, t, per_sender, window, body)
         }));
-        routes.push(plan.route());
+        routes.push(pair.route);
     }
     let mut totals = ChatTotals {
         all: ChatStats::new(),
         routes: Default::default(),
-        cross_node_pairs: plans
-            .iter()
-            .filter(|p| p.sender.home.node != p.recipient.home.node)
-            .count(),
+        cross_node_pairs: setup.cross_node_pairs,
         sent_with_warmup: 0,
         errors: HashMap::new(),
     };
@@ -490,21 +799,25 @@ fn chat(cli: &Cli, o: ChatOptions) -> Result<()> {
     }
     totals.all.pairs = routes.len();
     for (s, route) in senders.into_iter().zip(&routes) {
-        let (ack, sent, sent_with_warmup, errors) = s.join().map_err(|_| "sender panicked")?;
-        totals.sent_with_warmup += sent_with_warmup;
+        let sent = s.join().map_err(|_| "sender panicked")?;
+        totals.sent_with_warmup += sent.sent_with_warmup;
         for stats in [
             &mut totals.all,
             totals.routes.entry(*route).or_insert_with(ChatStats::new),
         ] {
-            let _ = stats.ack.add(&ack);
-            stats.sent += sent;
+            let _ = stats.ack.add(&sent.ack);
+            stats.sent += sent.sent;
         }
-        for (k, v) in errors {
-            *totals.errors.entry(k).or_default() += v;
-        }
+        report::merge_errors(&mut totals.errors, sent.errors);
     }
-    // Give deliveries in flight a moment, then stop the receivers.
-    std::thread::sleep(Duration::from_millis(500));
+    // Give deliveries in flight a moment (until all arrived, at most DELIVERY_GRACE),
+    // then stop the receivers.
+    let sent = totals.all.sent;
+    let grace_end = Instant::now() + DELIVERY_GRACE;
+    while delivered.load(Ordering::Relaxed) < sent && Instant::now() < grace_end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
     stop.store(true, Ordering::Relaxed);
     for (r, route) in receivers.into_iter().zip(&routes) {
         let (deliver, delivered, error) = r.join().map_err(|_| "receiver panicked")?;
@@ -516,33 +829,49 @@ fn chat(cli: &Cli, o: ChatOptions) -> Result<()> {
             stats.delivered += delivered;
         }
         if let Some(error) = error {
-            *totals.errors.entry(error).or_default() += 1;
+            report::count(&mut totals.errors, error);
         }
     }
-    report_chat(cli, &o, &totals);
-    Ok(())
+    Ok(totals)
 }
 
 fn nanos_since(epoch: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(epoch).as_nanos() as u64
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one open- or closed-loop sender did (sends scheduled in the measured window).
+struct Sent {
+    /// Scheduled send → ack, µs.
+    ack: Histogram<u64>,
+    sent: u64,
+    sent_with_warmup: u64,
+    errors: HashMap<String, u64>,
+}
+
+impl Sent {
+    fn new() -> Sent {
+        Sent {
+            ack: histogram(),
+            sent: 0,
+            sent_with_warmup: 0,
+            errors: HashMap::new(),
+        }
+    }
+}
+
+/// One sender of `chat`: at `per_sec` (open loop) or with `window` sends outstanding
+/// (closed loop, `per_sec` 0) until `t.end`, then reading the answers still owed for at
+/// most [`DELIVERY_GRACE`].
 fn send(
     mut conn: Connection,
     id: u64,
-    epoch: Instant,
-    measure_from: Instant,
-    end: Instant,
+    t: Timeline,
     per_sec: f64,
     window: usize,
     body_len: usize,
-) -> (Histogram<u64>, u64, u64, HashMap<String, u64>) {
-    let mut acks = histogram();
-    let mut errors: HashMap<String, u64> = HashMap::new();
+) -> Sent {
+    let mut out = Sent::new();
     let mut outstanding: HashMap<u64, Instant> = HashMap::new();
-    let mut sent = 0u64;
-    let mut sent_with_warmup = 0u64;
     let interval = if per_sec > 0.0 {
         Duration::from_secs_f64(1.0 / per_sec)
     } else {
@@ -552,42 +881,37 @@ fn send(
     let mut body = vec![0u8; body_len];
     loop {
         let now = Instant::now();
-        if now >= end {
+        // After the end, only the answers still owed are read (for a while).
+        let sending = now < t.end;
+        if !sending && (outstanding.is_empty() || now >= t.end + DELIVERY_GRACE) {
             break;
         }
-        let may_send = if per_sec > 0.0 {
-            now >= next
-        } else {
-            outstanding.len() < window
-        };
+        let may_send = sending
+            && if per_sec > 0.0 {
+                now >= next
+            } else {
+                outstanding.len() < window
+            };
         if may_send {
             let scheduled = if per_sec > 0.0 { next } else { now };
-            body[..8].copy_from_slice(&nanos_since(epoch, scheduled).to_le_bytes());
-            let frame = Body::Send(Send {
-                conversation_id: id,
-                idempotency_key: new_key(),
-                kind: MessageKind::Chat,
-                body: body.clone(),
-                media: None,
-                reply_to_seq: 0,
-            });
+            let frame = stamped_send(id, &mut body, nanos_since(t.epoch, scheduled));
             match conn.request(frame) {
                 Ok(request_id) => {
                     outstanding.insert(request_id, scheduled);
-                    sent_with_warmup += 1;
-                    if scheduled >= measure_from {
-                        sent += 1;
+                    out.sent_with_warmup += 1;
+                    if scheduled >= t.measure_from {
+                        out.sent += 1;
                     }
                 }
                 Err(e) => {
-                    *errors.entry(format!("send: {e}")).or_default() += 1;
+                    report::count(&mut out.errors, format!("send: {e}"));
                     break;
                 }
             }
             next += interval;
             continue;
         }
-        let wait = if per_sec > 0.0 {
+        let wait = if per_sec > 0.0 && sending {
             next.saturating_duration_since(now)
                 .min(Duration::from_millis(50))
         } else {
@@ -607,37 +931,41 @@ fn send(
                     let Some(scheduled) = outstanding.remove(&request_id) else {
                         continue;
                     };
-                    match body {
-                        Body::Ack(_) if scheduled >= measure_from => {
-                            let _ = acks.record(
-                                Instant::now()
-                                    .saturating_duration_since(scheduled)
-                                    .as_micros() as u64,
-                            );
-                        }
-                        Body::Ack(_) => {}
-                        Body::Error(e) => *errors.entry(format!("{:?}", e.code)).or_default() += 1,
-                        _ => {}
-                    }
+                    answered(&mut out, body, scheduled, t.measure_from);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    *errors.entry(format!("recv: {e}")).or_default() += 1;
-                    return (acks, sent, sent_with_warmup, errors);
+                    report::count(&mut out.errors, format!("recv: {e}"));
+                    return out;
                 }
             }
         }
     }
-    (acks, sent, sent_with_warmup, errors)
+    out
 }
 
+/// Count the answer to a send scheduled at `scheduled`: an ack (its latency, if measured)
+/// or an error (by code).
+fn answered(out: &mut Sent, body: Body, scheduled: Instant, measure_from: Instant) {
+    match body {
+        Body::Ack(_) if scheduled >= measure_from => {
+            let latency = Instant::now().saturating_duration_since(scheduled);
+            let _ = out.ack.record(latency.as_micros() as u64);
+        }
+        Body::Ack(_) => {}
+        Body::Error(e) => report::count(&mut out.errors, format!("send: {:?}", e.code)),
+        _ => {}
+    }
+}
+
+/// The receiver of a chat pair: counts (also into `count`, shared by all receivers) and
+/// times the measured deliveries until `stop`.
 fn receive(
     mut conn: Connection,
     id: u64,
-    epoch: Instant,
-    measure_from: Instant,
-    end: Instant,
+    t: Timeline,
     stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
 ) -> (Histogram<u64>, u64, Option<String>) {
     let mut latency = histogram();
     let mut delivered = 0u64;
@@ -649,20 +977,17 @@ fn receive(
             Ok(None) => continue,
             Err(e) => return (latency, delivered, Some(format!("receiver: {e}"))),
         };
-        let messages = match frame.body {
-            Body::Deliver(d) => vec![d.message],
-            Body::SyncBatch(b) => b.messages,
-            _ => continue,
-        };
+        let messages = messages_of(frame.body);
         let now = Instant::now();
         for m in messages {
             highest = highest.max(m.seq);
-            let Some(stamp) = m.body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+            let Some(ns) = stamp_of(&m.body) else {
                 continue;
             };
-            let scheduled = epoch + Duration::from_nanos(u64::from_le_bytes(stamp));
-            if scheduled >= measure_from && scheduled < end {
+            if t.measured(ns) {
                 delivered += 1;
+                count.fetch_add(1, Ordering::Relaxed);
+                let scheduled = t.epoch + Duration::from_nanos(ns);
                 let _ = latency.record(now.saturating_duration_since(scheduled).as_micros() as u64);
             }
         }
@@ -675,95 +1000,81 @@ fn receive(
     (latency, delivered, None)
 }
 
-fn report_chat(cli: &Cli, o: &ChatOptions, t: &ChatTotals) {
+fn chat_report(o: &ChatOptions, t: &ChatTotals, timeline: Timeline) -> Report {
     let (pairs, rate, window, body) = (o.pairs, o.rate, o.window, o.body);
     let (placement, owner) = (o.placement.name(), o.owner.name());
     let secs = o.duration.as_secs_f64();
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
     let a = &t.all;
-    if cli.json {
-        let errors: Vec<String> = t
-            .errors
-            .iter()
-            .map(|(k, v)| format!("{:?}: {v}", k))
-            .collect();
-        let routes: Vec<String> = t
-            .routes
-            .iter()
-            .map(|(route, s)| {
-                format!(
-                    "\"{}\":{{\"pairs\":{},\"deliver_hops\":{},\"ack_hops\":{},\"sent\":{},\"delivered\":{},\
-                     \"deliver_us\":{{\"p50\":{},\"p99\":{}}},\"ack_us\":{{\"p50\":{},\"p99\":{}}}}}",
-                    route.name(),
-                    s.pairs,
-                    route.deliver_hops(),
-                    route.ack_hops(),
-                    s.sent,
-                    s.delivered,
-                    q(&s.deliver, 0.5),
-                    q(&s.deliver, 0.99),
-                    q(&s.ack, 0.5),
-                    q(&s.ack, 0.99),
-                )
-            })
-            .collect();
-        println!(
-            "{{\"scenario\":\"chat\",\"pairs\":{pairs},\"placement\":\"{placement}\",\"owner\":\"{owner}\",\
-             \"cross_node_pairs\":{},\"rate\":{rate},\"window\":{window},\"body\":{body},\
-             \"seconds\":{secs},\"sent\":{},\"acked\":{},\"sent_with_warmup\":{},\"delivered\":{},\"sent_per_sec\":{:.0},\"delivered_per_sec\":{:.0},\
-             \"deliver_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\
-             \"ack_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\"routes\":{{{}}},\"errors\":{{{}}}}}",
-            t.cross_node_pairs,
-            a.sent,
-            a.ack.len(),
-            t.sent_with_warmup,
-            a.delivered,
-            a.sent as f64 / secs,
-            a.delivered as f64 / secs,
-            q(&a.deliver, 0.5),
-            q(&a.deliver, 0.9),
-            q(&a.deliver, 0.99),
-            q(&a.deliver, 0.999),
-            a.deliver.max(),
-            q(&a.ack, 0.5),
-            q(&a.ack, 0.99),
-            q(&a.ack, 0.999),
-            a.ack.max(),
-            routes.join(","),
-            errors.join(",")
-        );
-        return;
-    }
+    let routes: serde_json::Map<String, serde_json::Value> = t
+        .routes
+        .iter()
+        .map(|(route, s)| {
+            let v = serde_json::json!({
+                "pairs": s.pairs,
+                "deliver_hops": route.deliver_hops(),
+                "ack_hops": route.ack_hops(),
+                "sent": s.sent,
+                "delivered": s.delivered,
+                "deliver_us": {"p50": q(&s.deliver, 0.5), "p99": q(&s.deliver, 0.99)},
+                "ack_us": {"p50": q(&s.ack, 0.5), "p99": q(&s.ack, 0.99)},
+            });
+            (route.name().to_string(), v)
+        })
+        .collect();
+    let json = serde_json::json!({
+        "scenario": "chat",
+        "pairs": pairs,
+        "placement": placement,
+        "owner": owner,
+        "cross_node_pairs": t.cross_node_pairs,
+        "rate": rate,
+        "window": window,
+        "body": body,
+        "seconds": secs,
+        "sent": a.sent,
+        "acked": a.ack.len(),
+        "sent_with_warmup": t.sent_with_warmup,
+        "delivered": a.delivered,
+        "sent_per_sec": (a.sent as f64 / secs).round(),
+        "delivered_per_sec": (a.delivered as f64 / secs).round(),
+        "deliver_us": latency(&a.deliver),
+        "ack_us": latency(&a.ack),
+        "routes": routes,
+        "errors": t.errors,
+    });
+    let mut out = String::new();
     let mode = if rate == 0 {
         format!("closed loop, window {window}")
     } else {
         format!("open loop, {rate}/s")
     };
-    println!("chat: {pairs} pairs, {mode}, {body} B bodies, {secs:.0} s measured");
-    println!(
+    let _ = writeln!(
+        out,
+        "chat: {pairs} pairs, {mode}, {body} B bodies, {secs:.0} s measured"
+    );
+    let _ = writeln!(
+        out,
         "  placement {placement}, owner {owner}: {pairs} pairs, {} with sender and recipient on different nodes",
         t.cross_node_pairs
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  sent {} ({:.0}/s), delivered {} ({:.0}/s)",
         a.sent,
         a.sent as f64 / secs,
         a.delivered,
         a.delivered as f64 / secs
     );
-    for (name, h) in [("send->deliver", &a.deliver), ("send->ack", &a.ack)] {
-        println!(
-            "  {name:14} µs  p50 {}  p90 {}  p99 {}  p999 {}  max {}",
-            q(h, 0.5),
-            q(h, 0.9),
-            q(h, 0.99),
-            q(h, 0.999),
-            h.max()
-        );
-    }
-    println!("  by route (node-link hops send->deliver / send->ack):");
+    latency_line(&mut out, "send->deliver", &a.deliver);
+    latency_line(&mut out, "send->ack", &a.ack);
+    let _ = writeln!(
+        out,
+        "  by route (node-link hops send->deliver / send->ack):"
+    );
     for (route, s) in &t.routes {
-        println!(
+        let _ = writeln!(
+            out,
             "    {:18} {}/{} hops  {:3} pairs  delivered {:.0}/s  deliver µs p50 {} p99 {}  ack µs p50 {} p99 {}",
             route.name(),
             route.deliver_hops(),
@@ -777,202 +1088,71 @@ fn report_chat(cli: &Cli, o: &ChatOptions, t: &ChatTotals) {
         );
     }
     if !t.errors.is_empty() {
-        println!("  errors: {:?}", t.errors);
+        let _ = writeln!(out, "  errors: {:?}", t.errors);
     }
+    let window = timeline.window();
+    Report::new(json, out)
+        .with("deliver", timeline.measure_from, window, &a.deliver)
+        .with("ack", timeline.measure_from, window, &a.ack)
 }
 
-/// Per message of the group scenario: deliveries seen and the latest one.
-#[derive(Default, Clone, Copy)]
-struct Fanned {
-    scheduled: u64,
-    count: usize,
-    last: u64,
-}
-
-fn group(cli: &Cli, members: usize, rate: u64, duration: Duration, body: usize) -> Result<()> {
-    let run = run_id();
-    let (transport, addr) = transport(cli);
-    let logins: Vec<Login> = (0..members)
-        .map(|i| new_user(cli, &run, "g", i))
-        .collect::<Result<_>>()?;
-    let mut conns = Vec::with_capacity(members);
-    for (i, login) in logins.iter().enumerate() {
-        let (mut conn, _) = Connection::connect(addr, transport, &login.access_token)
-            .map_err(|e| format!("member {i}: {e}"))?;
-        sync_until_live(&mut conn, Duration::from_secs(10))
-            .map_err(|e| format!("member {i}: {e}"))?;
-        conns.push(conn);
-    }
-    let others: Vec<u64> = logins.iter().skip(1).map(|l| l.user_id).collect();
-    let mut sender = conns.remove(0);
-    let id = sender
-        .create_group(&format!("lg{run}"), &others)
-        .map_err(|e| format!("create group: {e}"))?
-        .conversation_id;
-    let epoch = Instant::now();
-    let measure_from = epoch + Duration::from_secs(1);
-    let end = measure_from + duration;
-    let sending = std::thread::spawn(move || {
-        send(sender, id, epoch, measure_from, end, rate as f64, 0, body)
-    });
-    // Every member's connection on one thread, woken by poll(2).
-    let receivers = members - 1;
-    let mut fanned: HashMap<u64, Fanned> = HashMap::new();
-    let mut each = histogram();
-    let mut errors: HashMap<String, u64> = HashMap::new();
-    let drain_until = end + Duration::from_secs(2);
-    let mut fds: Vec<libc::pollfd> = conns
-        .iter_mut()
-        .map(|c| {
-            use std::os::fd::AsRawFd;
-            libc::pollfd {
-                fd: c.raw_stream().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }
-        })
-        .collect();
-    while Instant::now() < drain_until {
-        // SAFETY: `fds` is a valid array of pollfd for the call's duration.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
-        if ready <= 0 {
-            continue;
-        }
-        for (fd, conn) in fds.iter_mut().zip(conns.iter_mut()) {
-            if fd.revents == 0 {
-                continue;
-            }
-            fd.revents = 0;
-            loop {
-                let frame = match conn.recv(Duration::ZERO) {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        *errors.entry(format!("member: {e}")).or_default() += 1;
-                        fd.fd = -1; // poll ignores negative descriptors
-                        break;
-                    }
-                };
-                let Body::Deliver(deliver) = frame.body else {
-                    continue;
-                };
-                let m = deliver.message;
-                let Some(stamp) = m.body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
-                    continue;
-                };
-                let scheduled = u64::from_le_bytes(stamp);
-                if epoch + Duration::from_nanos(scheduled) < measure_from {
-                    continue;
-                }
-                let now = nanos_since(epoch, Instant::now());
-                let _ = each.record(now.saturating_sub(scheduled) / 1000);
-                let f = fanned.entry(m.seq).or_default();
-                f.scheduled = scheduled;
-                f.count += 1;
-                f.last = f.last.max(now);
-            }
-        }
-    }
-    let (acks, sent, _, send_errors) = sending.join().map_err(|_| "sender panicked")?;
-    for (k, v) in send_errors {
-        *errors.entry(k).or_default() += v;
-    }
-    let mut last = histogram();
-    let mut complete = 0u64;
-    for f in fanned.values() {
-        if f.count == receivers {
-            complete += 1;
-            let _ = last.record(f.last.saturating_sub(f.scheduled) / 1000);
-        }
-    }
-    let secs = duration.as_secs_f64();
-    let deliveries = each.len();
-    let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
-    if cli.json {
-        println!(
-            "{{\"scenario\":\"group\",\"members\":{members},\"rate\":{rate},\"seconds\":{secs},\
-             \"sent\":{sent},\"complete\":{complete},\"deliveries\":{deliveries},\"deliveries_per_sec\":{:.0},\
-             \"last_member_us\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"each_us\":{{\"p50\":{},\"p99\":{}}},\
-             \"ack_us\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"errors\":{}}}",
-            deliveries as f64 / secs,
-            q(&last, 0.5),
-            q(&last, 0.99),
-            last.max(),
-            q(&each, 0.5),
-            q(&each, 0.99),
-            q(&acks, 0.5),
-            q(&acks, 0.99),
-            acks.max(),
-            errors.values().sum::<u64>()
-        );
-    } else {
-        println!("group: {members} members online, 1 sender at {rate}/s, {body} B bodies, {secs:.0} s measured");
-        println!(
-            "  sent {sent}, reached every member {complete}; {deliveries} deliveries ({:.0}/s)",
-            deliveries as f64 / secs
-        );
-        println!(
-            "  send->last member  µs  p50 {}  p99 {}  max {}",
-            q(&last, 0.5),
-            q(&last, 0.99),
-            last.max()
-        );
-        println!(
-            "  send->each member  µs  p50 {}  p99 {}",
-            q(&each, 0.5),
-            q(&each, 0.99)
-        );
-        println!(
-            "  send->ack          µs  p50 {}  p99 {}  max {}",
-            q(&acks, 0.5),
-            q(&acks, 0.99),
-            acks.max()
-        );
-        if !errors.is_empty() {
-            println!("  errors: {errors:?}");
-        }
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn idle(
-    cli: &Cli,
+/// Options of the in-process `idle` scenario.
+#[derive(Clone, Copy)]
+struct IdleOptions {
     conns: usize,
     users: usize,
     server_pid: Option<u32>,
-    window: Duration,
+    /// Zero: no pings.
     ping_interval: Duration,
     ping_threads: usize,
-) -> Result<()> {
+}
+
+/// The connections of an in-process `idle` run, open and caught up.
+struct IdleSetup {
+    o: IdleOptions,
+    open: Vec<Connection>,
+    connect_secs: f64,
+    rss_before: Option<u64>,
+}
+
+fn idle_setup(cli: &Cli, o: IdleOptions) -> Result<IdleSetup> {
     let run = run_id();
     let (transport, addr) = transport(cli);
-    let logins: Vec<Login> = (0..users)
-        .map(|i| new_user(cli, &run, "i", i))
-        .collect::<Result<_>>()?;
-    let rss_before = server_pid.and_then(rss_bytes);
+    let logins: Vec<Login> = in_parallel(o.users, SETUP_THREADS, |i| new_user(cli, &run, "i", i))?;
+    let rss_before = o.server_pid.and_then(rss_bytes);
     let started = Instant::now();
-    let mut open = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let login = &logins[i % users];
+    let mut open = Vec::with_capacity(o.conns);
+    for i in 0..o.conns {
+        let login = &logins[i % o.users];
         let (mut conn, _) = Connection::connect(addr, transport, &login.access_token)
             .map_err(|e| format!("connection {i}: {e}"))?;
         sync_until_live(&mut conn, Duration::from_secs(10))
             .map_err(|e| format!("connection {i}: {e}"))?;
         open.push(conn);
     }
-    let connect_secs = started.elapsed().as_secs_f64();
+    Ok(IdleSetup {
+        o,
+        open,
+        connect_secs: started.elapsed().as_secs_f64(),
+        rss_before,
+    })
+}
+
+/// Hold (and ping) the connections over `t`'s window, sampling the server at its ends.
+fn idle_run(setup: IdleSetup, t: Timeline) -> Result<Report> {
+    let IdleSetup {
+        o,
+        mut open,
+        connect_secs,
+        rss_before,
+    } = setup;
+    let (conns, users, server_pid) = (o.conns, o.users, o.server_pid);
+    let (ping_interval, ping_threads) = (o.ping_interval, o.ping_threads);
     let pinging = !ping_interval.is_zero();
-    let epoch = Instant::now();
-    let measure_from = if pinging {
-        epoch + Duration::from_secs(1)
-    } else {
-        epoch
-    };
     let plan = heartbeat::Plan {
-        epoch,
-        measure_from,
-        end: measure_from + window,
+        epoch: t.epoch,
+        measure_from: t.measure_from,
+        end: t.end,
         interval: ping_interval,
         total: open.len(),
     };
@@ -1005,10 +1185,10 @@ fn idle(
         pings.held = open.len();
     }
     let per_conn = match (rss_before, rss_after) {
-        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / conns as f64),
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / conns.max(1) as f64),
         _ => None,
     };
-    let secs = window.as_secs_f64();
+    let secs = t.window().as_secs_f64();
     let cpu = cpu_after.since(&cpu_before);
     let pings_per_sec = pings.sent as f64 / secs;
     let pongs_per_sec = pings.pongs as f64 / secs;
@@ -1022,56 +1202,68 @@ fn idle(
     let pct_100k = per_ping.map(|p| p * (100_000.0 / 30.0) * 100.0);
     let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p);
     let errors: u64 = pings.errors.values().sum();
-    if cli.json {
-        println!(
-            "{{\"scenario\":\"idle\",\"conns\":{conns},\"users\":{users},\"connect_per_sec\":{:.0},\
-             \"server_rss_before\":{},\"server_rss_after\":{},\"server_bytes_per_conn\":{},\
-             \"ping_interval_ms\":{},\"seconds\":{secs},\"held\":{},\"pings_per_sec\":{pings_per_sec:.1},\
-             \"pongs_per_sec\":{pongs_per_sec:.1},\"pong_us\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\
-             \"ping_lag_max_us\":{},\"other_frames\":{},\"server_cpu_per_sec\":{},\"server_cpu_us_per_ping\":{},\
-             \"server_core_pct_per_100k_at_30s\":{},\"loadgen_cpu_per_sec\":{},\"errors\":{errors}}}",
-            conns as f64 / connect_secs,
-            rss_before.unwrap_or(0),
-            rss_after.unwrap_or(0),
-            json_num(per_conn, 0),
-            ping_interval.as_millis(),
-            pings.held,
-            q(&pings.rtt, 0.5),
-            q(&pings.rtt, 0.99),
-            pings.rtt.max(),
-            pings.lag_max.as_micros(),
-            pings.other,
-            json_num(cpu.server, 4),
-            json_num(per_ping.map(|p| p * 1e6), 2),
-            json_num(pct_100k, 3),
-            json_num(cpu.own, 4),
-        );
-        return Ok(());
-    }
-    println!(
-        "idle: {conns} authenticated connections over {users} users, {:.0} connects/s",
-        conns as f64 / connect_secs
+    let connect_per_sec = conns as f64 / connect_secs.max(1e-9);
+    let json = serde_json::json!({
+        "scenario": "idle",
+        "conns": conns,
+        "users": users,
+        "connect_per_sec": connect_per_sec.round(),
+        "server_rss_before": rss_before.unwrap_or(0),
+        "server_rss_after": rss_after.unwrap_or(0),
+        "server_bytes_per_conn": per_conn.map(f64::round),
+        "ping_interval_ms": ping_interval.as_millis() as u64,
+        "seconds": secs,
+        "held": pings.held,
+        "pings": pings.sent,
+        "pongs": pings.pongs,
+        "pings_per_sec": (pings_per_sec * 10.0).round() / 10.0,
+        "pongs_per_sec": (pongs_per_sec * 10.0).round() / 10.0,
+        "pong_us": latency(&pings.rtt),
+        "ping_lag_max_us": pings.lag_max.as_micros() as u64,
+        "other_frames": pings.other,
+        "server_cpu_per_sec": cpu.server,
+        "server_cpu_us_per_ping": per_ping.map(|p| p * 1e6),
+        "server_core_pct_per_100k_at_30s": pct_100k,
+        "loadgen_cpu_per_sec": cpu.own,
+        "errors": pings.errors,
+        "error_count": errors,
+    });
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "idle: {conns} authenticated connections over {users} users, {connect_per_sec:.0} connects/s"
     );
     match per_conn {
-        Some(b) => println!(
-            "  server RSS {} -> {} KiB: {:.0} bytes ({:.2} KiB) per connection",
-            rss_before.unwrap_or(0) / 1024,
-            rss_after.unwrap_or(0) / 1024,
-            b,
-            b / 1024.0
-        ),
-        None => println!("  (pass --server-pid to measure server memory and CPU)"),
+        Some(b) => {
+            let _ = writeln!(
+                out,
+                "  server RSS {} -> {} KiB: {:.0} bytes ({:.2} KiB) per connection",
+                rss_before.unwrap_or(0) / 1024,
+                rss_after.unwrap_or(0) / 1024,
+                b,
+                b / 1024.0
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  server memory per connection: not measured (no --server-pid)"
+            );
+        }
     }
     if pinging {
-        println!(
+        let _ = writeln!(
+            out,
             "  heartbeat: a Ping every {} ms per connection, {ping_threads} thread(s), {secs:.0} s measured after 1 s warm-up",
             ping_interval.as_millis()
         );
-        println!(
+        let _ = writeln!(
+            out,
             "  held {} connections; pings {pings_per_sec:.1}/s, pongs {pongs_per_sec:.1}/s, other frames {}",
             pings.held, pings.other
         );
-        println!(
+        let _ = writeln!(
+            out,
             "  ping->pong  µs  p50 {}  p99 {}  max {}   (latest ping sent {} µs late)",
             q(&pings.rtt, 0.5),
             q(&pings.rtt, 0.99),
@@ -1079,31 +1271,38 @@ fn idle(
             pings.lag_max.as_micros()
         );
     } else {
-        println!(
+        let _ = writeln!(
+            out,
             "  held {} connections for {secs:.0} s, no pings",
             pings.held
         );
     }
     if let Some(server) = cpu.server {
-        println!(
+        let _ = writeln!(
+            out,
             "  server CPU {server:.4} s/s ({:.2}% of a core) over the window",
             server * 100.0
         );
     }
     if let (Some(per_ping), Some(pct)) = (per_ping, pct_100k) {
-        println!(
+        let _ = writeln!(
+            out,
             "  {:.2} µs server CPU per ping => 100K connections pinging every 30 s: {pct:.2}% of one core",
             per_ping * 1e6
         );
     }
     if let Some(own) = cpu.own {
-        println!("  loadgen CPU {own:.4} s/s ({:.2}% of a core)", own * 100.0);
+        let _ = writeln!(
+            out,
+            "  loadgen CPU {own:.4} s/s ({:.2}% of a core)",
+            own * 100.0
+        );
     }
     if !pings.errors.is_empty() {
-        println!("  errors: {:?}", pings.errors);
+        let _ = writeln!(out, "  errors: {:?}", pings.errors);
     }
     drop(open);
-    Ok(())
+    Ok(Report::new(json, out).with("pong", t.measure_from, t.window(), &pings.rtt))
 }
 
 /// `value` with `digits` decimals, or JSON `null`.

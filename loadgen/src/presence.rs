@@ -29,19 +29,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use wire::client::http::Login;
-use wire::client::{sync_until_live, Connection};
+use wire::client::Connection;
 use wire::limits::USER_IDS_PER_REQUEST_MAX;
 use wire::message::{Body, Frame, PresenceSet, PresenceStatus, PresenceSubscribe};
 
 use crate::epoll::{drain, Epoll};
-use crate::{histogram, nanos_since, new_user, run_id, transport, Cli, Result};
+use crate::{connect_users, histogram, nanos_since, run_id, Cli, Result};
 
 /// Members of one group the scenario creates, its creator included (the server allows
 /// up to `wire::limits::GROUP_MEMBERS_MAX`).
 const GROUP_SIZE: usize = 1000;
-/// Threads registering and connecting users during setup.
-const SETUP_THREADS: usize = 8;
 /// The longest one wait lasts (so the loops notice the end).
 const WAIT_MAX: Duration = Duration::from_millis(20);
 const NANOS: u128 = 1_000_000_000;
@@ -249,43 +246,6 @@ pub fn run(cli: &Cli, o: Options) -> Result<()> {
         println!("  errors: {errors:?}");
     }
     Ok(())
-}
-
-/// Register, log in and connect `count` users (named `lg<run><role><i>`), several at a
-/// time; in order.
-fn connect_users(
-    cli: &Cli,
-    run: &str,
-    role: &str,
-    count: usize,
-) -> Result<Vec<(Login, Connection)>> {
-    let (transport, addr) = transport(cli);
-    let threads = SETUP_THREADS.min(count).max(1);
-    let per_thread = count.div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|n| {
-                scope.spawn(move || {
-                    (n * per_thread..((n + 1) * per_thread).min(count))
-                        .map(|i| {
-                            let login = new_user(cli, run, role, i)?;
-                            let (mut conn, _) =
-                                Connection::connect(addr, transport, &login.access_token)
-                                    .map_err(|e| format!("{role} {i}: {e}"))?;
-                            sync_until_live(&mut conn, Duration::from_secs(10))
-                                .map_err(|e| format!("{role} {i}: {e}"))?;
-                            Ok((login, conn))
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(count);
-        for handle in handles {
-            all.extend(handle.join().map_err(|_| "setup thread panicked")??);
-        }
-        Ok(all)
-    })
 }
 
 /// The toggle timeline (see the module documentation); times in ns after the epoch.

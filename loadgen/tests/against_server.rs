@@ -4,14 +4,29 @@
 //! - `idle` over two worker processes: 2,000 authenticated connections opened and held
 //!   with heartbeats; every ping answered, none failed, and the server's memory grew.
 //! - `chat`: a short open-loop run; everything sent was acknowledged and delivered.
+//! - `groups`: 3 groups of 5; every message acknowledged and delivered to every other
+//!   member, and the `--hdr-log` file reads back with one histogram per name whose
+//!   counts match the JSON.
+//! - `reconnect-storm`: 60 devices of 10 users, half dropped twice; every dropped device
+//!   caught up with every missed message, without duplicates or gaps.
+//! - `mixed`: idle + heartbeats, chat, groups and storms at once; each section consistent
+//!   on its own, and the log holds every section's histograms.
 //!
 //! The server binary is the workspace's `confab`, built next to `loadgen` (the test
 //! command builds every binary before it runs any test).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use base64::Engine as _;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
 
 struct Server {
     child: Child,
@@ -29,7 +44,12 @@ impl Server {
             "{} missing: build the workspace first (the test command does)",
             confab.display()
         );
-        let dir = std::env::temp_dir().join(format!("loadgen-test-{}", std::process::id()));
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "loadgen-test-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let mut child = Command::new(confab)
             .args(["--data-dir"])
@@ -71,7 +91,7 @@ impl Server {
         }
     }
 
-    fn loadgen(&self, args: &[&str]) -> serde_json::Value {
+    fn loadgen(&self, args: &[&str]) -> Value {
         let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
             .args(["--json", "--http", &self.http, "--tcp", &self.tcp])
             .args(args)
@@ -142,5 +162,218 @@ fn idle_over_worker_processes_and_a_chat_run_report_consistent_figures() {
     assert!(sent >= 300, "{chat}");
     assert_eq!(chat["acked"], sent, "every send acknowledged: {chat}");
     assert_eq!(chat["delivered"], sent, "every send delivered: {chat}");
-    assert_eq!(chat["errors"], serde_json::json!({}), "{chat}");
+    assert_eq!(chat["errors"], json!({}), "{chat}");
+}
+
+/// The histograms of an interval log, by tag.
+fn read_hdr_log(path: &Path) -> HashMap<String, Histogram<u64>> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = HashMap::new();
+    for entry in IntervalLogIterator::new(&bytes) {
+        let LogEntry::Interval(interval) = entry.unwrap() else {
+            continue;
+        };
+        let tag = interval
+            .tag()
+            .expect("every histogram is tagged")
+            .to_string();
+        let encoded = base64::engine::general_purpose::STANDARD
+            .decode(interval.encoded_histogram())
+            .unwrap();
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut encoded.as_slice())
+            .unwrap();
+        assert!(interval.duration().as_secs_f64() > 0.0, "{tag}");
+        assert!(
+            out.insert(tag.clone(), h).is_none(),
+            "one histogram per name: {tag} twice"
+        );
+    }
+    out
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// A groups report: everything sent was acknowledged and reached every other member.
+fn check_groups(g: &Value) {
+    let sent = n(&g["sent"]);
+    let members = n(&g["members"]);
+    assert!(sent > 0, "{g}");
+    assert_eq!(n(&g["acked"]), sent, "every send acknowledged: {g}");
+    assert_eq!(n(&g["expected_deliveries"]), sent * (members - 1), "{g}");
+    assert_eq!(
+        n(&g["deliveries"]),
+        sent * (members - 1),
+        "every message delivered to every other member: {g}"
+    );
+    assert_eq!(n(&g["complete"]), sent, "{g}");
+    assert_eq!(g["errors"], json!({}), "{g}");
+}
+
+/// A storm report: every dropped device reconnected and got every missed message once.
+fn check_storm(s: &Value) {
+    assert!(n(&s["rounds"]) >= 1, "{s}");
+    assert!(n(&s["expected"]) > 0, "{s}");
+    assert_eq!(n(&s["reconnected"]), n(&s["dropped"]), "{s}");
+    assert_eq!(n(&s["missed_acked"]), n(&s["missed_sent"]), "{s}");
+    assert_eq!(
+        s["caught_up"], s["expected"],
+        "every missed message arrived: {s}"
+    );
+    assert_eq!(n(&s["duplicates"]), 0, "{s}");
+    assert_eq!(n(&s["gaps"]), 0, "{s}");
+    assert_eq!(s["errors"], json!({}), "{s}");
+    assert_eq!(n(&s["devices_caught_up"]), n(&s["dropped"]), "{s}");
+}
+
+#[test]
+fn groups_deliver_every_message_to_every_member_and_the_hdr_log_reads_back() {
+    let server = Server::start();
+    let log = server.dir.with_extension("groups.hlog");
+    let g = server.loadgen(&[
+        "--hdr-log",
+        log.to_str().unwrap(),
+        "groups",
+        "--groups",
+        "3",
+        "--members",
+        "5",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+    ]);
+    assert_eq!(g["scenario"], "groups", "{g}");
+    assert_eq!((n(&g["groups"]), n(&g["members"])), (3, 5), "{g}");
+    // 50/s over 2 s.
+    assert!((80..=120).contains(&n(&g["sent"])), "{g}");
+    check_groups(&g);
+    let histograms = read_hdr_log(&log);
+    let _ = std::fs::remove_file(&log);
+    let mut tags: Vec<&str> = histograms.keys().map(String::as_str).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, ["ack", "each_member", "last_member"]);
+    assert_eq!(histograms["each_member"].len(), n(&g["deliveries"]));
+    assert_eq!(histograms["last_member"].len(), n(&g["complete"]));
+    assert_eq!(histograms["ack"].len(), n(&g["acked"]));
+    assert_eq!(histograms["ack"].max(), n(&g["ack_us"]["max"]));
+}
+
+#[test]
+fn reconnect_storm_catches_every_device_up_without_duplicates_or_gaps() {
+    let server = Server::start();
+    let s = server.loadgen(&[
+        "reconnect-storm",
+        "--conns",
+        "60",
+        "--users",
+        "10",
+        "--fraction",
+        "0.5",
+        "--missed",
+        "5",
+        "--rounds",
+        "2",
+    ]);
+    assert_eq!(s["scenario"], "reconnect-storm", "{s}");
+    assert_eq!(n(&s["rounds"]), 2, "{s}");
+    // 30 devices dropped per round, each missing 5 messages.
+    assert_eq!(n(&s["dropped"]), 60, "{s}");
+    assert_eq!(n(&s["expected"]), 300, "{s}");
+    check_storm(&s);
+    // The devices of those users that stayed connected got the same messages live:
+    // 30 per round (10 users × 3 connected devices) × 5 messages.
+    assert_eq!(n(&s["live_delivered"]), 300, "{s}");
+    assert!(n(&s["reconnect_us"]["p50"]) > 0, "{s}");
+    assert!(
+        n(&s["catch_up_us"]["max"]) >= n(&s["reconnect_us"]["p50"]),
+        "{s}"
+    );
+}
+
+#[test]
+fn mixed_runs_every_part_at_once_with_consistent_sections() {
+    let server = Server::start();
+    let log = server.dir.with_extension("mixed.hlog");
+    let m = server.loadgen(&[
+        "--hdr-log",
+        log.to_str().unwrap(),
+        "mixed",
+        "--duration",
+        "3",
+        "--idle-conns",
+        "200",
+        "--idle-users",
+        "10",
+        "--ping-interval-ms",
+        "500",
+        "--chat-pairs",
+        "3",
+        "--chat-rate",
+        "60",
+        "--groups",
+        "2",
+        "--members",
+        "4",
+        "--group-rate",
+        "20",
+        "--storm-fraction",
+        "0.5",
+        "--storm-every-secs",
+        "1",
+        "--storm-conns",
+        "20",
+        "--storm-users",
+        "5",
+    ]);
+    assert_eq!(m["scenario"], "mixed", "{m}");
+    assert_eq!(n(&m["connections"]), 200 + 6 + 8 + 21, "{m}");
+
+    let idle = &m["idle"];
+    assert_eq!(n(&idle["held"]), 200, "{idle}");
+    assert_eq!(idle["errors"], json!({}), "{idle}");
+    assert_eq!(n(&idle["other_frames"]), 0, "{idle}");
+    // 200 connections pinging every 0.5 s for 3 s: ~1,200 pings, each answered.
+    let (pings, pongs) = (n(&idle["pings"]), n(&idle["pongs"]));
+    assert!((1000..=1400).contains(&pings), "{idle}");
+    assert_eq!(pongs, pings, "every ping answered: {idle}");
+
+    let chat = &m["chat"];
+    let sent = n(&chat["sent"]);
+    assert!((150..=210).contains(&sent), "{chat}");
+    assert_eq!(n(&chat["acked"]), sent, "{chat}");
+    assert_eq!(n(&chat["delivered"]), sent, "{chat}");
+    assert_eq!(chat["errors"], json!({}), "{chat}");
+
+    check_groups(&m["groups"]);
+
+    let storm = &m["reconnect"];
+    // A storm at 0, 1 and 2 s into the 3 s window.
+    assert_eq!(n(&storm["rounds"]), 3, "{storm}");
+    assert_eq!(n(&storm["dropped"]), 30, "{storm}");
+    check_storm(storm);
+
+    let histograms = read_hdr_log(&log);
+    let _ = std::fs::remove_file(&log);
+    for tag in [
+        "idle.pong",
+        "chat.deliver",
+        "chat.ack",
+        "groups.each_member",
+        "groups.last_member",
+        "groups.ack",
+        "reconnect.reconnect",
+        "reconnect.catch_up",
+    ] {
+        assert!(
+            histograms.contains_key(tag),
+            "{tag} in {:?}",
+            histograms.keys()
+        );
+    }
+    assert_eq!(histograms["chat.deliver"].len(), sent);
+    assert_eq!(histograms["reconnect.reconnect"].len(), 30);
+    assert_eq!(histograms["idle.pong"].len(), pongs);
 }

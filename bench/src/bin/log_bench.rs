@@ -31,6 +31,21 @@ use log_engine::{AppendRequest, Config, FsStorage, Log, PipelinedLog, RecordKind
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turn transparent huge pages off for this process, as the server does (see
+/// `disable_transparent_huge_pages` in gateway/src/main.rs): mimalloc marks its arenas
+/// `MADV_HUGEPAGE`, and on these VMs the first write to each fresh 2 MiB page costs
+/// 4–6 ms — on the owner thread, that is an append-latency stall the server would not see.
+fn disable_transparent_huge_pages() {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!(
+            "log_bench: could not disable transparent huge pages: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "log-engine benchmark: durable appends, latency, reads, restart")]
 struct Args {
@@ -81,6 +96,7 @@ impl RunFigures {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    disable_transparent_huge_pages();
     fresh_dir(&args.dir)?;
     println!("# log_bench\n");
     println!("machine: {}", machine_description());
