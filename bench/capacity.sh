@@ -9,7 +9,8 @@
 # then
 #   loadgen idle --workers auto --nodes NODES --server-pid <all nodes> ...
 # and, CHAT_AFTER seconds into the hold, `loadgen chat` at CHAT_RATE. Writes every
-# output into OUT_DIR (default bench/results/capacity-<time>). Cleans up on exit.
+# output into OUT_DIR (default bench/results/capacity-<time>), with report.md and
+# report.json (bench/scripts/report.py). Cleans up on exit.
 #
 # Build first:  cargo build --release -p gateway -p loadgen
 # Host limits:  the run needs a wide port range and enough files system-wide; check
@@ -170,6 +171,12 @@ fi
     >"$OUT_DIR/idle.json"
 # The chat run only (the nodes are background jobs too).
 [[ -n ${CHAT_PID:-} ]] && { kill "$CHAT_PID" 2>/dev/null || true; wait "$CHAT_PID" 2>/dev/null || true; }
+# The report (Markdown + JSON): machine, commands, every figure.
+report_args=(--out-dir "$OUT_DIR" --title "capacity: $CONNS connections over $NODES nodes on one host"
+    --command "CONNS=$CONNS NODES=$NODES SHARDS=$SHARDS USERS=$USERS HOLD=$HOLD PING_MS=$PING_MS CONNECT_RATE=$CONNECT_RATE CHAT_RATE=$CHAT_RATE CHAT_PAIRS=$CHAT_PAIRS CHAT_AFTER=$CHAT_AFTER CHAT_SECS=$CHAT_SECS TRANSPORT=$TRANSPORT bench/capacity.sh"
+    --result "idle=$OUT_DIR/idle.json")
+[[ -f $OUT_DIR/chat.json ]] && report_args+=(--result "chat=$OUT_DIR/chat.json")
+python3 "$(dirname "$0")/scripts/report.py" "${report_args[@]}" || true
 echo "idle:"; jq -c . "$OUT_DIR/idle.json"
 [[ -f $OUT_DIR/chat.json ]] && { echo "chat:"; jq -c '{sent, delivered, sent_per_sec, deliver_us, ack_us, errors}' "$OUT_DIR/chat.json"; }
 echo "reports in $OUT_DIR"
