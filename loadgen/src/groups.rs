@@ -22,6 +22,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -30,9 +32,10 @@ use wire::message::{Body, Frame, ReceiptKind};
 
 use crate::epoll::{adopt, drain, Epoll};
 use crate::report::{self, latency, latency_line, Report};
+use crate::senders::{send_all, Pace};
 use crate::{
-    answered, check_conns, connect_users, heartbeat, histogram, messages_of, nanos_since, run_id,
-    stamp_of, stamped_send, Cli, Result, Sent, Timeline,
+    check_conns, connect_users, histogram, messages_of, nanos_since, run_id, stamp_of, Cli, Result,
+    Sent, Timeline,
 };
 
 /// The longest one wait lasts (so the loops notice their deadlines).
@@ -76,6 +79,9 @@ pub struct Totals {
     complete: u64,
     /// Member connections still open at the end.
     held: usize,
+    /// See [`Seen`]: must be 0.
+    repeated: u64,
+    gaps: u64,
     errors: HashMap<String, u64>,
 }
 
@@ -122,8 +128,11 @@ impl Setup {
         let o = self.o;
         let drain_until = t.end + DRAIN;
         let per_group = o.rate as f64 / o.groups as f64;
+        let pace = Pace::Open {
+            per_sender: per_group,
+        };
         let sending =
-            std::thread::spawn(move || send_all(self.senders, t, per_group, o.body, drain_until));
+            std::thread::spawn(move || send_all(self.senders, t, pace, o.body, drain_until));
         let mut members = self.members;
         let per_thread = members.len().div_ceil(o.threads).max(1);
         let mut readers = Vec::new();
@@ -131,11 +140,14 @@ impl Setup {
             let rest = members.split_off(per_thread.min(members.len()));
             let share = std::mem::replace(&mut members, rest);
             readers.push(std::thread::spawn(move || {
-                read_members(share, t, drain_until)
+                read_members(share, t, Readers::until(drain_until), true)
             }));
         }
-        let sent = sending.join().map_err(|_| "group sender panicked")?;
-        let mut seen = Seen::new();
+        let mut sent = Sent::new();
+        for one in sending.join().map_err(|_| "group sender panicked")? {
+            sent.merge(one);
+        }
+        let mut seen = Seen::new(true);
         for reader in readers {
             seen.merge(reader.join().map_err(|_| "group reader panicked")?);
         }
@@ -157,6 +169,8 @@ impl Setup {
             deliveries: seen.deliveries,
             complete,
             held: seen.held,
+            repeated: seen.repeated,
+            gaps: seen.gaps,
             errors,
         })
     }
@@ -183,9 +197,12 @@ pub fn report(o: &Options, t: &Totals, timeline: Timeline) -> Report {
         "deliveries_per_sec": (t.deliveries as f64 / secs).round(),
         "complete": t.complete,
         "members_held": t.held,
+        "repeated": t.repeated,
+        "gaps": t.gaps,
         "each_member_us": latency(&t.each),
         "last_member_us": latency(&t.last),
         "ack_us": latency(&t.sent.ack),
+        "send_late_us": latency(&t.sent.late),
         "errors": t.errors,
         "error_count": t.errors.values().sum::<u64>(),
     });
@@ -204,9 +221,17 @@ pub fn report(o: &Options, t: &Totals, timeline: Timeline) -> Report {
         t.deliveries as f64 / secs,
         t.complete
     );
+    if t.repeated + t.gaps > 0 {
+        let _ = writeln!(
+            out,
+            "  ORDER BROKEN: {} repeated or reordered, {} gaps",
+            t.repeated, t.gaps
+        );
+    }
     latency_line(&mut out, "send->each member", &t.each);
     latency_line(&mut out, "send->last member", &t.last);
     latency_line(&mut out, "send->ack", &t.sent.ack);
+    latency_line(&mut out, "send lateness", &t.sent.late);
     if !t.errors.is_empty() {
         let _ = writeln!(out, "  errors: {:?}", t.errors);
     }
@@ -215,98 +240,6 @@ pub fn report(o: &Options, t: &Totals, timeline: Timeline) -> Report {
         .with("each_member", from, window, &t.each)
         .with("last_member", from, window, &t.last)
         .with("ack", from, window, &t.sent.ack)
-}
-
-/// The open-loop sender of every group (see the module documentation): sends until
-/// `t.end`, reads answers until they are all in or `drain_until`.
-fn send_all(
-    mut senders: Vec<(Connection, u64)>,
-    t: Timeline,
-    per_group: f64,
-    body_len: usize,
-    drain_until: Instant,
-) -> Sent {
-    let mut out = Sent::new();
-    let n = senders.len();
-    let mut epoll = match Epoll::new() {
-        Ok(epoll) => epoll,
-        Err(e) => {
-            report::count(&mut out.errors, format!("epoll: {e}"));
-            return out;
-        }
-    };
-    let mut alive = vec![true; n];
-    for (i, (conn, _)) in senders.iter_mut().enumerate() {
-        if let Err(e) = adopt(&epoll, conn, i, |_| {}) {
-            report::count(&mut out.errors, format!("sender setup: {e}"));
-            alive[i] = false;
-        }
-    }
-    let mut outstanding: Vec<HashMap<u64, Instant>> = vec![HashMap::new(); n];
-    let interval = Duration::from_secs_f64(1.0 / per_group.max(1e-9));
-    let due = |k: u64| t.epoch + heartbeat::offset(k, n as u64, 0, n, interval);
-    let mut k = 0u64;
-    let mut next = due(0);
-    let mut body = vec![0u8; body_len];
-    let mut ready = Vec::new();
-    loop {
-        let now = Instant::now();
-        if next >= t.end && (now >= drain_until || outstanding.iter().all(HashMap::is_empty)) {
-            break;
-        }
-        while next < t.end && next <= now {
-            let i = (k % n as u64) as usize;
-            if let (true, Some((conn, id))) = (alive[i], senders.get_mut(i)) {
-                let frame = stamped_send(*id, &mut body, nanos_since(t.epoch, next));
-                match conn.request(frame) {
-                    Ok(request_id) => {
-                        outstanding[i].insert(request_id, next);
-                        out.sent_with_warmup += 1;
-                        if next >= t.measure_from {
-                            out.sent += 1;
-                        }
-                    }
-                    Err(e) => {
-                        report::count(&mut out.errors, format!("send: {e}"));
-                        alive[i] = false;
-                        outstanding[i].clear();
-                        epoll.remove(conn);
-                    }
-                }
-            }
-            k += 1;
-            next = due(k);
-        }
-        // Whole milliseconds in epoll (never past the due send), the rest asleep on a
-        // high-resolution timer, so sends leave on time.
-        let until = if next < t.end { next } else { drain_until };
-        let wait = until
-            .saturating_duration_since(Instant::now())
-            .min(WAIT_MAX);
-        let whole_ms = Duration::from_millis(wait.as_millis() as u64);
-        epoll.wait(whole_ms, &mut ready);
-        if ready.is_empty() && whole_ms.is_zero() {
-            std::thread::sleep(wait);
-        }
-        for &i in &ready {
-            let (Some((conn, _)), Some(pending)) = (senders.get_mut(i), outstanding.get_mut(i))
-            else {
-                continue;
-            };
-            let result = drain(conn, |Frame { request_id, body }| {
-                if let Some(scheduled) = pending.remove(&request_id) {
-                    answered(&mut out, body, scheduled, t.measure_from);
-                }
-            });
-            if let Err(e) = result {
-                report::count(&mut out.errors, format!("sender recv: {e}"));
-                alive[i] = false;
-                pending.clear();
-                epoll.remove(conn);
-            }
-        }
-    }
-    out
 }
 
 /// Per message: when it was scheduled, how many members got it, the latest (ns after
@@ -319,29 +252,40 @@ struct Fanned {
 }
 
 /// What reader threads saw (messages scheduled in the measured window).
-struct Seen {
-    each: Histogram<u64>,
-    deliveries: u64,
+pub struct Seen {
+    pub each: Histogram<u64>,
+    pub deliveries: u64,
+    /// Per message, when `track_last` (1:1 chat has no "last member" to find).
     fanned: HashMap<(u64, u64), Fanned>,
+    track_last: bool,
     held: usize,
-    errors: HashMap<String, u64>,
+    /// Messages at or below the connection's highest sequence so far (duplicates or
+    /// reordering), and jumps past the next sequence (a gap): both must stay 0.
+    pub repeated: u64,
+    pub gaps: u64,
+    pub errors: HashMap<String, u64>,
 }
 
 impl Seen {
-    fn new() -> Seen {
+    pub fn new(track_last: bool) -> Seen {
         Seen {
             each: histogram(),
             deliveries: 0,
             fanned: HashMap::new(),
+            track_last,
+            repeated: 0,
+            gaps: 0,
             held: 0,
             errors: HashMap::new(),
         }
     }
 
-    fn merge(&mut self, other: Seen) {
+    pub fn merge(&mut self, other: Seen) {
         let _ = self.each.add(&other.each);
         self.deliveries += other.deliveries;
         self.held += other.held;
+        self.repeated += other.repeated;
+        self.gaps += other.gaps;
         for (key, f) in other.fanned {
             let mine = self.fanned.entry(key).or_default();
             mine.scheduled = f.scheduled;
@@ -360,12 +304,22 @@ impl Seen {
         let messages = messages_of(frame.body);
         let now = nanos_since(t.epoch, Instant::now());
         for m in messages {
+            // A device sees each conversation's sequences once and in order (the delivery
+            // contract); the first message a connection sees sets where it starts.
+            if *highest > 0 && m.seq <= *highest {
+                self.repeated += 1;
+            } else if *highest > 0 && m.seq > *highest + 1 {
+                self.gaps += 1;
+            }
             *highest = (*highest).max(m.seq);
             let Some(ns) = stamp_of(&m.body).filter(|&ns| t.measured(ns)) else {
                 continue;
             };
             self.deliveries += 1;
             let _ = self.each.record(now.saturating_sub(ns) / 1000);
+            if !self.track_last {
+                continue;
+            }
             let f = self.fanned.entry((m.conversation_id, m.seq)).or_default();
             f.scheduled = ns;
             f.count += 1;
@@ -374,9 +328,39 @@ impl Seen {
     }
 }
 
-/// Read `conns` (members of the groups given with them) until `stop_at`.
-fn read_members(mut conns: Vec<(Connection, u64)>, t: Timeline, stop_at: Instant) -> Seen {
-    let mut seen = Seen::new();
+/// When readers stop, and what they tell the thread that decides it.
+#[derive(Clone)]
+pub struct Readers {
+    /// Stop at the latest then.
+    pub stop_at: Instant,
+    /// Stop as soon as this is set.
+    pub stop: Arc<AtomicBool>,
+    /// Deliveries counted so far (measured ones), over all readers.
+    pub delivered: Arc<AtomicU64>,
+}
+
+impl Readers {
+    pub fn until(stop_at: Instant) -> Readers {
+        Readers {
+            stop_at,
+            stop: Arc::new(AtomicBool::new(false)),
+            delivered: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Read `conns` (members of the conversations given with them: receivers of 1:1 chat or
+/// group members) until `until` says stop, and send each one's Delivered receipts
+/// coalesced to one per [`RECEIPT_EVERY`]. `track_last`: follow each message to its last
+/// member ([`Seen`]).
+pub fn read_members(
+    mut conns: Vec<(Connection, u64)>,
+    t: Timeline,
+    until: Readers,
+    track_last: bool,
+) -> Seen {
+    let mut seen = Seen::new(track_last);
+    let stop_at = until.stop_at;
     let mut epoll = match Epoll::new() {
         Ok(epoll) => epoll,
         Err(e) => {
@@ -395,11 +379,14 @@ fn read_members(mut conns: Vec<(Connection, u64)>, t: Timeline, stop_at: Instant
             alive[i] = false;
         }
     }
+    until
+        .delivered
+        .fetch_add(seen.deliveries, Ordering::Relaxed);
     let mut next_receipts = Instant::now() + RECEIPT_EVERY;
     let mut ready = Vec::new();
     loop {
         let now = Instant::now();
-        if now >= stop_at {
+        if now >= stop_at || until.stop.load(Ordering::Relaxed) {
             break;
         }
         if now >= next_receipts {
@@ -424,7 +411,12 @@ fn read_members(mut conns: Vec<(Connection, u64)>, t: Timeline, stop_at: Instant
             let (Some((conn, _)), Some(hi)) = (conns.get_mut(i), highest.get_mut(i)) else {
                 continue;
             };
-            if let Err(e) = drain(conn, |frame| seen.take(frame, &t, hi)) {
+            let before = seen.deliveries;
+            let result = drain(conn, |frame| seen.take(frame, &t, hi));
+            until
+                .delivered
+                .fetch_add(seen.deliveries - before, Ordering::Relaxed);
+            if let Err(e) = result {
                 report::count(&mut seen.errors, format!("member recv: {e}"));
                 alive[i] = false;
                 epoll.remove(conn);

@@ -8,7 +8,11 @@
 //!   from the *scheduled* time, so a stalled server is charged for the sends it delayed:
 //!   coordinated-omission correction as in wrk2), or with `--rate 0` in a closed loop
 //!   with `--window` sends outstanding per sender (the maximum rate). Each body carries its
-//!   scheduled send time; the receiver records send→deliver, the sender send→ack.
+//!   scheduled send time; the receiver records send→deliver, the sender send→ack. One
+//!   epoll thread sends for every pair (`senders.rs`) and one per route reads the
+//!   receivers (`groups::read_members`), so the load generator costs little CPU on the
+//!   host it shares with the server; its own send lateness is reported beside the
+//!   latencies, and each receiver's sequences are checked for gaps and repeats.
 //!   Against a cluster, `--placement same-node|cross-node` chooses users by their home
 //!   node and `--owner` by the node owning their conversation (see `cluster.rs`); every
 //!   session connects to its user's home node, and the figures are also given per route
@@ -53,8 +57,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -67,13 +70,15 @@ mod heartbeat;
 mod mixed;
 mod presence;
 mod report;
+mod senders;
 mod storm;
 
 use hdrhistogram::Histogram;
 use report::{latency, latency_line, Report};
+use senders::Pace;
 use wire::client::http::{self, Login};
 use wire::client::{new_key, sync_until_live, Connection, Transport};
-use wire::message::{Body, Frame, MessageKind, ReceiptKind, Send, StoredMessage};
+use wire::message::{Body, MessageKind, Send, StoredMessage};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -649,6 +654,8 @@ struct ChatStats {
     pairs: usize,
     deliver: Histogram<u64>,
     ack: Histogram<u64>,
+    /// The load generator's own send lateness (see `senders.rs`).
+    late: Histogram<u64>,
     sent: u64,
     delivered: u64,
 }
@@ -659,6 +666,7 @@ impl ChatStats {
             pairs: 0,
             deliver: histogram(),
             ack: histogram(),
+            late: histogram(),
             sent: 0,
             delivered: 0,
         }
@@ -673,6 +681,9 @@ struct ChatTotals {
     cross_node_pairs: usize,
     /// Sends including the warm-up (to relate server counters to messages).
     sent_with_warmup: u64,
+    /// Deliveries repeated or out of order, and gaps (`groups::Seen`): must be 0.
+    repeated: u64,
+    gaps: u64,
     errors: HashMap<String, u64>,
 }
 
@@ -757,37 +768,51 @@ fn chat_setup(cli: &Cli, o: ChatOptions) -> Result<ChatSetup> {
     })
 }
 
-/// Run the pairs on `t`'s timeline; returns once every sender is done and the receivers
-/// have had half a second for what was in flight.
+/// Run the pairs on `t`'s timeline (one epoll thread sends for every pair, one reads
+/// the receivers of each route: `senders.rs`, `groups::read_members`); returns once the
+/// senders have their answers and every measured send was delivered, or
+/// [`DELIVERY_GRACE`] after the end.
 fn chat_run(setup: ChatSetup, t: Timeline) -> Result<ChatTotals> {
     let o = setup.o;
-    let stop = Arc::new(AtomicBool::new(false));
-    let delivered = Arc::new(AtomicU64::new(0));
-    let per_sender = if o.rate == 0 {
-        0.0
+    let pace = if o.rate == 0 {
+        Pace::Closed { window: o.window }
     } else {
-        o.rate as f64 / o.pairs as f64
+        Pace::Open {
+            per_sender: o.rate as f64 / o.pairs as f64,
+        }
     };
-    let mut receivers = Vec::new();
-    let mut senders = Vec::new();
+    let drain_until = t.end + DELIVERY_GRACE;
+    let readers = groups::Readers::until(drain_until);
     let mut routes = Vec::new();
+    let mut senders = Vec::new();
+    let mut receivers: std::collections::BTreeMap<cluster::Route, Vec<(Connection, u64)>> =
+        Default::default();
     for pair in setup.pairs {
-        let (id, stop_r, count) = (pair.conversation_id, stop.clone(), delivered.clone());
-        let rconn = pair.receiver;
-        receivers.push(std::thread::spawn(move || {
-            receive(rconn, id, t, stop_r, count)
-        }));
-        let (window, body, sconn) = (o.window, o.body, pair.sender);
-        senders.push(std::thread::spawn(move || {
-            send(sconn, id, t, per_sender, window, body)
-        }));
         routes.push(pair.route);
+        senders.push((pair.sender, pair.conversation_id));
+        receivers
+            .entry(pair.route)
+            .or_default()
+            .push((pair.receiver, pair.conversation_id));
     }
+    let reading: Vec<_> = receivers
+        .into_iter()
+        .map(|(route, conns)| {
+            let until = readers.clone();
+            let thread = std::thread::spawn(move || groups::read_members(conns, t, until, false));
+            (route, thread)
+        })
+        .collect();
+    let body = o.body;
+    let sending =
+        std::thread::spawn(move || senders::send_all(senders, t, pace, body, drain_until));
     let mut totals = ChatTotals {
         all: ChatStats::new(),
         routes: Default::default(),
         cross_node_pairs: setup.cross_node_pairs,
         sent_with_warmup: 0,
+        repeated: 0,
+        gaps: 0,
         errors: HashMap::new(),
     };
     for route in &routes {
@@ -798,39 +823,39 @@ fn chat_run(setup: ChatSetup, t: Timeline) -> Result<ChatTotals> {
             .pairs += 1;
     }
     totals.all.pairs = routes.len();
-    for (s, route) in senders.into_iter().zip(&routes) {
-        let sent = s.join().map_err(|_| "sender panicked")?;
+    let sent_by_pair = sending.join().map_err(|_| "sender panicked")?;
+    for (sent, route) in sent_by_pair.into_iter().zip(&routes) {
         totals.sent_with_warmup += sent.sent_with_warmup;
         for stats in [
             &mut totals.all,
             totals.routes.entry(*route).or_insert_with(ChatStats::new),
         ] {
             let _ = stats.ack.add(&sent.ack);
+            let _ = stats.late.add(&sent.late);
             stats.sent += sent.sent;
         }
         report::merge_errors(&mut totals.errors, sent.errors);
     }
-    // Give deliveries in flight a moment (until all arrived, at most DELIVERY_GRACE),
-    // then stop the receivers.
+    // Deliveries in flight get until every measured send arrived (at most until
+    // `drain_until`), then the readers stop.
     let sent = totals.all.sent;
-    let grace_end = Instant::now() + DELIVERY_GRACE;
-    while delivered.load(Ordering::Relaxed) < sent && Instant::now() < grace_end {
+    while readers.delivered.load(Ordering::Relaxed) < sent && Instant::now() < drain_until {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(50));
-    stop.store(true, Ordering::Relaxed);
-    for (r, route) in receivers.into_iter().zip(&routes) {
-        let (deliver, delivered, error) = r.join().map_err(|_| "receiver panicked")?;
+    readers.stop.store(true, Ordering::Relaxed);
+    for (route, thread) in reading {
+        let seen = thread.join().map_err(|_| "receiver panicked")?;
         for stats in [
             &mut totals.all,
-            totals.routes.entry(*route).or_insert_with(ChatStats::new),
+            totals.routes.entry(route).or_insert_with(ChatStats::new),
         ] {
-            let _ = stats.deliver.add(&deliver);
-            stats.delivered += delivered;
+            let _ = stats.deliver.add(&seen.each);
+            stats.delivered += seen.deliveries;
         }
-        if let Some(error) = error {
-            report::count(&mut totals.errors, error);
-        }
+        totals.repeated += seen.repeated;
+        totals.gaps += seen.gaps;
+        report::merge_errors(&mut totals.errors, seen.errors);
     }
     Ok(totals)
 }
@@ -843,6 +868,8 @@ fn nanos_since(epoch: Instant, t: Instant) -> u64 {
 struct Sent {
     /// Scheduled send → ack, µs.
     ack: Histogram<u64>,
+    /// Scheduled send → the frame written (the load generator's own lateness), µs.
+    late: Histogram<u64>,
     sent: u64,
     sent_with_warmup: u64,
     errors: HashMap<String, u64>,
@@ -852,96 +879,20 @@ impl Sent {
     fn new() -> Sent {
         Sent {
             ack: histogram(),
+            late: histogram(),
             sent: 0,
             sent_with_warmup: 0,
             errors: HashMap::new(),
         }
     }
-}
 
-/// One sender of `chat`: at `per_sec` (open loop) or with `window` sends outstanding
-/// (closed loop, `per_sec` 0) until `t.end`, then reading the answers still owed for at
-/// most [`DELIVERY_GRACE`].
-fn send(
-    mut conn: Connection,
-    id: u64,
-    t: Timeline,
-    per_sec: f64,
-    window: usize,
-    body_len: usize,
-) -> Sent {
-    let mut out = Sent::new();
-    let mut outstanding: HashMap<u64, Instant> = HashMap::new();
-    let interval = if per_sec > 0.0 {
-        Duration::from_secs_f64(1.0 / per_sec)
-    } else {
-        Duration::ZERO
-    };
-    let mut next = Instant::now();
-    let mut body = vec![0u8; body_len];
-    loop {
-        let now = Instant::now();
-        // After the end, only the answers still owed are read (for a while).
-        let sending = now < t.end;
-        if !sending && (outstanding.is_empty() || now >= t.end + DELIVERY_GRACE) {
-            break;
-        }
-        let may_send = sending
-            && if per_sec > 0.0 {
-                now >= next
-            } else {
-                outstanding.len() < window
-            };
-        if may_send {
-            let scheduled = if per_sec > 0.0 { next } else { now };
-            let frame = stamped_send(id, &mut body, nanos_since(t.epoch, scheduled));
-            match conn.request(frame) {
-                Ok(request_id) => {
-                    outstanding.insert(request_id, scheduled);
-                    out.sent_with_warmup += 1;
-                    if scheduled >= t.measure_from {
-                        out.sent += 1;
-                    }
-                }
-                Err(e) => {
-                    report::count(&mut out.errors, format!("send: {e}"));
-                    break;
-                }
-            }
-            next += interval;
-            continue;
-        }
-        let wait = if per_sec > 0.0 && sending {
-            next.saturating_duration_since(now)
-                .min(Duration::from_millis(50))
-        } else {
-            Duration::from_millis(50)
-        };
-        // Wait with ppoll (a high-resolution timer), then take what arrived without
-        // blocking: a socket read timeout (SO_RCVTIMEO) counts in jiffies and would wake
-        // the sender up to a few ms late, which the open loop charges as latency.
-        wait_readable(&mut conn, wait);
-        // Take every frame that arrived, not one: frames read together sit in the
-        // connection's buffer where ppoll cannot see them, so one left behind (an ack
-        // that came in the same read as a receipt) would wait for the next send or the
-        // 50 ms cap — which once showed up as "remote acks wait for the next frame".
-        loop {
-            match conn.recv(Duration::ZERO) {
-                Ok(Some(Frame { request_id, body })) => {
-                    let Some(scheduled) = outstanding.remove(&request_id) else {
-                        continue;
-                    };
-                    answered(&mut out, body, scheduled, t.measure_from);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    report::count(&mut out.errors, format!("recv: {e}"));
-                    return out;
-                }
-            }
-        }
+    fn merge(&mut self, other: Sent) {
+        let _ = self.ack.add(&other.ack);
+        let _ = self.late.add(&other.late);
+        self.sent += other.sent;
+        self.sent_with_warmup += other.sent_with_warmup;
+        report::merge_errors(&mut self.errors, other.errors);
     }
-    out
 }
 
 /// Count the answer to a send scheduled at `scheduled`: an ack (its latency, if measured)
@@ -956,48 +907,6 @@ fn answered(out: &mut Sent, body: Body, scheduled: Instant, measure_from: Instan
         Body::Error(e) => report::count(&mut out.errors, format!("send: {:?}", e.code)),
         _ => {}
     }
-}
-
-/// The receiver of a chat pair: counts (also into `count`, shared by all receivers) and
-/// times the measured deliveries until `stop`.
-fn receive(
-    mut conn: Connection,
-    id: u64,
-    t: Timeline,
-    stop: Arc<AtomicBool>,
-    count: Arc<AtomicU64>,
-) -> (Histogram<u64>, u64, Option<String>) {
-    let mut latency = histogram();
-    let mut delivered = 0u64;
-    let mut highest = 0u64;
-    let mut last_receipt = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let frame = match conn.recv(Duration::from_millis(50)) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => continue,
-            Err(e) => return (latency, delivered, Some(format!("receiver: {e}"))),
-        };
-        let messages = messages_of(frame.body);
-        let now = Instant::now();
-        for m in messages {
-            highest = highest.max(m.seq);
-            let Some(ns) = stamp_of(&m.body) else {
-                continue;
-            };
-            if t.measured(ns) {
-                delivered += 1;
-                count.fetch_add(1, Ordering::Relaxed);
-                let scheduled = t.epoch + Duration::from_nanos(ns);
-                let _ = latency.record(now.saturating_duration_since(scheduled).as_micros() as u64);
-            }
-        }
-        // Delivered receipts, coalesced: what a real client does.
-        if now.duration_since(last_receipt) > Duration::from_millis(100) {
-            let _ = conn.receipt(id, ReceiptKind::Delivered, highest);
-            last_receipt = now;
-        }
-    }
-    (latency, delivered, None)
 }
 
 fn chat_report(o: &ChatOptions, t: &ChatTotals, timeline: Timeline) -> Report {
@@ -1040,6 +949,9 @@ fn chat_report(o: &ChatOptions, t: &ChatTotals, timeline: Timeline) -> Report {
         "delivered_per_sec": (a.delivered as f64 / secs).round(),
         "deliver_us": latency(&a.deliver),
         "ack_us": latency(&a.ack),
+        "send_late_us": latency(&a.late),
+        "repeated": t.repeated,
+        "gaps": t.gaps,
         "routes": routes,
         "errors": t.errors,
     });
@@ -1066,8 +978,16 @@ fn chat_report(o: &ChatOptions, t: &ChatTotals, timeline: Timeline) -> Report {
         a.delivered,
         a.delivered as f64 / secs
     );
+    if t.repeated + t.gaps > 0 {
+        let _ = writeln!(
+            out,
+            "  ORDER BROKEN: {} deliveries repeated or reordered, {} gaps",
+            t.repeated, t.gaps
+        );
+    }
     latency_line(&mut out, "send->deliver", &a.deliver);
     latency_line(&mut out, "send->ack", &a.ack);
+    latency_line(&mut out, "send lateness", &a.late);
     let _ = writeln!(
         out,
         "  by route (node-link hops send->deliver / send->ack):"
@@ -1363,24 +1283,6 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
-}
-
-/// Block until the connection's socket is readable or `timeout` passes.
-fn wait_readable(conn: &mut Connection, timeout: Duration) {
-    use std::os::fd::AsRawFd;
-    let mut fds = libc::pollfd {
-        fd: conn.raw_stream().as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
-    unsafe {
-        libc::ppoll(&mut fds, 1, &ts, std::ptr::null());
-    }
 }
 
 /// VmRSS of a process, in bytes.

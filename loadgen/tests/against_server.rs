@@ -163,6 +163,8 @@ fn idle_over_worker_processes_and_a_chat_run_report_consistent_figures() {
     assert_eq!(chat["acked"], sent, "every send acknowledged: {chat}");
     assert_eq!(chat["delivered"], sent, "every send delivered: {chat}");
     assert_eq!(chat["errors"], json!({}), "{chat}");
+    assert_eq!(chat["gaps"], 0, "each receiver saw its sequences in order: {chat}");
+    assert_eq!(chat["repeated"], 0, "{chat}");
 }
 
 /// The histograms of an interval log, by tag.
@@ -210,6 +212,8 @@ fn check_groups(g: &Value) {
     );
     assert_eq!(n(&g["complete"]), sent, "{g}");
     assert_eq!(g["errors"], json!({}), "{g}");
+    assert_eq!(g["gaps"], 0, "each member saw its sequences in order: {g}");
+    assert_eq!(g["repeated"], 0, "{g}");
 }
 
 /// A storm report: every dropped device reconnected and got every missed message once.

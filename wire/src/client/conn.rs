@@ -619,10 +619,7 @@ impl Connection {
                     return Ok(None);
                 }
                 looked_without_waiting = true;
-                self.stream.set_nonblocking(true)?;
-                let result = self.stream.read(&mut self.chunk);
-                self.stream.set_nonblocking(false)?;
-                result
+                read_now(&self.stream, &mut self.chunk)
             } else {
                 self.stream.set_read_timeout(Some(remaining))?;
                 self.stream.read(&mut self.chunk)
@@ -722,6 +719,27 @@ impl Connection {
         self.closed = Some((code, reason.clone()));
         ClientError::Closed { code, reason }
     }
+}
+
+/// Read what `stream` already has into `buf`, without waiting (`WouldBlock` if nothing):
+/// `recv(2)` with `MSG_DONTWAIT` is one system call, where switching the socket to
+/// non-blocking and back around a read is three; load generators and bots polling many
+/// connections make this call once or twice per readiness.
+fn read_now(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket descriptor and a writable buffer of the given length.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 fn poll_ws(codec: &mut WsCodec, json: bool) -> Polled {
