@@ -476,8 +476,51 @@ impl Metrics {
             let _ = writeln!(out, "{name}{{shard=\"{i}\",listener=\"http\"}} {http}");
             let _ = writeln!(out, "{name}{{shard=\"{i}\",listener=\"tcp\"}} {tcp}");
         }
+        process_family(&mut out);
         out
     }
+}
+
+/// The process's own resident memory and CPU time, under the names Prometheus client
+/// libraries use, so a load generator on another host can work out memory per connection
+/// (`loadgen idle --server-metrics`) and dashboards need nothing special. Read from
+/// `/proc/self` at each scrape; absent where there is no `/proc`.
+fn process_family(out: &mut String) {
+    if let Some(rss) = process_rss_bytes() {
+        let name = "process_resident_memory_bytes";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Resident memory size in bytes.\n# TYPE {name} gauge\n{name} {rss}"
+        );
+    }
+    if let Some(cpu) = process_cpu_seconds() {
+        let name = "process_cpu_seconds_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Total user and system CPU time spent in seconds.\n# TYPE {name} counter\n{name} {cpu}"
+        );
+    }
+}
+
+fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 /// Picks one counter out of a shard's slot.
@@ -499,6 +542,12 @@ mod tests {
         assert!(text.contains("confab_connections{shard=\"0\"} 0\n"));
         assert!(text.contains("confab_connections{shard=\"1\"} 1\n"));
         assert!(text.contains("confab_connections_accepted_total{shard=\"1\",listener=\"tcp\"} 1"));
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(rss.is_some_and(|b| b > 0), "{text}");
+        assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
         metrics.shard(1).closed();
         assert_eq!(metrics.shard(1).connections(), 0);
     }

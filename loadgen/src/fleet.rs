@@ -7,18 +7,22 @@
 //! 1. registers `--users` users and logs them in (through `--http`; a cluster forwards to
 //!    each user's home) and, against a cluster, asks `/v1/discover` for each user's home
 //!    node: every connection goes straight to its user's home;
-//! 2. writes the plan (one `token address` line per user) to a file and starts `W`
-//!    copies of itself as `loadgen idle-worker`, worker `w` owning the contiguous
+//! 2. starts `W` copies of itself as `loadgen idle-worker` (directly, or through
+//!    `--worker-via` commands such as `ssh host`, round robin, running `--worker-exe`
+//!    there) and sends each the plan on its stdin (one `token address` line per user,
+//!    then `end`), worker `w` owning the contiguous
 //!    connections `first..first + count` of the total (connection `i` is user
 //!    `i % users`), each opening at `--connect-rate / W` per second;
 //! 3. reads the workers' progress lines, shows a live line on a terminal, and once all
 //!    of them report `connected`, sends every worker `go <epoch> <warm-up> <window>` on its
 //!    stdin: a shared timeline (wall-clock epoch) so the heartbeats of all workers are
 //!    spread evenly over all connections (see `heartbeat.rs`);
-//! 4. samples the servers (RSS and CPU from `/proc/<pid>` for every `--server-pid`) and the
+//! 4. samples the servers (RSS and CPU from `/proc/<pid>` for every `--server-pid`, and
+//!    from `/metrics` for every `--server-metrics` address) and the
 //!    kernel (`Slab` in `/proc/meminfo`, TCP pages in `/proc/net/sockstat`) before the
 //!    first connection and at the end of the window, merges the workers' `result` lines
-//!    (histograms as `[value, count]` pairs) and reports.
+//!    (histograms as `[value, count]` pairs) and reports. The kernel figures are the
+//!    coordinator's host: they describe the servers only when those run there.
 //!
 //! Worker protocol, one line each on stdout: `opened <n>` (progress), `connected <n>
 //! <failed> <seconds>`, then after `go`: `result <json>`. A worker that fails to start
@@ -65,7 +69,11 @@ pub struct Options {
     pub conns: usize,
     pub users: usize,
     pub workers: usize,
-    pub server_pids: Vec<u32>,
+    pub servers: Servers,
+    /// Commands that start workers elsewhere (`--worker-via`), round robin; empty: here.
+    pub launchers: Vec<String>,
+    /// The binary the workers run; default: this executable.
+    pub worker_exe: Option<PathBuf>,
     pub window: Duration,
     pub ping_interval: Duration,
     /// Connections opened per second over all workers; 0 = as fast as they go.
@@ -98,11 +106,8 @@ pub fn run(cli: &Cli, o: Options) -> Result<crate::report::Report> {
     // Let the servers return the memory the password hashing of the logins took, so it
     // does not hide in the baseline.
     std::thread::sleep(SETTLE);
-    let dir = std::env::temp_dir().join(format!("loadgen-{}", run_id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let plan_path = dir.join("plan");
-    write_plan(&plan_path, &users)?;
-    let before = HostSample::take(&o.server_pids);
+    let plan = plan_text(&users);
+    let before = HostSample::take(&o.servers);
     let workers = o.workers.min(o.conns.max(1));
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let mut children = Vec::with_capacity(workers);
@@ -122,14 +127,19 @@ pub fn run(cli: &Cli, o: Options) -> Result<crate::report::Report> {
             rate,
             ping_interval: o.ping_interval,
         };
-        let (child, stdin) = spawn_worker(cli, &plan_path, &shares, w, &tx)?;
+        let launcher = (!o.launchers.is_empty()).then(|| &o.launchers[w % o.launchers.len()]);
+        let how = Launch {
+            launcher,
+            exe: o.worker_exe.as_deref(),
+        };
+        let (child, stdin) = spawn_worker(cli, how, &plan, &shares, w, &tx)?;
         children.push(child);
         stdins.push(stdin);
     }
     drop(tx);
     let connected = wait_connected(&rx, workers, o.conns, started)?;
     let connect_secs = started.elapsed().as_secs_f64();
-    let after_connect = HostSample::take(&o.server_pids);
+    let after_connect = HostSample::take(&o.servers);
     // The shared timeline: every worker starts its window from the same wall-clock epoch.
     let epoch = SystemTime::now() + GO_LEAD;
     let epoch_ns = epoch
@@ -152,16 +162,15 @@ pub fn run(cli: &Cli, o: Options) -> Result<crate::report::Report> {
     }
     let measure_from = Instant::now() + GO_LEAD + warmup;
     sleep_until(measure_from);
-    let cpu_before = CpuTotals::take(&o.server_pids);
+    let cpu_before = CpuTotals::take(&o.servers);
     sleep_until(measure_from + o.window);
-    let cpu_after = CpuTotals::take(&o.server_pids);
-    let end = HostSample::take(&o.server_pids);
+    let cpu_after = CpuTotals::take(&o.servers);
+    let end = HostSample::take(&o.servers);
     let results = collect_results(&rx, workers)?;
     drop(stdins);
     for mut child in children {
         let _ = child.wait();
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let report = FleetReport {
         conns: o.conns,
         users: o.users,
@@ -263,17 +272,34 @@ fn register_users(
     Ok(out)
 }
 
-fn write_plan(path: &Path, users: &[PlanUser]) -> Result<()> {
+/// The plan as the workers read it: one `token address` line per user, then `end`.
+fn plan_text(users: &[PlanUser]) -> String {
     let mut text = String::new();
     for u in users {
-        text.push_str(&format!("{} {}\n", u.token, u.addr));
+        let _ = writeln!(text, "{} {}", u.token, u.addr);
     }
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    text.push_str("end\n");
+    text
 }
 
+/// Read a plan from `path`, or from stdin (up to its `end` line) when `path` is `-`.
 fn read_plan(path: &Path) -> Result<Vec<PlanUser>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        for line in std::io::stdin().lock().lines() {
+            let line = line.map_err(|e| format!("reading the plan: {e}"))?;
+            if line == "end" {
+                break;
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+    };
     text.lines()
+        .filter(|line| *line != "end")
         .map(|line| {
             let (token, addr) = line
                 .split_once(' ')
@@ -289,6 +315,21 @@ fn read_plan(path: &Path) -> Result<Vec<PlanUser>> {
         .collect()
 }
 
+/// How a worker process is started.
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    /// A command the worker's command line is appended to (run by `sh -c`), e.g.
+    /// `ssh host`; `None`: started directly.
+    launcher: Option<&'a String>,
+    /// The binary; default: this executable.
+    exe: Option<&'a Path>,
+}
+
+/// Quote `word` for `sh` (and for the remote shell an `ssh` launcher hands it to).
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
 /// What one worker is given.
 struct Share {
     first: usize,
@@ -298,40 +339,65 @@ struct Share {
     ping_interval: Duration,
 }
 
+/// Start worker `w` (see [`Launch`]) and send it the plan; its stdout lines go to `tx`.
 fn spawn_worker(
     cli: &Cli,
-    plan: &Path,
+    how: Launch<'_>,
+    plan: &str,
     s: &Share,
     w: usize,
     tx: &mpsc::Sender<(usize, String)>,
 ) -> Result<(Child, ChildStdin)> {
-    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let exe = match how.exe {
+        Some(exe) => exe.to_path_buf(),
+        None => std::env::current_exe().map_err(|e| format!("own executable: {e}"))?,
+    };
     let transport = match cli.transport {
         crate::Proto::Tcp => "tcp",
         crate::Proto::Ws => "ws",
         crate::Proto::WsJson => "ws-json",
     };
-    let mut child = Command::new(exe)
-        .args(["--transport", transport, "idle-worker", "--plan"])
-        .arg(plan)
-        .args([
-            "--first",
-            &s.first.to_string(),
-            "--count",
-            &s.count.to_string(),
-            "--total",
-            &s.total.to_string(),
-            "--connect-rate",
-            &s.rate.to_string(),
-            "--ping-interval-ms",
-            &s.ping_interval.as_millis().to_string(),
-        ])
+    let args = [
+        "--transport".to_string(),
+        transport.to_string(),
+        "idle-worker".to_string(),
+        "--plan".to_string(),
+        "-".to_string(),
+        "--first".to_string(),
+        s.first.to_string(),
+        "--count".to_string(),
+        s.count.to_string(),
+        "--total".to_string(),
+        s.total.to_string(),
+        "--connect-rate".to_string(),
+        s.rate.to_string(),
+        "--ping-interval-ms".to_string(),
+        s.ping_interval.as_millis().to_string(),
+    ];
+    let mut command = match how.launcher {
+        None => {
+            let mut command = Command::new(&exe);
+            command.args(&args);
+            command
+        }
+        Some(launcher) => {
+            let mut line = format!("{launcher} {}", shell_quote(&exe.to_string_lossy()));
+            for arg in &args {
+                line.push(' ');
+                line.push_str(&shell_quote(arg));
+            }
+            let mut command = Command::new("sh");
+            command.arg("-c").arg(line);
+            command
+        }
+    };
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("starting worker {w}: {e}"))?;
-    let stdin = child.stdin.take().ok_or("worker stdin")?;
+    let mut stdin = child.stdin.take().ok_or("worker stdin")?;
     let stdout = child.stdout.take().ok_or("worker stdout")?;
     let tx = tx.clone();
     std::thread::spawn(move || {
@@ -343,6 +409,10 @@ fn spawn_worker(
         }
         let _ = tx.send((w, "exit".to_string()));
     });
+    stdin
+        .write_all(plan.as_bytes())
+        .and_then(|()| stdin.flush())
+        .map_err(|e| format!("sending worker {w} its plan: {e}"))?;
     Ok((child, stdin))
 }
 
@@ -647,15 +717,65 @@ struct HostSample {
     tcp_buffers: Option<u64>,
 }
 
+/// The servers whose memory and CPU a run reports: local pids (read from /proc) and
+/// HTTP addresses (read from their `/metrics`, for servers on other hosts).
+#[derive(Clone, Debug, Default)]
+pub struct Servers {
+    pub pids: Vec<u32>,
+    pub metrics: Vec<SocketAddr>,
+}
+
+impl Servers {
+    /// Sum of resident memory; `None` with no server given or if one cannot be read.
+    fn rss(&self) -> Option<u64> {
+        if self.pids.is_empty() && self.metrics.is_empty() {
+            return None;
+        }
+        let local: Option<u64> = self.pids.iter().map(|&p| rss_bytes(p)).sum();
+        let remote: Option<f64> = self
+            .metrics
+            .iter()
+            .map(|&a| scrape(a, "process_resident_memory_bytes"))
+            .sum();
+        Some(local? + remote? as u64)
+    }
+
+    /// Sum of CPU-seconds; `None` as for [`Servers::rss`].
+    fn cpu_seconds(&self) -> Option<f64> {
+        if self.pids.is_empty() && self.metrics.is_empty() {
+            return None;
+        }
+        let local: Option<f64> = self.pids.iter().map(|p| cpu_seconds(&p.to_string())).sum();
+        let remote: Option<f64> = self
+            .metrics
+            .iter()
+            .map(|&a| scrape(a, "process_cpu_seconds_total"))
+            .sum();
+        Some(local? + remote?)
+    }
+}
+
+/// The value of the unlabelled sample `name` in `addr`'s `/metrics`.
+fn scrape(addr: SocketAddr, name: &str) -> Option<f64> {
+    let answer = wire::client::http::request(addr, "GET", "/metrics", &[], None).ok()?;
+    if answer.status != 200 {
+        return None;
+    }
+    metric_value(&String::from_utf8_lossy(&answer.body), name)
+}
+
+/// `name value` in a Prometheus text exposition.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
 impl HostSample {
-    fn take(pids: &[u32]) -> HostSample {
-        let server_rss = if pids.is_empty() {
-            None
-        } else {
-            pids.iter().map(|&p| rss_bytes(p)).sum()
-        };
+    fn take(servers: &Servers) -> HostSample {
         HostSample {
-            server_rss,
+            server_rss: servers.rss(),
             slab: meminfo_bytes("Slab:"),
             tcp_buffers: sockstat_tcp_pages().map(|p| p * 4096),
         }
@@ -685,15 +805,10 @@ struct CpuTotals {
 }
 
 impl CpuTotals {
-    fn take(pids: &[u32]) -> CpuTotals {
-        let server = if pids.is_empty() {
-            None
-        } else {
-            pids.iter().map(|p| cpu_seconds(&p.to_string())).sum()
-        };
+    fn take(servers: &Servers) -> CpuTotals {
         CpuTotals {
             at: Instant::now(),
-            server,
+            server: servers.cpu_seconds(),
         }
     }
 
@@ -851,6 +966,32 @@ fn sleep_until(at: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_values_are_found_by_exact_name() {
+        let text = "# HELP process_resident_memory_bytes x\n\
+                    process_resident_memory_bytes_extra 1\n\
+                    process_resident_memory_bytes 123456\n\
+                    process_cpu_seconds_total 1.5\n";
+        assert_eq!(
+            metric_value(text, "process_resident_memory_bytes"),
+            Some(123456.0)
+        );
+        assert_eq!(metric_value(text, "process_cpu_seconds_total"), Some(1.5));
+        assert_eq!(metric_value(text, "missing"), None);
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes_and_spaces() {
+        assert_eq!(shell_quote("/opt/load gen"), "'/opt/load gen'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote("a 'b' $c")))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a 'b' $c");
+    }
 
     #[test]
     fn shares_cover_every_connection_once() {

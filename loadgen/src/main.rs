@@ -201,6 +201,22 @@ enum Scenario {
         /// read resident memory and CPU time from /proc.
         #[arg(long, value_delimiter = ',')]
         server_pid: Vec<u32>,
+        /// A server's HTTP address (several, comma-separated): read its resident memory
+        /// and CPU time from its `/metrics` (`process_resident_memory_bytes`,
+        /// `process_cpu_seconds_total`), for servers on other hosts. Adds to
+        /// --server-pid; runs the coordinator (fleet.rs).
+        #[arg(long, value_delimiter = ',')]
+        server_metrics: Vec<SocketAddr>,
+        /// Start worker processes through this command (repeat it for several hosts;
+        /// workers go to them round robin), e.g. `--worker-via "ssh lg1"`: the worker's
+        /// command line is appended and run by `sh -c`. The plan goes over the worker's
+        /// stdin, so nothing but the binary needs to exist on the other host.
+        #[arg(long)]
+        worker_via: Vec<String>,
+        /// The loadgen binary the workers run (where --worker-via starts them); default:
+        /// this executable's path.
+        #[arg(long)]
+        worker_exe: Option<PathBuf>,
         /// Seconds of the measurement window: from the last connection opened (with
         /// pings, after a 1 s warm-up of pinging).
         #[arg(long, visible_alias = "hold", default_value_t = 3)]
@@ -229,6 +245,7 @@ enum Scenario {
     /// One worker process of `idle --workers` (started by the coordinator).
     #[command(hide = true)]
     IdleWorker {
+        /// Where the plan comes from: a file, or `-` for stdin (ending with a line `end`).
         #[arg(long)]
         plan: std::path::PathBuf,
         #[arg(long)]
@@ -381,15 +398,28 @@ fn run(cli: &Cli) -> Result<Option<Report>> {
             workers,
             connect_rate,
             nodes,
+            ref server_metrics,
+            ref worker_via,
+            ref worker_exe,
             ..
-        } if workers.is_some() || conns > fleet::WORKER_CONNS_MAX || server_pid.len() > 1 => {
+        } if workers.is_some()
+            || conns > fleet::WORKER_CONNS_MAX
+            || server_pid.len() > 1
+            || !server_metrics.is_empty()
+            || !worker_via.is_empty() =>
+        {
             fleet::run(
                 cli,
                 fleet::Options {
                     conns,
                     users: users.max(1),
                     workers: fleet::workers_for(conns, workers.unwrap_or(0)),
-                    server_pids: server_pid.clone(),
+                    servers: fleet::Servers {
+                        pids: server_pid.clone(),
+                        metrics: server_metrics.clone(),
+                    },
+                    launchers: worker_via.clone(),
+                    worker_exe: worker_exe.clone(),
                     window: Duration::from_secs(duration),
                     ping_interval: Duration::from_millis(ping_interval_ms),
                     connect_rate,

@@ -157,13 +157,48 @@ fn idle_over_worker_processes_and_a_chat_run_report_consistent_figures() {
     );
     assert!(idle["connect_per_sec"].as_f64().unwrap() > 0.0, "{idle}");
 
+    // Workers started through a launcher command (as `ssh host` would), the plan sent
+    // over their stdin, and the server's memory read from its /metrics, as for a server
+    // on another host.
+    let http = server.http.clone();
+    let remote = server.loadgen(&[
+        "idle",
+        "--conns",
+        "300",
+        "--users",
+        "3",
+        "--workers",
+        "2",
+        "--worker-via",
+        "env",
+        "--server-metrics",
+        &http,
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(remote["workers"], 2, "{remote}");
+    assert_eq!(remote["opened"], 300, "{remote}");
+    assert_eq!(remote["held"], 300, "{remote}");
+    assert_eq!(remote["error_count"], 0, "{remote}");
+    // No --server-pid: the server's resident memory can only have come from /metrics
+    // (per connection it may come out 0 here: the first run's memory is reused).
+    for sample in ["server_rss_before", "server_rss_end"] {
+        assert!(
+            remote[sample].as_u64().unwrap_or(0) > 1_000_000,
+            "{sample} from /metrics: {remote}"
+        );
+    }
+
     let chat = server.loadgen(&["chat", "--pairs", "4", "--rate", "200", "--duration", "2"]);
     let sent = chat["sent"].as_u64().unwrap();
     assert!(sent >= 300, "{chat}");
     assert_eq!(chat["acked"], sent, "every send acknowledged: {chat}");
     assert_eq!(chat["delivered"], sent, "every send delivered: {chat}");
     assert_eq!(chat["errors"], json!({}), "{chat}");
-    assert_eq!(chat["gaps"], 0, "each receiver saw its sequences in order: {chat}");
+    assert_eq!(
+        chat["gaps"], 0,
+        "each receiver saw its sequences in order: {chat}"
+    );
     assert_eq!(chat["repeated"], 0, "{chat}");
 }
 
