@@ -106,9 +106,10 @@ for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break;
 
 # Nodes: SHARDS shards each, spread over the cores; cheap password hashing (the run logs
 # thousands of users in; hashing is not what is measured), 16 MiB log segments (60 logs
-# with 256 MiB active + spare segments would write 30 GB of zeros). loadgen starts the heartbeats
-# only once every connection is open, so the idle timeout covers the ramp and the hold
-# (a real client heartbeats from its first second).
+# with 256 MiB active + spare segments would write 30 GB of zeros). loadgen's workers ping
+# their connections while they ramp, but one that has opened its share waits for the others
+# (and the coordinator's `go`) without pinging, so the idle timeout covers the ramp and the
+# hold all the same.
 IDLE_MS=$(( (HOLD + 3600) * 1000 ))
 for ((n = 0; n < NODES; n++)); do
     mkdir -p "$WORK/n$n"

@@ -12,7 +12,8 @@
 //!    there) and sends each the plan on its stdin (one `token address` line per user,
 //!    then `end`), worker `w` owning the contiguous
 //!    connections `first..first + count` of the total (connection `i` is user
-//!    `i % users`), each opening at `--connect-rate / W` per second;
+//!    `i % users`), each opening at `--connect-rate / W` per second and, with pings,
+//!    pinging each connection it opened every `--ping-interval-ms` while it ramps;
 //! 3. reads the workers' progress lines, shows a live line on a terminal, and once all
 //!    of them report `connected`, sends every worker `go <epoch> <warm-up> <window>` on its
 //!    stdin: a shared timeline (wall-clock epoch) so the heartbeats of all workers are
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use wire::client::http::Login;
 use wire::client::{sync_until_live, ClientError, Connection, Transport};
+use wire::message::{Body, Ping};
 
 use crate::{
     cluster, cpu_seconds, heartbeat, histogram, json_num, register_login, rss_bytes, run_id,
@@ -509,6 +511,9 @@ pub fn worker(cli: &Cli, o: WorkerOptions) -> Result<()> {
     let mut next = started;
     let mut last_progress = started;
     let mut conns = Vec::with_capacity(o.count);
+    // Ramp keep-alive: when each connection last pinged, and the next to look at.
+    let mut pinged: Vec<Instant> = Vec::with_capacity(o.count);
+    let mut cursor = 0usize;
     let mut connect_us = histogram();
     let mut errors: HashMap<String, u64> = HashMap::new();
     for i in o.first..o.first + o.count {
@@ -522,12 +527,16 @@ pub fn worker(cli: &Cli, o: WorkerOptions) -> Result<()> {
             Ok(conn) => {
                 let _ = connect_us.record(t.elapsed().as_micros() as u64);
                 conns.push(conn);
+                pinged.push(Instant::now());
             }
             Err(e) => {
                 *errors
                     .entry(format!("connect: {}", error_kind(&e)))
                     .or_default() += 1
             }
+        }
+        if !o.ping_interval.is_zero() {
+            keep_alive(&mut conns, &mut pinged, &mut cursor, o.ping_interval);
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             let _ = writeln!(out, "opened {}", conns.len());
@@ -576,6 +585,39 @@ pub fn worker(cli: &Cli, o: WorkerOptions) -> Result<()> {
     let _ = out.flush();
     drop(conns);
     Ok(())
+}
+
+/// While the ramp lasts (500K connections take minutes): ping every connection whose
+/// last ping is `interval` old, in the order they were opened, as a real client would, so
+/// the first ones do not idle out before the hold begins. Whatever they received (pongs)
+/// is read and dropped first; the nonce (`u64::MAX`) is outside every measured window,
+/// so a late pong is not counted by the hold. A connection that failed is left to the
+/// hold to report.
+fn keep_alive(
+    conns: &mut [Connection],
+    pinged: &mut [Instant],
+    cursor: &mut usize,
+    interval: Duration,
+) {
+    let now = Instant::now();
+    for _ in 0..conns.len() {
+        if *cursor >= conns.len() {
+            *cursor = 0;
+        }
+        let (Some(conn), Some(at)) = (conns.get_mut(*cursor), pinged.get_mut(*cursor)) else {
+            return;
+        };
+        if now.saturating_duration_since(*at) < interval {
+            return;
+        }
+        let ping = Body::Ping(Ping {
+            nonce: u64::MAX,
+            client_time_ms: 0,
+        });
+        let _ = crate::epoll::drain(conn, |_| {}).and_then(|()| conn.request(ping));
+        *at = now;
+        *cursor += 1;
+    }
 }
 
 fn open(user: &PlanUser, transport: Transport) -> std::result::Result<Connection, ClientError> {

@@ -75,6 +75,9 @@ struct Args {
     /// Skip the closed-loop throughput runs (then give `--open-loop-rate`).
     #[arg(long)]
     no_closed: bool,
+    /// Record sizes of the closed-loop runs (comma-separated bytes).
+    #[arg(long, value_delimiter = ',', default_values_t = [200, 1024, 16 * 1024])]
+    sizes: Vec<usize>,
 }
 
 struct RunFigures {
@@ -110,11 +113,7 @@ fn main() -> Result<()> {
     }
 
     let mut max_rate_200 = 0.0;
-    let sizes: &[usize] = if args.no_closed {
-        &[]
-    } else {
-        &[200, 1024, 16 * 1024]
-    };
+    let sizes: &[usize] = if args.no_closed { &[] } else { &args.sizes };
     if !sizes.is_empty() {
         println!(
             "\n## Durable appends, closed loop, {} appenders\n",
