@@ -221,13 +221,7 @@ pub fn report(o: &Options, t: &Totals, timeline: Timeline) -> Report {
         t.deliveries as f64 / secs,
         t.complete
     );
-    if t.repeated + t.gaps > 0 {
-        let _ = writeln!(
-            out,
-            "  ORDER BROKEN: {} repeated or reordered, {} gaps",
-            t.repeated, t.gaps
-        );
-    }
+    report::order_line(&mut out, t.repeated, t.gaps);
     latency_line(&mut out, "send->each member", &t.each);
     latency_line(&mut out, "send->last member", &t.last);
     latency_line(&mut out, "send->ack", &t.sent.ack);

@@ -1008,13 +1008,7 @@ fn chat_report(o: &ChatOptions, t: &ChatTotals, timeline: Timeline) -> Report {
         a.delivered,
         a.delivered as f64 / secs
     );
-    if t.repeated + t.gaps > 0 {
-        let _ = writeln!(
-            out,
-            "  ORDER BROKEN: {} deliveries repeated or reordered, {} gaps",
-            t.repeated, t.gaps
-        );
-    }
+    report::order_line(&mut out, t.repeated, t.gaps);
     latency_line(&mut out, "send->deliver", &a.deliver);
     latency_line(&mut out, "send->ack", &a.ack);
     latency_line(&mut out, "send lateness", &a.late);

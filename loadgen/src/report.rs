@@ -121,6 +121,16 @@ pub fn latency(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
+/// A loud line when deliveries broke the per-conversation order (see `groups::Seen`).
+pub fn order_line(out: &mut String, repeated: u64, gaps: u64) {
+    if repeated + gaps > 0 {
+        let _ = writeln!(
+            out,
+            "  ORDER BROKEN: {repeated} deliveries repeated or reordered, {gaps} gaps"
+        );
+    }
+}
+
 /// One human line of a latency histogram: `  <name> µs  p50 .. p90 .. p99 .. p999 .. max ..`.
 pub fn latency_line(out: &mut String, name: &str, h: &Histogram<u64>) {
     let q = |p: f64| h.value_at_quantile(p);
