@@ -44,8 +44,9 @@
 //!   batch's one write starts at the 4 KiB block its first record is in, rewriting that
 //!   block's durable bytes unchanged, and ends at a 4 KiB boundary (zeros); the on-disk
 //!   format is the same as with buffered writes. This relies on the media assumption in
-//!   FORMAT.md (a torn write leaves old or new bytes, never garbage). One batch in
-//!   flight by default (`pipeline_in_flight`, see `limits::PIPELINE_IN_FLIGHT_DEFAULT`).
+//!   FORMAT.md (a torn write leaves old or new bytes, never garbage). Up to two batches in
+//!   flight, the second only once it is closed (`pipeline_in_flight`, see
+//!   `limits::PIPELINE_IN_FLIGHT_DEFAULT` and `writer::Writer::take_batch`).
 //!
 //!   Readers (`read_after`, `read_before`, `read_at`, `last_seq`) see a record only after
 //!   its batch's fdatasync returned and its completion was processed on the owner

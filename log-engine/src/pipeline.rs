@@ -40,6 +40,7 @@
 //! (it never writes past a failure) and poisons the log on the owner thread, exactly as
 //! `Log::commit` does.
 
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -50,6 +51,7 @@ use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
 use crate::limits::{
     CHECKPOINT_ENCODE_WARN, CHECKPOINT_KEYS_PER_STEP, PIPELINE_QUEUED_BATCHES_MAX,
+    ZERO_FILL_BATCH_BYTES_MAX, ZERO_FILL_RECHECK,
 };
 use crate::log::CheckpointDraft;
 use crate::log::{write_checkpoint_file, Log};
@@ -403,9 +405,13 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         }
         let batch = self.log.writer.complete_batch(done.id, done.bytes, true);
         let batch = batch.ok_or(Error::Poisoned)?;
+        // The I/O thread gets its next job before this batch is published (index, tail
+        // cache, acks): the disk should not wait for the bookkeeping. The batch is
+        // durable, so it is published even if the hand-over failed.
+        let handed_over = self.flush();
         self.log.last_sync = Instant::now();
         self.log.publish(batch, &mut self.ready);
-        Ok(())
+        handed_over
     }
 
     /// Batches handed to the I/O thread and not completed.
@@ -565,6 +571,7 @@ fn io_loop<S: Storage>(
         } else {
             run_job(&mut storage, &job, spare, &mut active)
         };
+        spare.note_batch(job.bytes.len());
         failed |= result.is_err();
         let completion = Completion {
             id: job.id,
@@ -667,6 +674,10 @@ enum Spare {
 struct SpareSlot {
     state: Mutex<Spare>,
     changed: Condvar,
+    /// Moving average of the bytes of recent batches (each new one weighs 1/8), kept by
+    /// the I/O thread; the preparer zero-fills only while it is under
+    /// `ZERO_FILL_BATCH_BYTES_MAX`.
+    recent_batch_bytes: AtomicU64,
 }
 
 impl SpareSlot {
@@ -706,6 +717,30 @@ impl SpareSlot {
                 }
                 Spare::Idle | Spare::Stop => return false,
             }
+        }
+    }
+
+    /// Folds one written batch's size into the moving average.
+    fn note_batch(&self, bytes: usize) {
+        let average = self.recent_batch_bytes.load(AtomicOrdering::Relaxed);
+        let average = average - average / 8 + bytes as u64 / 8;
+        self.recent_batch_bytes
+            .store(average, AtomicOrdering::Relaxed);
+    }
+
+    /// True while recent batches are large enough that zero filling costs the disk more
+    /// than it saves them (see `ZERO_FILL_BATCH_BYTES_MAX`).
+    fn batches_too_large_to_zero(&self) -> bool {
+        self.recent_batch_bytes.load(AtomicOrdering::Relaxed) > ZERO_FILL_BATCH_BYTES_MAX
+    }
+
+    /// Waits up to `timeout` unless the state moves on from `Zeroing` (a hand-off or a
+    /// stop) meanwhile.
+    fn pause(&self, timeout: std::time::Duration) {
+        let state = self.lock();
+        if *state == Spare::Zeroing {
+            let waited = self.changed.wait_timeout(state, timeout);
+            drop(waited.unwrap_or_else(|p| p.into_inner()));
         }
     }
 
@@ -769,6 +804,13 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, slot: &SpareSlot) {
                     _ => {}
                 }
             }
+            if slot.batches_too_large_to_zero() {
+                // Zeroing now would take disk bandwidth from large batches that save
+                // little by it; the spare stays correct (allocated, durable) meanwhile.
+                // A roll's hand-off or a stop wakes the wait.
+                slot.pause(ZERO_FILL_RECHECK);
+                continue;
+            }
             match zero_spare_slice(&mut storage, from, capacity) {
                 Ok(next) => from = next,
                 Err(e) => {
@@ -785,6 +827,48 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, slot: &SpareSlot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_filling_pauses_while_batches_are_large_and_resumes_when_they_shrink() {
+        let slot = SpareSlot::default();
+        assert!(!slot.batches_too_large_to_zero(), "an idle log zero-fills");
+        for _ in 0..32 {
+            slot.note_batch(4 << 20);
+        }
+        assert!(slot.batches_too_large_to_zero(), "full-speed 4 MiB batches");
+        for _ in 0..8 {
+            slot.note_batch(16 << 10);
+        }
+        assert!(
+            slot.batches_too_large_to_zero(),
+            "a few small batches do not flip it at once"
+        );
+        for _ in 0..64 {
+            slot.note_batch(16 << 10);
+        }
+        assert!(!slot.batches_too_large_to_zero(), "chat-rate batches again");
+    }
+
+    #[test]
+    fn a_paused_preparer_is_woken_by_a_roll() {
+        let slot = Arc::new(SpareSlot::default());
+        *slot.lock() = Spare::Zeroing;
+        let preparer = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                slot.pause(std::time::Duration::from_secs(30));
+                started.elapsed()
+            })
+        };
+        // Hand-off as a roll would; the pause ends long before its 30 s.
+        while !preparer.is_finished() {
+            slot.set(&mut slot.lock(), Spare::Handoff);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let paused = preparer.join().unwrap();
+        assert!(paused < std::time::Duration::from_secs(10), "{paused:?}");
+    }
 
     #[test]
     fn a_roll_takes_the_spare_mid_zero_fill_after_the_current_slice() {

@@ -499,12 +499,22 @@ impl Writer {
     /// The next batch to write, or `None` if nothing is pending, the writer is poisoned,
     /// or `max_in_flight` batches are already taken. Taking the open batch closes it:
     /// later appends start a new one.
+    ///
+    /// The newest batch (the one appends still join) is taken only when none is in
+    /// flight: handed over behind another it would be small (what arrived in the instant
+    /// after that one was taken) and everything arriving after it would wait two I/O
+    /// rounds. A batch that can no longer grow (a newer one exists: it filled up, or a
+    /// roll closed it) is taken as soon as a slot is free, so that under a backlog the
+    /// I/O thread finds the next full batch queued the moment its fdatasync returns.
     pub fn take_batch(&mut self) -> Option<BatchJob> {
         if self.in_flight >= self.limits.max_in_flight || self.poisoned {
             return None;
         }
         let at = self.in_flight;
         if at + 1 == self.batches.len() {
+            if at > 0 {
+                return None;
+            }
             self.open = false;
         }
         let align = self.limits.write_align.max(1);
