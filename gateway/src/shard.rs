@@ -22,8 +22,9 @@ use crate::auth::TokenKey;
 use crate::chat::{self, ApiError, Reply, ShardMsg};
 use crate::config::Config;
 use crate::metrics::{Listener, Metrics, ShardCounters};
+use crate::session::idle::IdleWheel;
 use crate::session::io::{race, Woken};
-use crate::session::live::{Ended, Registry};
+use crate::session::live::{Ended, Registry, SessionHandle};
 use crate::shutdown::{Shutdown, ShutdownFlag};
 use crate::state::ShardState;
 use crate::{http, session};
@@ -56,6 +57,8 @@ pub struct Shard {
     pub ids: RefCell<SnowflakeGenerator>,
     pub token_key: TokenKey,
     pub sessions: RefCell<Registry>,
+    /// Idle deadlines of the sessions (see `session::idle`).
+    pub idle: RefCell<IdleWheel<SessionHandle>>,
     /// Owner-side group bookkeeping that is not persisted (gates, receipt batches).
     pub groups: RefCell<crate::group::GroupRuntime>,
     /// Presence subscriptions, coalescing and last-seen bookkeeping.
@@ -104,6 +107,7 @@ impl Shard {
     pub fn new(parts: ShardParts) -> Rc<Shard> {
         let push_provider = crate::push::provider_from(&parts.config);
         let (node_id, shards_per_node) = (parts.config.node_id, parts.config.shards);
+        let idle_timeout = parts.config.idle_timeout;
         Rc::new(Shard {
             id: parts.id,
             presence: RefCell::new(crate::presence::PresenceRuntime::default()),
@@ -122,6 +126,7 @@ impl Shard {
             ids: RefCell::new(parts.ids),
             token_key: parts.token_key,
             sessions: RefCell::new(Registry::default()),
+            idle: RefCell::new(IdleWheel::new(idle_timeout, Instant::now())),
             groups: RefCell::new(crate::group::GroupRuntime::default()),
             reserving_users: RefCell::new(HashSet::new()),
             reserved_devices: RefCell::new(HashMap::new()),
@@ -317,11 +322,30 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Asks the sessions idle for the idle timeout to close, one wheel tick at a time
+/// (see `session::idle`), until the shard shuts down.
+async fn idle_loop(shard: Rc<Shard>) {
+    let mut stop = shard.shutdown.wait();
+    let tick = shard.idle.borrow().tick();
+    loop {
+        let never = futures_lite::future::pending::<()>();
+        match race(never, Instant::now() + tick, Some(&mut stop)).await {
+            Woken::Deadline => {}
+            _ => return,
+        }
+        let idle = shard.idle.borrow_mut().expire(Instant::now());
+        for session in idle {
+            session.close_idle();
+        }
+    }
+}
+
 /// Serve both listeners until the process is told to stop, then drain.
 pub async fn serve(shard: Rc<Shard>, flag: ShutdownFlag, http: TcpListener, tcp: TcpListener) {
     crate::group::repair_system_messages(&shard).await;
     let watcher = glommio::spawn_local(shard.shutdown.clone().watch(flag));
     let presence_loop = glommio::spawn_local(crate::presence::persist_loop(shard.clone()));
+    let idle_loop = glommio::spawn_local(idle_loop(shard.clone()));
     let push_loop = glommio::spawn_local(crate::push::run(shard.clone()));
     let http_loop = glommio::spawn_local(accept_loop(shard.clone(), http, Listener::Http));
     let tcp_loop = glommio::spawn_local(accept_loop(shard.clone(), tcp, Listener::Tcp));
@@ -333,6 +357,7 @@ pub async fn serve(shard: Rc<Shard>, flag: ShutdownFlag, http: TcpListener, tcp:
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     presence_loop.await;
+    idle_loop.await;
     push_loop.await;
     crate::presence::persist_last_seen(&shard).await;
     // Flush the log: wait for appends still in flight, then checkpoint so the next

@@ -496,3 +496,45 @@ fn sessions_move_to_their_users_home_shard() {
         conn.ping().unwrap();
     }
 }
+
+#[test]
+fn a_silent_session_is_closed_at_the_idle_timeout_and_a_talking_one_is_not() {
+    let mut args = FAST.to_vec();
+    args.extend_from_slice(&["--idle-timeout-ms", "1000"]);
+    let server = Server::start(&args);
+    let (_, a) = user(&server, "quiet");
+    let (_, b) = user(&server, "chatty");
+    for transport in [Transport::Tcp, Transport::WsBinary] {
+        let (mut silent, _) =
+            Connection::connect(addr(&server, transport), transport, &a.access_token).unwrap();
+        let (mut talking, _) =
+            Connection::connect(addr(&server, transport), transport, &b.access_token).unwrap();
+        let opened = std::time::Instant::now();
+        // The talking one pings every 300 ms for 2.5 idle timeouts; the silent one sends
+        // nothing and must be closed with 4003 between 1.0 s and 1.0 s + one wheel tick.
+        let mut silent_closed = None;
+        while opened.elapsed() < Duration::from_millis(2500) {
+            talking.ping().unwrap();
+            if silent_closed.is_none() {
+                match silent.recv(Duration::from_millis(300)) {
+                    Ok(_) => {}
+                    Err(ClientError::Closed { code, .. }) => {
+                        silent_closed = Some((code, opened.elapsed()));
+                    }
+                    Err(e) => panic!("silent session: {e:?}"),
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        let (code, after) = silent_closed.expect("the silent session was never closed");
+        // Raw TCP has no close frame: the socket just ends (code 0).
+        let expected = if transport == Transport::Tcp { 0 } else { 4003 };
+        assert_eq!(code, expected, "{transport:?}");
+        assert!(
+            after >= Duration::from_millis(950) && after < Duration::from_millis(1800),
+            "{transport:?}: closed after {after:?}"
+        );
+        talking.ping().expect("the talking session stays open");
+    }
+}

@@ -42,6 +42,23 @@ pub async fn race<T>(
     }
 }
 
+/// Run `io` until it completes or (if given) the shard shuts down: [`race`] without a
+/// deadline, for waits whose timeout is kept elsewhere (a session's idle timeout is the
+/// shard's [`crate::session::idle`] wheel).
+pub async fn race_stop<T>(io: impl Future<Output = T>, shutdown: Option<&mut Wait>) -> Woken<T> {
+    let io = async { Woken::Io(io.await) };
+    match shutdown {
+        Some(wait) => {
+            let stop = async {
+                wait.await;
+                Woken::Shutdown
+            };
+            future::or(io, stop).await
+        }
+        None => io.await,
+    }
+}
+
 /// Half-close our side, then read and discard until the peer closes, [`CLOSE_LINGER`]
 /// passes, or [`CLOSE_LINGER_BYTES_MAX`] bytes arrived. The caller drops the stream after.
 pub async fn linger_close(stream: &mut TcpStream) {

@@ -42,7 +42,7 @@ use wire::ws::CloseCode;
 use crate::auth::{self, Claims, TokenKind};
 use crate::chat::{self, ApiError, AppendMsg, Handoff, ReadRange, ShardMsg};
 use crate::session::codec::{Codec, InputEnd, Sent, Transport};
-use crate::session::io::{race, Woken};
+use crate::session::io::{race, race_stop, Woken};
 use crate::session::{CLOSE_LINGER, READ_BYTES, READ_BYTES_IDLE};
 use crate::shard::{ConnGuard, Shard};
 use crate::state::{Cursor, MetaEvent};
@@ -355,6 +355,8 @@ pub struct SessionHandle {
     queue_max: usize,
     close: Cell<Option<(CloseCode, &'static str)>>,
     closed: Cell<bool>,
+    /// When the peer was last heard (any frame); the shard's idle wheel reads it.
+    last_heard: Cell<Instant>,
     /// The session loop, parked.
     waker: RefCell<Option<Waker>>,
     /// Tasks waiting for room in the queue.
@@ -374,11 +376,18 @@ impl SessionHandle {
             queue_max: queue_max.max(1),
             close: Cell::new(None),
             closed: Cell::new(false),
+            last_heard: Cell::new(Instant::now()),
             waker: RefCell::new(None),
             room: RefCell::new(Vec::new()),
             delivery: RefCell::new(HashMap::new()),
             presence: crate::presence::SessionPresence::default(),
         }
+    }
+
+    /// Asks the session to close if it was idle for the idle timeout (the shard's wheel
+    /// found it due).
+    pub fn close_idle(&self) {
+        self.request_close(CloseCode::IdleTimeout, "idle timeout");
     }
 
     pub fn is_closed(&self) -> bool {
@@ -518,6 +527,16 @@ impl Future for Notified<'_> {
         }
         *self.0.waker.borrow_mut() = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl crate::session::idle::Watched for SessionHandle {
+    fn last_heard(&self) -> Instant {
+        self.last_heard.get()
+    }
+
+    fn is_done(&self) -> bool {
+        self.is_closed()
     }
 }
 
@@ -877,6 +896,8 @@ async fn serve(
     hello_request_id: u64,
 ) {
     shard.counters().session_opened();
+    session.last_heard.set(Instant::now());
+    shard.idle.borrow_mut().watch(&session);
     let config = &shard.config;
     session.push_live(Frame {
         request_id: hello_request_id,
@@ -896,7 +917,9 @@ async fn serve(
     }
     glommio::spawn_local(catch_up(shard.clone(), session.clone())).detach();
     let mut rate = RateLimit::new(config);
-    let mut deadline = Instant::now() + config.idle_timeout;
+    // The idle timeout is the shard's wheel (`session::idle`); the loop keeps a timer
+    // only while its close handshake lingers.
+    let mut linger_until: Option<Instant> = None;
     let mut stop = Some(shard.shutdown.wait());
     loop {
         // Input. Any frame is the device's heartbeat: presence's last seen moves once
@@ -907,7 +930,7 @@ async fn serve(
                 Ok(Some(frame)) => {
                     let now = Instant::now();
                     if !codec.is_closing() {
-                        deadline = now + config.idle_timeout;
+                        session.last_heard.set(now);
                     }
                     heard = true;
                     if !rate.allow(now) {
@@ -965,7 +988,9 @@ async fn serve(
         if let Some((code, reason)) = session.close.get().filter(|_| !session.closed.get()) {
             codec.close(code, reason);
             session.mark_closed();
-            deadline = deadline.min(Instant::now() + CLOSE_LINGER);
+        }
+        if codec.is_closing() && linger_until.is_none() {
+            linger_until = Some(Instant::now() + CLOSE_LINGER);
         }
         if write_all(stream, codec).await.is_err() || codec.is_finished() {
             break;
@@ -982,15 +1007,16 @@ async fn serve(
             Notified(&session).await;
             Ok(usize::MAX)
         };
-        match race(future::or(read, queued), deadline, stop.as_mut()).await {
+        let io = future::or(read, queued);
+        let woken = match linger_until {
+            Some(deadline) => race(io, deadline, stop.as_mut()).await,
+            None => race_stop(io, stop.as_mut()).await,
+        };
+        match woken {
             Woken::Io(Ok(usize::MAX)) => codec.commit_read(0, offered),
             Woken::Io(Ok(0)) | Woken::Io(Err(_)) => break,
             Woken::Io(Ok(n)) => codec.commit_read(n, offered),
-            Woken::Deadline if codec.is_closing() => break,
-            Woken::Deadline => {
-                codec.commit_read(0, offered);
-                session.request_close(CloseCode::IdleTimeout, "idle timeout");
-            }
+            Woken::Deadline => break,
             Woken::Shutdown => {
                 codec.commit_read(0, offered);
                 stop = None;

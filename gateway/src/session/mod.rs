@@ -6,6 +6,7 @@
 //! at most `max_frame_bytes` plus a header), its output buffer, and a few words of state.
 
 pub mod codec;
+pub mod idle;
 pub mod io;
 pub mod live;
 
