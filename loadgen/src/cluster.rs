@@ -110,6 +110,18 @@ impl Route {
         }
     }
 
+    /// The route named `name` (see [`Route::name`]).
+    pub fn from_name(name: &str) -> Option<Route> {
+        [
+            Route::Local,
+            Route::OwnerAtSender,
+            Route::OwnerAtRecipient,
+            Route::OwnerElsewhere,
+        ]
+        .into_iter()
+        .find(|r| r.name() == name)
+    }
+
     /// Node-link hops from the sender's session to the recipient's socket.
     pub fn deliver_hops(self) -> u32 {
         match self {

@@ -143,26 +143,12 @@ pub fn run(cli: &Cli, o: Options) -> Result<crate::report::Report> {
     let connect_secs = started.elapsed().as_secs_f64();
     let after_connect = HostSample::take(&o.servers);
     // The shared timeline: every worker starts its window from the same wall-clock epoch.
-    let epoch = SystemTime::now() + GO_LEAD;
-    let epoch_ns = epoch
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
     let warmup = if o.ping_interval.is_zero() {
         Duration::ZERO
     } else {
         PING_WARMUP
     };
-    for stdin in &mut stdins {
-        writeln!(
-            stdin,
-            "go {epoch_ns} {} {}",
-            warmup.as_millis(),
-            o.window.as_millis()
-        )
-        .map_err(|e| format!("telling a worker to go: {e}"))?;
-        let _ = stdin.flush();
-    }
-    let measure_from = Instant::now() + GO_LEAD + warmup;
+    let measure_from = send_go(&mut stdins, warmup, o.window)? + warmup;
     sleep_until(measure_from);
     let cpu_before = CpuTotals::take(&o.servers);
     sleep_until(measure_from + o.window);
@@ -192,7 +178,7 @@ pub fn run(cli: &Cli, o: Options) -> Result<crate::report::Report> {
 }
 
 /// Worker `w`'s contiguous share of `total` connections over `workers`.
-fn share(total: usize, workers: usize, w: usize) -> (usize, usize) {
+pub(crate) fn share(total: usize, workers: usize, w: usize) -> (usize, usize) {
     let first = total * w / workers;
     let next = total * (w + 1) / workers;
     (first, next - first)
@@ -319,12 +305,12 @@ fn read_plan(path: &Path) -> Result<Vec<PlanUser>> {
 
 /// How a worker process is started.
 #[derive(Clone, Copy)]
-struct Launch<'a> {
+pub(crate) struct Launch<'a> {
     /// A command the worker's command line is appended to (run by `sh -c`), e.g.
     /// `ssh host`; `None`: started directly.
-    launcher: Option<&'a String>,
+    pub launcher: Option<&'a String>,
     /// The binary; default: this executable.
-    exe: Option<&'a Path>,
+    pub exe: Option<&'a Path>,
 }
 
 /// Quote `word` for `sh` (and for the remote shell an `ssh` launcher hands it to).
@@ -350,18 +336,8 @@ fn spawn_worker(
     w: usize,
     tx: &mpsc::Sender<(usize, String)>,
 ) -> Result<(Child, ChildStdin)> {
-    let exe = match how.exe {
-        Some(exe) => exe.to_path_buf(),
-        None => std::env::current_exe().map_err(|e| format!("own executable: {e}"))?,
-    };
-    let transport = match cli.transport {
-        crate::Proto::Tcp => "tcp",
-        crate::Proto::Ws => "ws",
-        crate::Proto::WsJson => "ws-json",
-    };
-    let args = [
-        "--transport".to_string(),
-        transport.to_string(),
+    let mut args = transport_args(cli);
+    args.extend([
         "idle-worker".to_string(),
         "--plan".to_string(),
         "-".to_string(),
@@ -375,16 +351,49 @@ fn spawn_worker(
         s.rate.to_string(),
         "--ping-interval-ms".to_string(),
         s.ping_interval.as_millis().to_string(),
-    ];
+    ]);
+    spawn(how, &args, plan, w, tx)
+}
+
+/// The global options a worker needs to speak like its coordinator.
+pub(crate) fn transport_args(cli: &Cli) -> Vec<String> {
+    let transport = match cli.transport {
+        crate::Proto::Tcp => "tcp",
+        crate::Proto::Ws => "ws",
+        crate::Proto::WsJson => "ws-json",
+    };
+    vec![
+        "--transport".to_string(),
+        transport.to_string(),
+        "--http".to_string(),
+        cli.http.to_string(),
+        "--tcp".to_string(),
+        cli.tcp.to_string(),
+    ]
+}
+
+/// Start worker `w` running `args` (see [`Launch`]), write `input` to its stdin and
+/// forward its stdout lines to `tx` (then `exit` when it ends).
+pub(crate) fn spawn(
+    how: Launch<'_>,
+    args: &[String],
+    input: &str,
+    w: usize,
+    tx: &mpsc::Sender<(usize, String)>,
+) -> Result<(Child, ChildStdin)> {
+    let exe = match how.exe {
+        Some(exe) => exe.to_path_buf(),
+        None => std::env::current_exe().map_err(|e| format!("own executable: {e}"))?,
+    };
     let mut command = match how.launcher {
         None => {
             let mut command = Command::new(&exe);
-            command.args(&args);
+            command.args(args);
             command
         }
         Some(launcher) => {
             let mut line = format!("{launcher} {}", shell_quote(&exe.to_string_lossy()));
-            for arg in &args {
+            for arg in args {
                 line.push(' ');
                 line.push_str(&shell_quote(arg));
             }
@@ -412,14 +421,38 @@ fn spawn_worker(
         let _ = tx.send((w, "exit".to_string()));
     });
     stdin
-        .write_all(plan.as_bytes())
+        .write_all(input.as_bytes())
         .and_then(|()| stdin.flush())
         .map_err(|e| format!("sending worker {w} its plan: {e}"))?;
     Ok((child, stdin))
 }
 
+/// Tell every worker `go <epoch ns> <warm-up ms> <window ms>`: a shared wall-clock
+/// epoch [`GO_LEAD`] from now. Returns the epoch as an `Instant` here.
+pub(crate) fn send_go(
+    stdins: &mut [ChildStdin],
+    warmup: Duration,
+    window: Duration,
+) -> Result<Instant> {
+    let epoch = SystemTime::now() + GO_LEAD;
+    let epoch_ns = epoch
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    for stdin in stdins.iter_mut() {
+        writeln!(
+            stdin,
+            "go {epoch_ns} {} {}",
+            warmup.as_millis(),
+            window.as_millis()
+        )
+        .map_err(|e| format!("telling a worker to go: {e}"))?;
+        let _ = stdin.flush();
+    }
+    Ok(Instant::now() + GO_LEAD)
+}
+
 /// Workers' connection counts once all reported `connected`: (opened, failed).
-fn wait_connected(
+pub(crate) fn wait_connected(
     rx: &mpsc::Receiver<(usize, String)>,
     workers: usize,
     conns: usize,
@@ -650,7 +683,7 @@ fn hold_check(mut conns: Vec<Connection>) -> (heartbeat::Totals, Vec<Connection>
 }
 
 /// Block until the coordinator's `go <epoch ns> <warm-up ms> <window ms>`.
-fn read_go() -> Result<(Instant, Duration, Duration)> {
+pub(crate) fn read_go() -> Result<(Instant, Duration, Duration)> {
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
@@ -692,13 +725,13 @@ struct WorkerResult {
     cpu_seconds: f64,
 }
 
-fn histogram_json(h: &Histogram<u64>) -> serde_json::Value {
+pub(crate) fn histogram_json(h: &Histogram<u64>) -> serde_json::Value {
     h.iter_recorded()
         .map(|v| serde_json::json!([v.value_iterated_to(), v.count_at_value()]))
         .collect()
 }
 
-fn histogram_from_json(v: &serde_json::Value) -> Histogram<u64> {
+pub(crate) fn histogram_from_json(v: &serde_json::Value) -> Histogram<u64> {
     let mut h = histogram();
     for pair in v.as_array().into_iter().flatten() {
         if let (Some(value), Some(count)) = (pair[0].as_u64(), pair[1].as_u64()) {

@@ -17,6 +17,9 @@
 //!   node and `--owner` by the node owning their conversation (see `cluster.rs`); every
 //!   session connects to its user's home node, and the figures are also given per route
 //!   (how many node links a message crosses).
+//!   With `--workers W` (and `--worker-via`, as for `idle`) the pairs and the rate are
+//!   split over W worker processes on one shared timeline and their histograms merged
+//!   (`chat_fleet.rs`).
 //! - `groups`: fan-out. `--groups` groups of `--members` users each (one connection per
 //!   member; a group's first member is its sender), `--rate` messages per second in all,
 //!   spread evenly over the groups, open loop as in `chat`. One thread sends for every
@@ -62,6 +65,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod chat_fleet;
 mod cluster;
 mod epoll;
 mod fleet;
@@ -112,33 +116,71 @@ enum Proto {
     WsJson,
 }
 
+/// The options of `chat` (and of its workers).
+#[derive(clap::Args, Clone, Copy)]
+struct ChatArgs {
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Total messages per second over all pairs; 0 = closed loop (maximum rate).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Closed loop: sends outstanding per sender.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Seconds of measured load (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Message body bytes (at least 8: the scheduled send time).
+    #[arg(long, default_value_t = 64)]
+    body: usize,
+    /// Where the users live in a cluster: `same-node` puts senders and recipients on
+    /// the node of `--http`, `cross-node` senders there and recipients on another
+    /// node (names are chosen with `/v1/discover`). Sessions connect to their home.
+    #[arg(long, value_enum, default_value_t = cluster::Placement::Any)]
+    placement: cluster::Placement,
+    /// Which node owns each pair's conversation (log and sequence): the sender's
+    /// home, the recipient's, neither, or any.
+    #[arg(long, value_enum, default_value_t = cluster::Owner::Any)]
+    owner: cluster::Owner,
+}
+
+impl ChatArgs {
+    fn options(&self) -> ChatOptions {
+        ChatOptions {
+            pairs: self.pairs.max(1),
+            rate: self.rate,
+            window: self.window.max(1),
+            duration: Duration::from_secs(self.duration),
+            body: self.body.max(8),
+            placement: self.placement,
+            owner: self.owner,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Scenario {
     /// 1:1 pairs at a fixed total rate (open loop) or as fast as possible (--rate 0).
     Chat {
-        #[arg(long, default_value_t = 8)]
-        pairs: usize,
-        /// Total messages per second over all pairs; 0 = closed loop (maximum rate).
-        #[arg(long, default_value_t = 1000)]
-        rate: u64,
-        /// Closed loop: sends outstanding per sender.
-        #[arg(long, default_value_t = 16)]
-        window: usize,
-        /// Seconds of measured load (after a 1 s warm-up).
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Message body bytes (at least 8: the scheduled send time).
-        #[arg(long, default_value_t = 64)]
-        body: usize,
-        /// Where the users live in a cluster: `same-node` puts senders and recipients on
-        /// the node of `--http`, `cross-node` senders there and recipients on another
-        /// node (names are chosen with `/v1/discover`). Sessions connect to their home.
-        #[arg(long, value_enum, default_value_t = cluster::Placement::Any)]
-        placement: cluster::Placement,
-        /// Which node owns each pair's conversation (log and sequence): the sender's
-        /// home, the recipient's, neither, or any.
-        #[arg(long, value_enum, default_value_t = cluster::Owner::Any)]
-        owner: cluster::Owner,
+        #[command(flatten)]
+        args: ChatArgs,
+        /// Worker processes running the pairs (each its share of the pairs and of the
+        /// rate, on one shared timeline; their histograms are merged: chat_fleet.rs).
+        /// Default: all in this process.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Start the workers through this command, round robin (see `idle`).
+        #[arg(long)]
+        worker_via: Vec<String>,
+        /// The loadgen binary the workers run; default: this executable's path.
+        #[arg(long)]
+        worker_exe: Option<PathBuf>,
+    },
+    /// One worker process of `chat --workers` (started by the coordinator).
+    #[command(hide = true)]
+    ChatWorker {
+        #[command(flatten)]
+        args: ChatArgs,
     },
     /// Fan-out to G groups of M online members: deliveries per second, send→each member,
     /// send→last member and send→ack latency.
@@ -330,25 +372,24 @@ fn main() {
 fn run(cli: &Cli) -> Result<Option<Report>> {
     let report = match cli.scenario {
         Scenario::Chat {
-            pairs,
-            rate,
-            window,
-            duration,
-            body,
-            placement,
-            owner,
-        } => chat(
+            args,
+            workers: Some(workers),
+            ref worker_via,
+            ref worker_exe,
+        } => chat_fleet::run(
             cli,
-            ChatOptions {
-                pairs: pairs.max(1),
-                rate,
-                window: window.max(1),
-                duration: Duration::from_secs(duration),
-                body: body.max(8),
-                placement,
-                owner,
+            args,
+            chat_fleet::Fleet {
+                workers,
+                launchers: worker_via.clone(),
+                worker_exe: worker_exe.clone(),
             },
         )?,
+        Scenario::Chat { args, .. } => chat(cli, args.options())?,
+        Scenario::ChatWorker { args } => {
+            chat_fleet::worker(cli, args.options()).inspect_err(|e| println!("error {e}"))?;
+            return Ok(None);
+        }
         Scenario::Groups {
             groups,
             members,

@@ -200,6 +200,35 @@ fn idle_over_worker_processes_and_a_chat_run_report_consistent_figures() {
         "each receiver saw its sequences in order: {chat}"
     );
     assert_eq!(chat["repeated"], 0, "{chat}");
+
+    // The same over three worker processes (one through a launcher): their histograms
+    // merge into one report; every pair of every worker delivered everything in order.
+    let fleet = server.loadgen(&[
+        "chat",
+        "--pairs",
+        "5",
+        "--rate",
+        "250",
+        "--duration",
+        "2",
+        "--workers",
+        "3",
+        "--worker-via",
+        "env",
+    ]);
+    assert_eq!(fleet["workers"], 3, "{fleet}");
+    assert_eq!(fleet["pairs"], 5, "{fleet}");
+    let sent = fleet["sent"].as_u64().unwrap();
+    assert!((400..=600).contains(&sent), "250/s over 2 s: {fleet}");
+    assert_eq!(fleet["acked"], sent, "{fleet}");
+    assert_eq!(fleet["delivered"], sent, "{fleet}");
+    assert_eq!(fleet["errors"], json!({}), "{fleet}");
+    assert_eq!(fleet["gaps"], 0, "{fleet}");
+    assert_eq!(fleet["repeated"], 0, "{fleet}");
+    assert_eq!(
+        fleet["routes"]["local"]["pairs"], 5,
+        "the workers' routes merged: {fleet}"
+    );
 }
 
 /// The histograms of an interval log, by tag.

@@ -1,0 +1,293 @@
+//! `chat` over several processes: `loadgen chat --workers W`.
+//!
+//! The coordinator starts `W` copies of itself as `loadgen chat-worker` (directly or
+//! through `--worker-via` commands, as `idle` does: `fleet.rs`), each with its share of
+//! the pairs and of the rate (the rate is split in proportion to the pairs, so every pair
+//! sends at the same rate as in one process). Each worker registers and connects its own
+//! pairs, reports `connected <pairs> 0 <seconds>`, and waits for `go <epoch> <warm-up>
+//! <window>`: one wall-clock epoch for all, so the measured windows coincide. After the
+//! run it prints `result <json>`: its counts and its histograms as `[value, count]`
+//! pairs. The coordinator merges them (HdrHistogram addition: the merged percentiles are
+//! those of all the sends, not an average of the workers' percentiles) into the same
+//! report as an in-process run, plus the worker count and their CPU.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use crate::fleet::{self, histogram_from_json, histogram_json, Launch};
+use crate::report::Report;
+use crate::{
+    chat_report, chat_run, chat_setup, cluster, cpu_seconds, ChatArgs, ChatOptions, ChatStats,
+    ChatTotals, Cli, Result, Timeline, WARMUP,
+};
+
+/// How the coordinator starts its workers.
+pub struct Fleet {
+    pub workers: usize,
+    /// Commands that start workers elsewhere (`--worker-via`), round robin; empty: here.
+    pub launchers: Vec<String>,
+    /// The binary the workers run; default: this executable.
+    pub worker_exe: Option<PathBuf>,
+}
+
+/// Worker `w`'s share of the rate: in proportion to its pairs, the parts summing to
+/// `rate` exactly.
+fn rate_share(rate: u64, pairs: usize, first: usize, count: usize) -> u64 {
+    let upto = |n: usize| rate * n as u64 / pairs as u64;
+    upto(first + count) - upto(first)
+}
+
+/// The coordinator.
+pub fn run(cli: &Cli, args: ChatArgs, f: Fleet) -> Result<Report> {
+    let o = args.options();
+    let workers = f.workers.clamp(1, o.pairs);
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let mut children = Vec::with_capacity(workers);
+    let mut stdins = Vec::with_capacity(workers);
+    let started = Instant::now();
+    for w in 0..workers {
+        let (first, count) = fleet::share(o.pairs, workers, w);
+        let rate = rate_share(o.rate, o.pairs, first, count);
+        let mut worker_args = fleet::transport_args(cli);
+        worker_args.extend(
+            [
+                "chat-worker",
+                "--pairs",
+                &count.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--window",
+                &o.window.to_string(),
+                "--duration",
+                &o.duration.as_secs().to_string(),
+                "--body",
+                &o.body.to_string(),
+                "--placement",
+                o.placement.name(),
+                "--owner",
+                o.owner.name(),
+            ]
+            .map(String::from),
+        );
+        let launcher = (!f.launchers.is_empty()).then(|| &f.launchers[w % f.launchers.len()]);
+        let how = Launch {
+            launcher,
+            exe: f.worker_exe.as_deref(),
+        };
+        let (child, stdin) = fleet::spawn(how, &worker_args, "", w, &tx)?;
+        children.push(child);
+        stdins.push(stdin);
+    }
+    drop(tx);
+    fleet::wait_connected(&rx, workers, o.pairs, started)?;
+    let epoch = fleet::send_go(&mut stdins, WARMUP, o.duration)?;
+    let timeline = Timeline::at(epoch, WARMUP, o.duration);
+    let mut merged: Option<ChatTotals> = None;
+    let mut worker_cpu = 0.0;
+    let mut reported = vec![false; workers];
+    while reported.iter().any(|r| !r) {
+        let (w, line) = rx
+            .recv()
+            .map_err(|_| "chat workers ended before reporting".to_string())?;
+        if let Some(json) = line.strip_prefix("result ") {
+            let (totals, cpu) = totals_from_json(json)?;
+            worker_cpu += cpu;
+            reported[w] = true;
+            match &mut merged {
+                Some(all) => merge(all, totals),
+                None => merged = Some(totals),
+            }
+        } else if let Some(error) = line.strip_prefix("error ") {
+            return Err(format!("chat worker {w}: {error}"));
+        } else if line == "exit" && !reported[w] {
+            return Err(format!("chat worker {w} ended without a result"));
+        }
+    }
+    drop(stdins);
+    for mut child in children {
+        let _ = child.wait();
+    }
+    let totals = merged.ok_or("no chat worker reported")?;
+    let mut report = chat_report(&o, &totals, timeline);
+    report.json["workers"] = serde_json::json!(workers);
+    report.json["workers_cpu_seconds"] = serde_json::json!(worker_cpu);
+    report.human.push_str(&format!(
+        "  {workers} worker processes, {worker_cpu:.1} s of CPU between them\n"
+    ));
+    Ok(report)
+}
+
+/// The worker process: set up its pairs, report, wait for `go`, run, report.
+pub fn worker(cli: &Cli, o: ChatOptions) -> Result<()> {
+    let started = Instant::now();
+    let setup = chat_setup(cli, o)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "connected {} 0 {:.3}",
+        o.pairs,
+        started.elapsed().as_secs_f64()
+    );
+    let _ = out.flush();
+    let (epoch, warmup, window) = fleet::read_go()?;
+    let totals = chat_run(setup, Timeline::at(epoch, warmup, window))?;
+    let cpu = cpu_seconds("self").unwrap_or(0.0);
+    let _ = writeln!(out, "result {}", totals_json(&totals, cpu));
+    let _ = out.flush();
+    Ok(())
+}
+
+fn stats_json(s: &ChatStats) -> serde_json::Value {
+    serde_json::json!({
+        "pairs": s.pairs,
+        "sent": s.sent,
+        "delivered": s.delivered,
+        "deliver": histogram_json(&s.deliver),
+        "ack": histogram_json(&s.ack),
+        "late": histogram_json(&s.late),
+    })
+}
+
+fn stats_from_json(v: &serde_json::Value) -> ChatStats {
+    ChatStats {
+        pairs: v["pairs"].as_u64().unwrap_or(0) as usize,
+        sent: v["sent"].as_u64().unwrap_or(0),
+        delivered: v["delivered"].as_u64().unwrap_or(0),
+        deliver: histogram_from_json(&v["deliver"]),
+        ack: histogram_from_json(&v["ack"]),
+        late: histogram_from_json(&v["late"]),
+    }
+}
+
+fn totals_json(t: &ChatTotals, cpu_seconds: f64) -> serde_json::Value {
+    let routes: serde_json::Map<String, serde_json::Value> = t
+        .routes
+        .iter()
+        .map(|(route, s)| (route.name().to_string(), stats_json(s)))
+        .collect();
+    serde_json::json!({
+        "all": stats_json(&t.all),
+        "routes": routes,
+        "cross_node_pairs": t.cross_node_pairs,
+        "sent_with_warmup": t.sent_with_warmup,
+        "repeated": t.repeated,
+        "gaps": t.gaps,
+        "errors": t.errors,
+        "cpu_seconds": cpu_seconds,
+    })
+}
+
+fn totals_from_json(text: &str) -> Result<(ChatTotals, f64)> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("bad chat worker result: {e}"))?;
+    let mut routes = BTreeMap::new();
+    for (name, stats) in v["routes"].as_object().into_iter().flatten() {
+        let route = cluster::Route::from_name(name)
+            .ok_or_else(|| format!("bad chat worker result: route {name:?}"))?;
+        routes.insert(route, stats_from_json(stats));
+    }
+    let errors: HashMap<String, u64> = v["errors"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
+        .collect();
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let totals = ChatTotals {
+        all: stats_from_json(&v["all"]),
+        routes,
+        cross_node_pairs: n("cross_node_pairs") as usize,
+        sent_with_warmup: n("sent_with_warmup"),
+        repeated: n("repeated"),
+        gaps: n("gaps"),
+        errors,
+    };
+    Ok((totals, v["cpu_seconds"].as_f64().unwrap_or(0.0)))
+}
+
+fn merge_stats(into: &mut ChatStats, from: &ChatStats) {
+    into.pairs += from.pairs;
+    into.sent += from.sent;
+    into.delivered += from.delivered;
+    let _ = into.deliver.add(&from.deliver);
+    let _ = into.ack.add(&from.ack);
+    let _ = into.late.add(&from.late);
+}
+
+fn merge(into: &mut ChatTotals, from: ChatTotals) {
+    merge_stats(&mut into.all, &from.all);
+    for (route, stats) in &from.routes {
+        merge_stats(
+            into.routes.entry(*route).or_insert_with(ChatStats::new),
+            stats,
+        );
+    }
+    into.cross_node_pairs += from.cross_node_pairs;
+    into.sent_with_warmup += from.sent_with_warmup;
+    into.repeated += from.repeated;
+    into.gaps += from.gaps;
+    crate::report::merge_errors(&mut into.errors, from.errors);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_shares_follow_the_pairs_and_sum_to_the_rate() {
+        let (rate, pairs, workers) = (1000u64, 7usize, 3usize);
+        let shares: Vec<u64> = (0..workers)
+            .map(|w| {
+                let (first, count) = fleet::share(pairs, workers, w);
+                rate_share(rate, pairs, first, count)
+            })
+            .collect();
+        assert_eq!(shares.iter().sum::<u64>(), rate);
+        assert_eq!(shares, vec![285, 286, 429]); // 2, 2 and 3 pairs
+        assert_eq!(rate_share(0, pairs, 0, 3), 0, "closed loop stays closed");
+    }
+
+    #[test]
+    fn worker_results_survive_the_round_trip_and_merge_as_one_run() {
+        let mut a = ChatStats::new();
+        a.pairs = 2;
+        a.sent = 10;
+        a.delivered = 10;
+        for v in [100, 200, 300] {
+            a.deliver.record(v).unwrap();
+            a.ack.record(v / 2).unwrap();
+        }
+        let totals = ChatTotals {
+            all: a,
+            routes: BTreeMap::new(),
+            cross_node_pairs: 0,
+            sent_with_warmup: 12,
+            repeated: 0,
+            gaps: 1,
+            errors: HashMap::from([("send: timeout".to_string(), 2)]),
+        };
+        let text = totals_json(&totals, 1.5).to_string();
+        let (back, cpu) = totals_from_json(&text).unwrap();
+        assert_eq!(cpu, 1.5);
+        assert_eq!((back.all.sent, back.all.delivered, back.gaps), (10, 10, 1));
+        assert_eq!(back.all.deliver.len(), 3);
+        assert_eq!(back.all.deliver.max(), totals.all.deliver.max());
+        let (other, _) = totals_from_json(&text).unwrap();
+        let mut merged = back;
+        merge(&mut merged, other);
+        assert_eq!(merged.all.sent, 20);
+        assert_eq!(merged.all.pairs, 4);
+        assert_eq!(merged.all.deliver.len(), 6);
+        assert_eq!(merged.errors["send: timeout"], 4);
+        assert_eq!(merged.gaps, 2);
+    }
+
+    #[test]
+    fn a_bad_result_line_is_an_error_not_a_panic() {
+        assert!(totals_from_json("not json").is_err());
+        assert!(totals_from_json(r#"{"routes": {"nowhere": {}}}"#).is_err());
+    }
+}
