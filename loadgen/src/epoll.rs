@@ -56,18 +56,25 @@ impl Epoll {
         Ok(())
     }
 
-    /// Wait up to `timeout` (rounded up to whole milliseconds, so never early) and append
-    /// the tokens of the readable connections to `ready` (cleared first).
+    /// Wait up to `timeout` (to the nanosecond: `epoll_pwait2`, so a sender waiting for
+    /// its next due send still reads the answers that arrive meanwhile, instead of
+    /// sleeping through them) and append the tokens of the readable connections to
+    /// `ready` (cleared first).
     pub fn wait(&mut self, timeout: Duration, ready: &mut Vec<usize>) {
         ready.clear();
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: `events` is a valid, writable array of its length.
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `events` is a valid, writable array of its length; `timeout` is a valid
+        // timespec; a null sigmask leaves the signal mask as it is.
         let n = unsafe {
-            libc::epoll_wait(
+            libc::epoll_pwait2(
                 self.fd.as_raw_fd(),
                 self.events.as_mut_ptr(),
                 self.events.len() as libc::c_int,
-                ms,
+                &timeout,
+                std::ptr::null(),
             )
         };
         for event in self.events.iter().take(n.max(0) as usize) {
