@@ -88,6 +88,7 @@ pub fn run(config: Config, flag: ShutdownFlag, on_ready: impl FnOnce(Ready)) -> 
         .create_data_dir()
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config)?;
+    check_ports_free(&config)?;
     check_layout(&config)?;
     let key_path = config.data_dir.join(TOKEN_KEY_FILE);
     let mut token_key = TokenKey::load_or_create(&key_path).context("loading the token key")?;
@@ -287,6 +288,26 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(anyhow!("locking {}: {e}", path.display())),
     }
+}
+
+/// Refuse to start on a port another process listens on. The shards' listeners set
+/// SO_REUSEPORT (that is how they share a port), so a second server started on the same
+/// ports with another data directory would bind too, and the kernel would silently split
+/// the connections between the two. A plain bind (no SO_REUSEPORT) fails on a port with
+/// a listener; it is released before the shards bind. Port 0 (any free port) is skipped.
+fn check_ports_free(config: &Config) -> anyhow::Result<()> {
+    let link = config.redis_url.as_ref().map(|_| config.link_port);
+    let ports = [Some(config.http_port), Some(config.tcp_port), link];
+    for port in ports.into_iter().flatten().filter(|&p| p != 0) {
+        let addr = SocketAddr::new(config.bind, port);
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(anyhow!(
+                "{addr} is not free ({e}): is another server listening there? (its \
+                 SO_REUSEPORT listeners would share the port's connections with this one)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuse to start on a data directory written with another shard count: ownership of

@@ -283,6 +283,31 @@ fn start_failure(dir: &std::path::Path) -> String {
 }
 
 #[test]
+fn a_second_server_on_ports_in_use_refuses_to_start_instead_of_sharing_them() {
+    let first = Server::start(&[]);
+    let (http, tcp) = (first.http.port().to_string(), first.tcp.port().to_string());
+    let other_dir = common::fresh_dir();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["--http-port", &http, "--tcp-port", &tcp, "--shards", "2"])
+        .arg("--data-dir")
+        .arg(&other_dir)
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "a second server started on the same ports"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not free"), "{stderr}");
+    // Every connection still reaches the first server.
+    for _ in 0..20 {
+        assert!(http_get(first.http, "/healthz").starts_with("HTTP/1.1 200 OK"));
+    }
+}
+
+#[test]
 fn a_second_server_on_a_data_dir_in_use_refuses_to_start() {
     let mut first = Server::start(&[]);
     let stderr = start_failure(&first.data_dir);
