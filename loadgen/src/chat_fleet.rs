@@ -1,4 +1,5 @@
-//! `chat` over several processes: `loadgen chat --workers W`.
+//! `chat` and `groups` over several processes: `loadgen chat --workers W`,
+//! `loadgen groups --workers W` (the groups' side of the merge is in `groups.rs`).
 //!
 //! The coordinator starts `W` copies of itself as `loadgen chat-worker` (directly or
 //! through `--worker-via` commands, as `idle` does: `fleet.rs`), each with its share of
@@ -35,24 +36,116 @@ pub struct Fleet {
 
 /// Worker `w`'s share of the rate: in proportion to its pairs, the parts summing to
 /// `rate` exactly.
-fn rate_share(rate: u64, pairs: usize, first: usize, count: usize) -> u64 {
+pub fn rate_share(rate: u64, pairs: usize, first: usize, count: usize) -> u64 {
     let upto = |n: usize| rate * n as u64 / pairs as u64;
     upto(first + count) - upto(first)
 }
 
-/// The coordinator.
-pub fn run(cli: &Cli, args: ChatArgs, f: Fleet) -> Result<Report> {
-    let o = args.options();
-    let workers = f.workers.clamp(1, o.pairs);
+/// What every worker said: its `result` JSON, in worker order.
+pub struct Results {
+    pub lines: Vec<String>,
+    /// The shared timeline the workers ran on.
+    pub timeline: Timeline,
+}
+
+/// Start one worker per entry of `worker_args` (the scenario's subcommand and its share),
+/// wait until all report `connected`, send them one `go` with `window`, and collect their
+/// `result` lines. `units` (pairs, groups) only labels the progress line.
+pub fn run_workers(
+    cli: &Cli,
+    f: &Fleet,
+    worker_args: Vec<Vec<String>>,
+    units: usize,
+    window: std::time::Duration,
+) -> Result<Results> {
+    let workers = worker_args.len();
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let mut children = Vec::with_capacity(workers);
     let mut stdins = Vec::with_capacity(workers);
     let started = Instant::now();
-    for w in 0..workers {
-        let (first, count) = fleet::share(o.pairs, workers, w);
-        let rate = rate_share(o.rate, o.pairs, first, count);
-        let mut worker_args = fleet::transport_args(cli);
-        worker_args.extend(
+    for (w, share) in worker_args.into_iter().enumerate() {
+        let mut args = fleet::transport_args(cli);
+        args.extend(share);
+        let launcher = (!f.launchers.is_empty()).then(|| &f.launchers[w % f.launchers.len()]);
+        let how = Launch {
+            launcher,
+            exe: f.worker_exe.as_deref(),
+        };
+        let (child, stdin) = fleet::spawn(how, &args, "", w, &tx)?;
+        children.push(child);
+        stdins.push(stdin);
+    }
+    drop(tx);
+    fleet::wait_connected(&rx, workers, units, started)?;
+    let epoch = fleet::send_go(&mut stdins, WARMUP, window)?;
+    let timeline = Timeline::at(epoch, WARMUP, window);
+    let mut lines: Vec<Option<String>> = vec![None; workers];
+    while lines.iter().any(Option::is_none) {
+        let (w, line) = rx
+            .recv()
+            .map_err(|_| "workers ended before reporting".to_string())?;
+        if let Some(json) = line.strip_prefix("result ") {
+            lines[w] = Some(json.to_string());
+        } else if let Some(error) = line.strip_prefix("error ") {
+            return Err(format!("worker {w}: {error}"));
+        } else if line == "exit" && lines[w].is_none() {
+            return Err(format!("worker {w} ended without a result"));
+        }
+    }
+    drop(stdins);
+    for mut child in children {
+        let _ = child.wait();
+    }
+    Ok(Results {
+        lines: lines.into_iter().flatten().collect(),
+        timeline,
+    })
+}
+
+/// A worker's side of the protocol: report `connected <units>`, wait for `go`, run on
+/// its timeline, print `result <json>` (the JSON gets the worker's CPU seconds).
+pub fn serve_worker(
+    units: usize,
+    started: Instant,
+    run: impl FnOnce(Timeline) -> Result<serde_json::Value>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "connected {units} 0 {:.3}",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = out.flush();
+    let (epoch, warmup, window) = fleet::read_go()?;
+    let mut result = run(Timeline::at(epoch, warmup, window))?;
+    result["cpu_seconds"] = serde_json::json!(cpu_seconds("self").unwrap_or(0.0));
+    let _ = writeln!(out, "result {result}");
+    let _ = out.flush();
+    Ok(())
+}
+
+/// The worker count and their CPU, added to a merged report.
+pub fn label(report: &mut Report, workers: usize, lines: &[String]) {
+    let cpu: f64 = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["cpu_seconds"].as_f64())
+        .sum();
+    report.json["workers"] = serde_json::json!(workers);
+    report.json["workers_cpu_seconds"] = serde_json::json!(cpu);
+    report.human.push_str(&format!(
+        "  {workers} worker processes, {cpu:.1} s of CPU between them\n"
+    ));
+}
+
+/// The `chat` coordinator.
+pub fn run(cli: &Cli, args: ChatArgs, f: Fleet) -> Result<Report> {
+    let o = args.options();
+    let workers = f.workers.clamp(1, o.pairs);
+    let shares = (0..workers)
+        .map(|w| {
+            let (first, count) = fleet::share(o.pairs, workers, w);
+            let rate = rate_share(o.rate, o.pairs, first, count);
             [
                 "chat-worker",
                 "--pairs",
@@ -70,74 +163,32 @@ pub fn run(cli: &Cli, args: ChatArgs, f: Fleet) -> Result<Report> {
                 "--owner",
                 o.owner.name(),
             ]
-            .map(String::from),
-        );
-        let launcher = (!f.launchers.is_empty()).then(|| &f.launchers[w % f.launchers.len()]);
-        let how = Launch {
-            launcher,
-            exe: f.worker_exe.as_deref(),
-        };
-        let (child, stdin) = fleet::spawn(how, &worker_args, "", w, &tx)?;
-        children.push(child);
-        stdins.push(stdin);
-    }
-    drop(tx);
-    fleet::wait_connected(&rx, workers, o.pairs, started)?;
-    let epoch = fleet::send_go(&mut stdins, WARMUP, o.duration)?;
-    let timeline = Timeline::at(epoch, WARMUP, o.duration);
+            .map(String::from)
+            .to_vec()
+        })
+        .collect();
+    let results = run_workers(cli, &f, shares, o.pairs, o.duration)?;
     let mut merged: Option<ChatTotals> = None;
-    let mut worker_cpu = 0.0;
-    let mut reported = vec![false; workers];
-    while reported.iter().any(|r| !r) {
-        let (w, line) = rx
-            .recv()
-            .map_err(|_| "chat workers ended before reporting".to_string())?;
-        if let Some(json) = line.strip_prefix("result ") {
-            let (totals, cpu) = totals_from_json(json)?;
-            worker_cpu += cpu;
-            reported[w] = true;
-            match &mut merged {
-                Some(all) => merge(all, totals),
-                None => merged = Some(totals),
-            }
-        } else if let Some(error) = line.strip_prefix("error ") {
-            return Err(format!("chat worker {w}: {error}"));
-        } else if line == "exit" && !reported[w] {
-            return Err(format!("chat worker {w} ended without a result"));
+    for line in &results.lines {
+        let totals = totals_from_json(line)?;
+        match &mut merged {
+            Some(all) => merge(all, totals),
+            None => merged = Some(totals),
         }
     }
-    drop(stdins);
-    for mut child in children {
-        let _ = child.wait();
-    }
     let totals = merged.ok_or("no chat worker reported")?;
-    let mut report = chat_report(&o, &totals, timeline);
-    report.json["workers"] = serde_json::json!(workers);
-    report.json["workers_cpu_seconds"] = serde_json::json!(worker_cpu);
-    report.human.push_str(&format!(
-        "  {workers} worker processes, {worker_cpu:.1} s of CPU between them\n"
-    ));
+    let mut report = chat_report(&o, &totals, results.timeline);
+    label(&mut report, workers, &results.lines);
     Ok(report)
 }
 
-/// The worker process: set up its pairs, report, wait for `go`, run, report.
+/// The `chat` worker process: set up its pairs, then [`serve_worker`].
 pub fn worker(cli: &Cli, o: ChatOptions) -> Result<()> {
     let started = Instant::now();
     let setup = chat_setup(cli, o)?;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "connected {} 0 {:.3}",
-        o.pairs,
-        started.elapsed().as_secs_f64()
-    );
-    let _ = out.flush();
-    let (epoch, warmup, window) = fleet::read_go()?;
-    let totals = chat_run(setup, Timeline::at(epoch, warmup, window))?;
-    let cpu = cpu_seconds("self").unwrap_or(0.0);
-    let _ = writeln!(out, "result {}", totals_json(&totals, cpu));
-    let _ = out.flush();
-    Ok(())
+    serve_worker(o.pairs, started, |t| {
+        chat_run(setup, t).map(|totals| totals_json(&totals))
+    })
 }
 
 fn stats_json(s: &ChatStats) -> serde_json::Value {
@@ -162,7 +213,7 @@ fn stats_from_json(v: &serde_json::Value) -> ChatStats {
     }
 }
 
-fn totals_json(t: &ChatTotals, cpu_seconds: f64) -> serde_json::Value {
+fn totals_json(t: &ChatTotals) -> serde_json::Value {
     let routes: serde_json::Map<String, serde_json::Value> = t
         .routes
         .iter()
@@ -176,11 +227,10 @@ fn totals_json(t: &ChatTotals, cpu_seconds: f64) -> serde_json::Value {
         "repeated": t.repeated,
         "gaps": t.gaps,
         "errors": t.errors,
-        "cpu_seconds": cpu_seconds,
     })
 }
 
-fn totals_from_json(text: &str) -> Result<(ChatTotals, f64)> {
+fn totals_from_json(text: &str) -> Result<ChatTotals> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("bad chat worker result: {e}"))?;
     let mut routes = BTreeMap::new();
@@ -205,7 +255,7 @@ fn totals_from_json(text: &str) -> Result<(ChatTotals, f64)> {
         gaps: n("gaps"),
         errors,
     };
-    Ok((totals, v["cpu_seconds"].as_f64().unwrap_or(0.0)))
+    Ok(totals)
 }
 
 fn merge_stats(into: &mut ChatStats, from: &ChatStats) {
@@ -269,13 +319,12 @@ mod tests {
             gaps: 1,
             errors: HashMap::from([("send: timeout".to_string(), 2)]),
         };
-        let text = totals_json(&totals, 1.5).to_string();
-        let (back, cpu) = totals_from_json(&text).unwrap();
-        assert_eq!(cpu, 1.5);
+        let text = totals_json(&totals).to_string();
+        let back = totals_from_json(&text).unwrap();
         assert_eq!((back.all.sent, back.all.delivered, back.gaps), (10, 10, 1));
         assert_eq!(back.all.deliver.len(), 3);
         assert_eq!(back.all.deliver.max(), totals.all.deliver.max());
-        let (other, _) = totals_from_json(&text).unwrap();
+        let other = totals_from_json(&text).unwrap();
         let mut merged = back;
         merge(&mut merged, other);
         assert_eq!(merged.all.sent, 20);

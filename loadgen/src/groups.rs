@@ -9,8 +9,8 @@
 //! after the epoch (the same spreading as the heartbeats, `heartbeat::offset`), so the
 //! server sees a steady `R` per second rather than `G` sends at once. Each body carries
 //! its scheduled time; latency counts from it (coordinated omission is charged to the
-//! server, as in `chat`). The thread waits for due sends with epoll for whole
-//! milliseconds and sleeps (a high-resolution timer) for the rest, and reads the acks.
+//! server, as in `chat`). The thread waits for due sends in epoll (to the nanosecond)
+//! and reads the acks meanwhile.
 //!
 //! `--threads` reader threads each take a share of all the members' connections, read
 //! them with epoll, and send Delivered receipts coalesced to one per connection per
@@ -83,6 +83,128 @@ pub struct Totals {
     repeated: u64,
     gaps: u64,
     errors: HashMap<String, u64>,
+}
+
+/// `groups --workers W`: whole groups per worker process (so "every member got it" is
+/// decided inside one worker), the rate split in proportion, one timeline, the workers'
+/// totals merged (`chat_fleet.rs` runs the processes).
+pub fn fleet_run(cli: &Cli, o: Options, f: crate::chat_fleet::Fleet) -> Result<Report> {
+    let workers = f.workers.clamp(1, o.groups);
+    let shares = (0..workers)
+        .map(|w| {
+            let (first, count) = crate::fleet::share(o.groups, workers, w);
+            let rate = crate::chat_fleet::rate_share(o.rate, o.groups, first, count).max(1);
+            [
+                "groups-worker",
+                "--groups",
+                &count.to_string(),
+                "--members",
+                &o.members.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &o.duration.as_secs().to_string(),
+                "--body",
+                &o.body.to_string(),
+                "--threads",
+                &o.threads.to_string(),
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+        .collect();
+    let results = crate::chat_fleet::run_workers(cli, &f, shares, o.groups, o.duration)?;
+    let mut merged: Option<Totals> = None;
+    for line in &results.lines {
+        let totals = totals_from_json(line)?;
+        match &mut merged {
+            Some(all) => merge(all, totals),
+            None => merged = Some(totals),
+        }
+    }
+    let totals = merged.ok_or("no groups worker reported")?;
+    let mut report = report(&o, &totals, results.timeline);
+    crate::chat_fleet::label(&mut report, workers, &results.lines);
+    Ok(report)
+}
+
+/// One worker process of `groups --workers`: set up its groups, then run on the
+/// coordinator's timeline.
+pub fn worker(cli: &Cli, o: Options) -> Result<()> {
+    let started = Instant::now();
+    let s = setup(cli, o)?;
+    crate::chat_fleet::serve_worker(o.groups, started, |t| {
+        s.run(t).map(|totals| totals_json(&totals))
+    })
+}
+
+fn totals_json(t: &Totals) -> serde_json::Value {
+    use crate::fleet::histogram_json;
+    serde_json::json!({
+        "sent": {
+            "ack": histogram_json(&t.sent.ack),
+            "late": histogram_json(&t.sent.late),
+            "sent": t.sent.sent,
+            "sent_with_warmup": t.sent.sent_with_warmup,
+            "errors": t.sent.errors,
+        },
+        "each": histogram_json(&t.each),
+        "last": histogram_json(&t.last),
+        "deliveries": t.deliveries,
+        "complete": t.complete,
+        "held": t.held,
+        "repeated": t.repeated,
+        "gaps": t.gaps,
+        "errors": t.errors,
+    })
+}
+
+fn counts(v: &serde_json::Value) -> HashMap<String, u64> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
+        .collect()
+}
+
+fn totals_from_json(text: &str) -> Result<Totals> {
+    use crate::fleet::histogram_from_json;
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("bad groups worker result: {e}"))?;
+    if !v.is_object() {
+        return Err("bad groups worker result: not an object".to_string());
+    }
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let s = &v["sent"];
+    Ok(Totals {
+        sent: Sent {
+            ack: histogram_from_json(&s["ack"]),
+            late: histogram_from_json(&s["late"]),
+            sent: s["sent"].as_u64().unwrap_or(0),
+            sent_with_warmup: s["sent_with_warmup"].as_u64().unwrap_or(0),
+            errors: counts(&s["errors"]),
+        },
+        each: histogram_from_json(&v["each"]),
+        last: histogram_from_json(&v["last"]),
+        deliveries: n("deliveries"),
+        complete: n("complete"),
+        held: n("held") as usize,
+        repeated: n("repeated"),
+        gaps: n("gaps"),
+        errors: counts(&v["errors"]),
+    })
+}
+
+fn merge(into: &mut Totals, from: Totals) {
+    into.sent.merge(from.sent);
+    let _ = into.each.add(&from.each);
+    let _ = into.last.add(&from.last);
+    into.deliveries += from.deliveries;
+    into.complete += from.complete;
+    into.held += from.held;
+    into.repeated += from.repeated;
+    into.gaps += from.gaps;
+    report::merge_errors(&mut into.errors, from.errors);
 }
 
 /// Standalone: set up, run with a 1 s warm-up, report.
@@ -419,4 +541,40 @@ pub fn read_members(
     }
     seen.held = alive.iter().filter(|a| **a).count();
     seen
+}
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+
+    #[test]
+    fn worker_totals_survive_the_round_trip_and_merge() {
+        let mut sent = Sent::new();
+        sent.sent = 7;
+        sent.ack.record(150).unwrap();
+        let mut totals = Totals {
+            sent,
+            each: histogram(),
+            last: histogram(),
+            deliveries: 28,
+            complete: 7,
+            held: 4,
+            repeated: 0,
+            gaps: 0,
+            errors: HashMap::new(),
+        };
+        totals.each.record(900).unwrap();
+        totals.last.record(1200).unwrap();
+        let text = totals_json(&totals).to_string();
+        let mut merged = totals_from_json(&text).unwrap();
+        merge(&mut merged, totals_from_json(&text).unwrap());
+        assert_eq!(
+            (merged.sent.sent, merged.deliveries, merged.complete),
+            (14, 56, 14)
+        );
+        assert_eq!(merged.held, 8);
+        assert_eq!(merged.sent.ack.len(), 2);
+        assert_eq!(merged.last.max(), totals.last.max());
+        assert!(totals_from_json("[1, 2]").is_err());
+    }
 }

@@ -26,7 +26,8 @@
 //!   group; `--threads` threads read all members with epoll and send coalesced Delivered
 //!   receipts. Deliveries (expected: sent × (members − 1)) and their rate, send→each
 //!   member, send→last member and send→ack latency (see `groups.rs`). `group` is the
-//!   one-group case (`--members`, `--rate`).
+//!   one-group case (`--members`, `--rate`). `--workers W` runs whole groups in W worker
+//!   processes (a group's members stay in one process) and merges their totals.
 //! - `reconnect-storm`: `--conns` devices (one login, so one device, per connection) of
 //!   `--users` users, each user in a 1:1 conversation with one sender. Each of `--rounds`
 //!   rounds drops `--fraction` of the connections abruptly (a TCP reset, no close frame),
@@ -158,6 +159,43 @@ impl ChatArgs {
     }
 }
 
+/// The options of `groups` (and of its workers).
+#[derive(clap::Args, Clone, Copy)]
+struct GroupsArgs {
+    /// Number of groups (each with its own members and one sender).
+    #[arg(long, default_value_t = 10)]
+    groups: usize,
+    /// Group size, the sender included (each member is one connection).
+    #[arg(long, default_value_t = 10)]
+    members: usize,
+    /// Messages per second over all groups (open loop, spread evenly).
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// Seconds of measured load (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Message body bytes (at least 8: the scheduled send time).
+    #[arg(long, default_value_t = 64)]
+    body: usize,
+    /// Threads reading the members' connections (epoll).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+impl GroupsArgs {
+    fn options(&self) -> groups::Options {
+        groups::Options {
+            name: "groups",
+            groups: self.groups.max(1),
+            members: self.members.max(2),
+            rate: self.rate.max(1),
+            duration: Duration::from_secs(self.duration),
+            body: self.body.max(8),
+            threads: self.threads.max(1),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Scenario {
     /// 1:1 pairs at a fixed total rate (open loop) or as fast as possible (--rate 0).
@@ -185,24 +223,25 @@ enum Scenario {
     /// Fan-out to G groups of M online members: deliveries per second, send→each member,
     /// send→last member and send→ack latency.
     Groups {
-        /// Number of groups (each with its own members and one sender).
-        #[arg(long, default_value_t = 10)]
-        groups: usize,
-        /// Group size, the sender included (each member is one connection).
-        #[arg(long, default_value_t = 10)]
-        members: usize,
-        /// Messages per second over all groups (open loop, spread evenly).
-        #[arg(long, default_value_t = 100)]
-        rate: u64,
-        /// Seconds of measured load (after a 1 s warm-up).
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        /// Message body bytes (at least 8: the scheduled send time).
-        #[arg(long, default_value_t = 64)]
-        body: usize,
-        /// Threads reading the members' connections (epoll).
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
+        #[command(flatten)]
+        args: GroupsArgs,
+        /// Worker processes running the groups (whole groups each, so one group's
+        /// members stay in one process; their share of the rate; histograms merged).
+        /// Default: all in this process.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Start the workers through this command, round robin (see `idle`).
+        #[arg(long)]
+        worker_via: Vec<String>,
+        /// The loadgen binary the workers run; default: this executable's path.
+        #[arg(long)]
+        worker_exe: Option<PathBuf>,
+    },
+    /// One worker process of `groups --workers` (started by the coordinator).
+    #[command(hide = true)]
+    GroupsWorker {
+        #[command(flatten)]
+        args: GroupsArgs,
     },
     /// One sender to one group of `--members` online members (`groups --groups 1`).
     Group {
@@ -391,24 +430,24 @@ fn run(cli: &Cli) -> Result<Option<Report>> {
             return Ok(None);
         }
         Scenario::Groups {
-            groups,
-            members,
-            rate,
-            duration,
-            body,
-            threads,
-        } => groups::run(
+            args,
+            workers: Some(workers),
+            ref worker_via,
+            ref worker_exe,
+        } => groups::fleet_run(
             cli,
-            groups::Options {
-                name: "groups",
-                groups: groups.max(1),
-                members: members.max(2),
-                rate: rate.max(1),
-                duration: Duration::from_secs(duration),
-                body: body.max(8),
-                threads: threads.max(1),
+            args.options(),
+            chat_fleet::Fleet {
+                workers,
+                launchers: worker_via.clone(),
+                worker_exe: worker_exe.clone(),
             },
         )?,
+        Scenario::Groups { args, .. } => groups::run(cli, args.options())?,
+        Scenario::GroupsWorker { args } => {
+            groups::worker(cli, args.options()).inspect_err(|e| println!("error {e}"))?;
+            return Ok(None);
+        }
         Scenario::Group {
             members,
             rate,

@@ -327,6 +327,29 @@ fn groups_deliver_every_message_to_every_member_and_the_hdr_log_reads_back() {
     assert_eq!(histograms["last_member"].len(), n(&g["complete"]));
     assert_eq!(histograms["ack"].len(), n(&g["acked"]));
     assert_eq!(histograms["ack"].max(), n(&g["ack_us"]["max"]));
+
+    // The same over two worker processes: whole groups each, one timeline, merged.
+    let fleet = server.loadgen(&[
+        "groups",
+        "--groups",
+        "3",
+        "--members",
+        "5",
+        "--rate",
+        "60",
+        "--duration",
+        "2",
+        "--workers",
+        "2",
+    ]);
+    assert_eq!(fleet["workers"], 2, "{fleet}");
+    assert_eq!(
+        (n(&fleet["groups"]), n(&fleet["members"])),
+        (3, 5),
+        "{fleet}"
+    );
+    assert!((90..=150).contains(&n(&fleet["sent"])), "{fleet}");
+    check_groups(&fleet);
 }
 
 #[test]
