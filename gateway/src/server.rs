@@ -6,7 +6,7 @@
 //! glommio's `TcpListener::bind` sets SO_REUSEPORT itself (backlog 1024).
 
 use crate::media::store::MediaStore;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 
 use anyhow::{anyhow, Context as _};
@@ -290,20 +290,30 @@ fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// How long the start-up check waits for a connection to a port it means to listen on.
+pub const PORT_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Refuse to start on a port another process listens on. The shards' listeners set
 /// SO_REUSEPORT (that is how they share a port), so a second server started on the same
 /// ports with another data directory would bind too, and the kernel would silently split
-/// the connections between the two. A plain bind (no SO_REUSEPORT) fails on a port with
-/// a listener; it is released before the shards bind. Port 0 (any free port) is skipped.
+/// the connections between the two. So the server first connects to each fixed port: if
+/// something accepts, it is taken. (A plain bind without SO_REUSEPORT is no test: it also
+/// fails on the orphaned connections a killed server leaves, which a restart must not
+/// mind.) Port 0 (any free port) is skipped.
 fn check_ports_free(config: &Config) -> anyhow::Result<()> {
     let link = config.redis_url.as_ref().map(|_| config.link_port);
+    let host = match config.bind {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
     let ports = [Some(config.http_port), Some(config.tcp_port), link];
     for port in ports.into_iter().flatten().filter(|&p| p != 0) {
-        let addr = SocketAddr::new(config.bind, port);
-        if let Err(e) = std::net::TcpListener::bind(addr) {
+        let addr = SocketAddr::new(host, port);
+        if std::net::TcpStream::connect_timeout(&addr, PORT_PROBE_TIMEOUT).is_ok() {
             return Err(anyhow!(
-                "{addr} is not free ({e}): is another server listening there? (its \
-                 SO_REUSEPORT listeners would share the port's connections with this one)"
+                "{addr} is not free: another server listens there (its SO_REUSEPORT \
+                 listeners would share the port's connections with this one)"
             ));
         }
     }

@@ -36,6 +36,8 @@
 //!   `--connect-rate`) and reads until each has caught up: connect→Welcome and
 //!   connect→last missed message latency, reconnects per second, messages expected and
 //!   received, duplicates and gaps (see `storm.rs`).
+//!   `--workers W` splits the users over W processes (a sender each); round r starts in
+//!   all of them at the same instant, every `--every-secs`, and the totals are merged.
 //! - `idle`: opens `--conns` authenticated connections (spread over `--users` users),
 //!   holds them for `--duration` seconds, and reports the server's resident memory per
 //!   connection (from `/proc/<--server-pid>/status`) and its CPU time over that window
@@ -269,6 +271,30 @@ enum Scenario {
         /// Storm rounds.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Worker processes, each with its share of the users and connections and a
+        /// sender of its own; round r starts in all of them at the same instant (see
+        /// --every-secs). Default: all in this process, rounds back to back.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// With --workers: a round starts every this many seconds (it must have caught
+        /// everyone up by then, or the next starts late).
+        #[arg(long, default_value_t = 10)]
+        every_secs: u64,
+        /// Start the workers through this command, round robin (see `idle`).
+        #[arg(long)]
+        worker_via: Vec<String>,
+        /// The loadgen binary the workers run; default: this executable's path.
+        #[arg(long)]
+        worker_exe: Option<PathBuf>,
+    },
+    /// One worker process of `reconnect-storm --workers` (started by the coordinator).
+    #[command(hide = true)]
+    StormWorker {
+        #[command(flatten)]
+        storm: storm::Args,
+        /// Seconds between round starts (the coordinator's window sets how many).
+        #[arg(long)]
+        every_secs: u64,
     },
     /// Hold authenticated idle connections: server memory per connection, server CPU,
     /// and with --ping-interval-ms the cost of application heartbeats.
@@ -466,8 +492,34 @@ fn run(cli: &Cli) -> Result<Option<Report>> {
                 threads: threads.max(1),
             },
         )?,
-        Scenario::ReconnectStorm { ref storm, rounds } => {
-            storm::run(cli, storm.options()?, rounds.max(1))?
+        Scenario::ReconnectStorm {
+            ref storm,
+            rounds,
+            workers: Some(workers),
+            every_secs,
+            ref worker_via,
+            ref worker_exe,
+        } => storm::fleet_run(
+            cli,
+            storm,
+            rounds.max(1),
+            Duration::from_secs(every_secs.max(1)),
+            chat_fleet::Fleet {
+                workers,
+                launchers: worker_via.clone(),
+                worker_exe: worker_exe.clone(),
+            },
+        )?,
+        Scenario::ReconnectStorm {
+            ref storm, rounds, ..
+        } => storm::run(cli, storm.options()?, rounds.max(1))?,
+        Scenario::StormWorker {
+            ref storm,
+            every_secs,
+        } => {
+            let every = Duration::from_secs(every_secs.max(1));
+            storm::worker(cli, storm.options()?, every).inspect_err(|e| println!("error {e}"))?;
+            return Ok(None);
         }
         Scenario::Idle {
             conns,

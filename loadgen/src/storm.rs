@@ -113,6 +113,251 @@ impl Args {
     }
 }
 
+impl Args {
+    /// The command line of a worker running `conns` of the connections over `users` of
+    /// the users (`storm-worker`, see `fleet_run`).
+    fn worker_args(&self, conns: usize, users: usize) -> Vec<String> {
+        [
+            "--conns".to_string(),
+            conns.to_string(),
+            "--users".to_string(),
+            users.to_string(),
+            "--fraction".to_string(),
+            self.fraction.to_string(),
+            "--missed".to_string(),
+            self.missed.to_string(),
+            "--connect-rate".to_string(),
+            self.connect_rate.to_string(),
+            "--connect-threads".to_string(),
+            self.connect_threads.to_string(),
+            "--round-timeout-secs".to_string(),
+            self.round_timeout_secs.to_string(),
+            "--settle-ms".to_string(),
+            self.settle_ms.to_string(),
+        ]
+        .to_vec()
+    }
+}
+
+/// `reconnect-storm --workers W`: the users (and their connections) split over W worker
+/// processes, each with a sender of its own; every worker starts round `r` at the same
+/// instant, `epoch + warm-up + r × every`, so the storms of all workers hit the server
+/// together. Totals are merged: histograms added, counts summed, and per round the
+/// workers' storm and catch-up times taken as the longest (they ran concurrently), so
+/// the reconnect rate is all reconnects over the longest storm.
+pub fn fleet_run(
+    cli: &Cli,
+    args: &Args,
+    rounds: usize,
+    every: Duration,
+    f: crate::chat_fleet::Fleet,
+) -> Result<Report> {
+    let o = args.options()?;
+    let workers = f.workers.clamp(1, o.users);
+    let shares = (0..workers)
+        .map(|w| {
+            let (_, users) = crate::fleet::share(o.users, workers, w);
+            let (_, conns) = crate::fleet::share(o.conns, workers, w);
+            let mut share = vec![
+                "storm-worker".to_string(),
+                "--every-secs".to_string(),
+                every.as_secs().to_string(),
+            ];
+            share.extend(args.worker_args(conns.max(users), users));
+            share
+        })
+        .collect();
+    let window = every * rounds as u32;
+    let results = crate::chat_fleet::run_workers(cli, &f, shares, o.conns, window)?;
+    let mut merged: Option<Totals> = None;
+    for line in &results.lines {
+        let totals = totals_from_json(line)?;
+        match &mut merged {
+            Some(all) => merge(all, totals),
+            None => merged = Some(totals),
+        }
+    }
+    let mut totals = merged.ok_or("no storm worker reported")?;
+    totals.storm_secs = totals
+        .rounds
+        .iter()
+        .filter_map(|r| r["reconnect_secs"].as_f64())
+        .sum();
+    let t = results.timeline;
+    let mut report = report(&o, totals, Some((t.measure_from, window)));
+    crate::chat_fleet::label(&mut report, workers, &results.lines);
+    Ok(report)
+}
+
+/// One worker process of `reconnect-storm --workers`: connect its share, then run a
+/// storm every `every` on the coordinator's timeline.
+pub fn worker(cli: &Cli, o: Options, every: Duration) -> Result<()> {
+    let started = Instant::now();
+    let storm = setup(cli, o)?;
+    crate::chat_fleet::serve_worker(o.conns, started, |t| {
+        storm.run_every(t, every).map(|totals| totals_json(&totals))
+    })
+}
+
+fn totals_json(t: &Totals) -> serde_json::Value {
+    use crate::fleet::histogram_json;
+    serde_json::json!({
+        "reconnect": histogram_json(&t.reconnect),
+        "catch_up": histogram_json(&t.catch_up),
+        "missed_ack": histogram_json(&t.missed_ack),
+        "rounds": t.rounds,
+        "dropped": t.dropped,
+        "reconnected": t.reconnected,
+        "expected": t.expected,
+        "caught_up": t.caught_up,
+        "devices_caught_up": t.devices_caught_up,
+        "duplicates": t.duplicates,
+        "gaps": t.gaps,
+        "live": t.live,
+        "sent": t.sent,
+        "acked": t.acked,
+        "storm_secs": t.storm_secs,
+        "errors": t.errors,
+    })
+}
+
+fn totals_from_json(text: &str) -> Result<Totals> {
+    use crate::fleet::histogram_from_json;
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("bad storm worker result: {e}"))?;
+    if !v.is_object() {
+        return Err("bad storm worker result: not an object".to_string());
+    }
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    Ok(Totals {
+        reconnect: histogram_from_json(&v["reconnect"]),
+        catch_up: histogram_from_json(&v["catch_up"]),
+        missed_ack: histogram_from_json(&v["missed_ack"]),
+        rounds: v["rounds"].as_array().cloned().unwrap_or_default(),
+        dropped: n("dropped"),
+        reconnected: n("reconnected"),
+        expected: n("expected"),
+        caught_up: n("caught_up"),
+        devices_caught_up: n("devices_caught_up"),
+        duplicates: n("duplicates"),
+        gaps: n("gaps"),
+        live: n("live"),
+        sent: n("sent"),
+        acked: n("acked"),
+        storm_secs: v["storm_secs"].as_f64().unwrap_or(0.0),
+        errors: v["errors"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
+            .collect(),
+        span: None,
+    })
+}
+
+/// One round as two workers saw it, merged: counts summed; the storm and catch-up times
+/// are the longer (the workers' storms ran at once).
+fn merge_round(into: &mut serde_json::Value, from: &serde_json::Value) {
+    for key in [
+        "dropped",
+        "users",
+        "acked",
+        "reconnected",
+        "failed",
+        "caught_up_devices",
+    ] {
+        let sum = into[key].as_u64().unwrap_or(0) + from[key].as_u64().unwrap_or(0);
+        into[key] = serde_json::json!(sum);
+    }
+    for key in ["reconnect_secs", "catch_up_secs"] {
+        let longest = into[key]
+            .as_f64()
+            .unwrap_or(0.0)
+            .max(from[key].as_f64().unwrap_or(0.0));
+        into[key] = serde_json::json!(longest);
+    }
+    let timed_out = into["timed_out"] == true || from["timed_out"] == true;
+    into["timed_out"] = serde_json::json!(timed_out);
+    let secs = into["reconnect_secs"].as_f64().unwrap_or(0.0);
+    let reconnected = into["reconnected"].as_u64().unwrap_or(0) as f64;
+    into["reconnects_per_sec"] = serde_json::json!(if secs > 0.0 {
+        (reconnected / secs).round()
+    } else {
+        0.0
+    });
+}
+
+fn merge(into: &mut Totals, from: Totals) {
+    let _ = into.reconnect.add(&from.reconnect);
+    let _ = into.catch_up.add(&from.catch_up);
+    let _ = into.missed_ack.add(&from.missed_ack);
+    for (r, round) in from.rounds.iter().enumerate() {
+        match into.rounds.get_mut(r) {
+            Some(mine) => merge_round(mine, round),
+            None => into.rounds.push(round.clone()),
+        }
+    }
+    into.dropped += from.dropped;
+    into.reconnected += from.reconnected;
+    into.expected += from.expected;
+    into.caught_up += from.caught_up;
+    into.devices_caught_up += from.devices_caught_up;
+    into.duplicates += from.duplicates;
+    into.gaps += from.gaps;
+    into.live += from.live;
+    into.sent += from.sent;
+    into.acked += from.acked;
+    report::merge_errors(&mut into.errors, from.errors);
+}
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+
+    #[test]
+    fn rounds_of_concurrent_workers_merge_by_index_with_the_longest_storm() {
+        let round = |reconnected: u64, secs: f64, timed_out: bool| {
+            serde_json::json!({"round": 0, "dropped": reconnected, "users": 2, "acked": 4,
+                "reconnected": reconnected, "failed": 0, "caught_up_devices": reconnected,
+                "reconnect_secs": secs, "reconnects_per_sec": 0.0, "catch_up_secs": secs,
+                "timed_out": timed_out})
+        };
+        let totals = |reconnected: u64, secs: f64, timed_out: bool| Totals {
+            reconnect: histogram(),
+            catch_up: histogram(),
+            missed_ack: histogram(),
+            rounds: vec![round(reconnected, secs, timed_out)],
+            dropped: reconnected,
+            reconnected,
+            expected: 10,
+            caught_up: 10,
+            devices_caught_up: reconnected,
+            duplicates: 0,
+            gaps: 0,
+            live: 1,
+            sent: 10,
+            acked: 10,
+            storm_secs: secs,
+            errors: HashMap::new(),
+            span: None,
+        };
+        let a = totals(100, 0.5, false);
+        let text = totals_json(&totals(300, 2.0, true)).to_string();
+        let mut merged = totals_from_json(&totals_json(&a).to_string()).unwrap();
+        merge(&mut merged, totals_from_json(&text).unwrap());
+        assert_eq!(
+            (merged.reconnected, merged.expected, merged.live),
+            (400, 20, 2)
+        );
+        let r = &merged.rounds[0];
+        assert_eq!(r["reconnected"], 400);
+        assert_eq!(r["reconnect_secs"], 2.0);
+        assert_eq!(r["reconnects_per_sec"], 200.0);
+        assert_eq!(r["timed_out"], true);
+        assert!(totals_from_json("7").is_err());
+    }
+}
+
 #[derive(Clone, Copy)]
 pub struct Options {
     pub conns: usize,

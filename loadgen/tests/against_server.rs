@@ -382,6 +382,31 @@ fn reconnect_storm_catches_every_device_up_without_duplicates_or_gaps() {
         n(&s["catch_up_us"]["max"]) >= n(&s["reconnect_us"]["p50"]),
         "{s}"
     );
+
+    // The same population over two worker processes, storms at the same instants.
+    let fleet = server.loadgen(&[
+        "reconnect-storm",
+        "--conns",
+        "60",
+        "--users",
+        "10",
+        "--fraction",
+        "0.5",
+        "--missed",
+        "5",
+        "--rounds",
+        "2",
+        "--workers",
+        "2",
+        "--every-secs",
+        "3",
+    ]);
+    assert_eq!(fleet["workers"], 2, "{fleet}");
+    assert_eq!(n(&fleet["rounds"]), 2, "rounds merged by index: {fleet}");
+    assert_eq!(n(&fleet["dropped"]), 60, "{fleet}");
+    assert_eq!(n(&fleet["expected"]), 300, "{fleet}");
+    check_storm(&fleet);
+    assert_eq!(n(&fleet["per_round"][0]["reconnected"]), 30, "{fleet}");
 }
 
 #[test]
