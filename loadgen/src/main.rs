@@ -722,8 +722,9 @@ fn check_conns(what: &str, conns: usize) -> Result<()> {
     if conns > CONNS_PER_PROCESS_MAX {
         return Err(format!(
             "{what} need {conns} connections, more than the {CONNS_PER_PROCESS_MAX} one \
-             process may hold (the open-files limit here is 20,000 per process): make the \
-             run smaller (only `idle` spreads over worker processes)"
+             process may hold (the open-files limit here is 20,000 per process): spread it \
+             over worker processes with --workers (idle, chat, groups, reconnect-storm) or \
+             make it smaller"
         ));
     }
     Ok(())
