@@ -12,7 +12,7 @@
 //! those of all the sends, not an average of the workers' percentiles) into the same
 //! report as an in-process run, plus the worker count and their CPU.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -239,12 +239,7 @@ fn totals_from_json(text: &str) -> Result<ChatTotals> {
             .ok_or_else(|| format!("bad chat worker result: route {name:?}"))?;
         routes.insert(route, stats_from_json(stats));
     }
-    let errors: HashMap<String, u64> = v["errors"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
-        .collect();
+    let errors = fleet::counts_from_json(&v["errors"]);
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let totals = ChatTotals {
         all: stats_from_json(&v["all"]),
@@ -285,6 +280,7 @@ fn merge(into: &mut ChatTotals, from: ChatTotals) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn rate_shares_follow_the_pairs_and_sum_to_the_rate() {

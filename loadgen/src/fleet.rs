@@ -731,6 +731,16 @@ pub(crate) fn histogram_json(h: &Histogram<u64>) -> serde_json::Value {
         .collect()
 }
 
+/// A `{"kind": count}` object of a worker's result (errors by kind); anything else is
+/// empty.
+pub(crate) fn counts_from_json(v: &serde_json::Value) -> HashMap<String, u64> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
+        .collect()
+}
+
 pub(crate) fn histogram_from_json(v: &serde_json::Value) -> Histogram<u64> {
     let mut h = histogram();
     for pair in v.as_array().into_iter().flatten() {
@@ -760,14 +770,7 @@ impl WorkerResult {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("bad worker result: {e}"))?;
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        let errors = v["errors"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let errors = counts_from_json(&v["errors"]);
         Ok(WorkerResult {
             held: n("held") as usize,
             sent: n("sent"),

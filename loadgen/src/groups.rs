@@ -159,14 +159,6 @@ fn totals_json(t: &Totals) -> serde_json::Value {
     })
 }
 
-fn counts(v: &serde_json::Value) -> HashMap<String, u64> {
-    v.as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
-        .collect()
-}
-
 fn totals_from_json(text: &str) -> Result<Totals> {
     use crate::fleet::histogram_from_json;
     let v: serde_json::Value =
@@ -182,7 +174,7 @@ fn totals_from_json(text: &str) -> Result<Totals> {
             late: histogram_from_json(&s["late"]),
             sent: s["sent"].as_u64().unwrap_or(0),
             sent_with_warmup: s["sent_with_warmup"].as_u64().unwrap_or(0),
-            errors: counts(&s["errors"]),
+            errors: crate::fleet::counts_from_json(&s["errors"]),
         },
         each: histogram_from_json(&v["each"]),
         last: histogram_from_json(&v["last"]),
@@ -191,7 +183,7 @@ fn totals_from_json(text: &str) -> Result<Totals> {
         held: n("held") as usize,
         repeated: n("repeated"),
         gaps: n("gaps"),
-        errors: counts(&v["errors"]),
+        errors: crate::fleet::counts_from_json(&v["errors"]),
     })
 }
 

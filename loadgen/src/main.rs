@@ -119,6 +119,34 @@ enum Proto {
     WsJson,
 }
 
+/// Worker processes for `chat`, `groups` and `reconnect-storm` (`chat_fleet.rs`).
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// Worker processes running the scenario, each its share (pairs; whole groups, so a
+    /// group's members stay in one process; users with a sender each) and its share of
+    /// the rate, on one shared timeline; their histograms are merged. Default: all in
+    /// this process.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Start the workers through this command, round robin (see `idle`).
+    #[arg(long)]
+    worker_via: Vec<String>,
+    /// The loadgen binary the workers run; default: this executable's path.
+    #[arg(long)]
+    worker_exe: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    /// `Some` when --workers was given.
+    fn fleet(&self) -> Option<chat_fleet::Fleet> {
+        self.workers.map(|workers| chat_fleet::Fleet {
+            workers,
+            launchers: self.worker_via.clone(),
+            worker_exe: self.worker_exe.clone(),
+        })
+    }
+}
+
 /// The options of `chat` (and of its workers).
 #[derive(clap::Args, Clone, Copy)]
 struct ChatArgs {
@@ -204,17 +232,8 @@ enum Scenario {
     Chat {
         #[command(flatten)]
         args: ChatArgs,
-        /// Worker processes running the pairs (each its share of the pairs and of the
-        /// rate, on one shared timeline; their histograms are merged: chat_fleet.rs).
-        /// Default: all in this process.
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Start the workers through this command, round robin (see `idle`).
-        #[arg(long)]
-        worker_via: Vec<String>,
-        /// The loadgen binary the workers run; default: this executable's path.
-        #[arg(long)]
-        worker_exe: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// One worker process of `chat --workers` (started by the coordinator).
     #[command(hide = true)]
@@ -227,17 +246,8 @@ enum Scenario {
     Groups {
         #[command(flatten)]
         args: GroupsArgs,
-        /// Worker processes running the groups (whole groups each, so one group's
-        /// members stay in one process; their share of the rate; histograms merged).
-        /// Default: all in this process.
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Start the workers through this command, round robin (see `idle`).
-        #[arg(long)]
-        worker_via: Vec<String>,
-        /// The loadgen binary the workers run; default: this executable's path.
-        #[arg(long)]
-        worker_exe: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// One worker process of `groups --workers` (started by the coordinator).
     #[command(hide = true)]
@@ -271,21 +281,12 @@ enum Scenario {
         /// Storm rounds.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Worker processes, each with its share of the users and connections and a
-        /// sender of its own; round r starts in all of them at the same instant (see
-        /// --every-secs). Default: all in this process, rounds back to back.
-        #[arg(long)]
-        workers: Option<usize>,
-        /// With --workers: a round starts every this many seconds (it must have caught
-        /// everyone up by then, or the next starts late).
+        /// With --workers: a round starts in every worker every this many seconds (it
+        /// must have caught everyone up by then, or the next starts late).
         #[arg(long, default_value_t = 10)]
         every_secs: u64,
-        /// Start the workers through this command, round robin (see `idle`).
-        #[arg(long)]
-        worker_via: Vec<String>,
-        /// The loadgen binary the workers run; default: this executable's path.
-        #[arg(long)]
-        worker_exe: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// One worker process of `reconnect-storm --workers` (started by the coordinator).
     #[command(hide = true)]
@@ -436,40 +437,18 @@ fn main() {
 /// Run the scenario: its report, or `None` if it printed its own (presence, a worker).
 fn run(cli: &Cli) -> Result<Option<Report>> {
     let report = match cli.scenario {
-        Scenario::Chat {
-            args,
-            workers: Some(workers),
-            ref worker_via,
-            ref worker_exe,
-        } => chat_fleet::run(
-            cli,
-            args,
-            chat_fleet::Fleet {
-                workers,
-                launchers: worker_via.clone(),
-                worker_exe: worker_exe.clone(),
-            },
-        )?,
-        Scenario::Chat { args, .. } => chat(cli, args.options())?,
+        Scenario::Chat { args, ref fleet } => match fleet.fleet() {
+            Some(fleet) => chat_fleet::run(cli, args, fleet)?,
+            None => chat(cli, args.options())?,
+        },
         Scenario::ChatWorker { args } => {
             chat_fleet::worker(cli, args.options()).inspect_err(|e| println!("error {e}"))?;
             return Ok(None);
         }
-        Scenario::Groups {
-            args,
-            workers: Some(workers),
-            ref worker_via,
-            ref worker_exe,
-        } => groups::fleet_run(
-            cli,
-            args.options(),
-            chat_fleet::Fleet {
-                workers,
-                launchers: worker_via.clone(),
-                worker_exe: worker_exe.clone(),
-            },
-        )?,
-        Scenario::Groups { args, .. } => groups::run(cli, args.options())?,
+        Scenario::Groups { args, ref fleet } => match fleet.fleet() {
+            Some(fleet) => groups::fleet_run(cli, args.options(), fleet)?,
+            None => groups::run(cli, args.options())?,
+        },
         Scenario::GroupsWorker { args } => {
             groups::worker(cli, args.options()).inspect_err(|e| println!("error {e}"))?;
             return Ok(None);
@@ -495,24 +474,15 @@ fn run(cli: &Cli) -> Result<Option<Report>> {
         Scenario::ReconnectStorm {
             ref storm,
             rounds,
-            workers: Some(workers),
             every_secs,
-            ref worker_via,
-            ref worker_exe,
-        } => storm::fleet_run(
-            cli,
-            storm,
-            rounds.max(1),
-            Duration::from_secs(every_secs.max(1)),
-            chat_fleet::Fleet {
-                workers,
-                launchers: worker_via.clone(),
-                worker_exe: worker_exe.clone(),
-            },
-        )?,
-        Scenario::ReconnectStorm {
-            ref storm, rounds, ..
-        } => storm::run(cli, storm.options()?, rounds.max(1))?,
+            ref fleet,
+        } => match fleet.fleet() {
+            Some(fleet) => {
+                let every = Duration::from_secs(every_secs.max(1));
+                storm::fleet_run(cli, storm, rounds.max(1), every, fleet)?
+            }
+            None => storm::run(cli, storm.options()?, rounds.max(1))?,
+        },
         Scenario::StormWorker {
             ref storm,
             every_secs,

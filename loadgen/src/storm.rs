@@ -245,12 +245,7 @@ fn totals_from_json(text: &str) -> Result<Totals> {
         sent: n("sent"),
         acked: n("acked"),
         storm_secs: v["storm_secs"].as_f64().unwrap_or(0.0),
-        errors: v["errors"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
-            .collect(),
+        errors: crate::fleet::counts_from_json(&v["errors"]),
         span: None,
     })
 }
