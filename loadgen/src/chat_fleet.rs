@@ -102,6 +102,33 @@ pub fn run_workers(
     })
 }
 
+/// A worker's `result` JSON object (`what` names the scenario in the error).
+pub fn parse_result(text: &str, what: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("bad {what} worker result: {e}"))?;
+    if !v.is_object() {
+        return Err(format!("bad {what} worker result: not an object"));
+    }
+    Ok(v)
+}
+
+/// Every worker's totals, parsed and merged into one.
+pub fn merge_results<T>(
+    lines: &[String],
+    parse: impl Fn(&str) -> Result<T>,
+    merge: impl Fn(&mut T, T),
+) -> Result<T> {
+    let mut merged: Option<T> = None;
+    for line in lines {
+        let totals = parse(line)?;
+        match &mut merged {
+            Some(all) => merge(all, totals),
+            None => merged = Some(totals),
+        }
+    }
+    merged.ok_or_else(|| "no worker reported".to_string())
+}
+
 /// A worker's side of the protocol: report `connected <units>`, wait for `go`, run on
 /// its timeline, print `result <json>` (the JSON gets the worker's CPU seconds).
 pub fn serve_worker(
@@ -168,15 +195,7 @@ pub fn run(cli: &Cli, args: ChatArgs, f: Fleet) -> Result<Report> {
         })
         .collect();
     let results = run_workers(cli, &f, shares, o.pairs, o.duration)?;
-    let mut merged: Option<ChatTotals> = None;
-    for line in &results.lines {
-        let totals = totals_from_json(line)?;
-        match &mut merged {
-            Some(all) => merge(all, totals),
-            None => merged = Some(totals),
-        }
-    }
-    let totals = merged.ok_or("no chat worker reported")?;
+    let totals = merge_results(&results.lines, totals_from_json, merge)?;
     let mut report = chat_report(&o, &totals, results.timeline);
     label(&mut report, workers, &results.lines);
     Ok(report)
@@ -231,8 +250,7 @@ fn totals_json(t: &ChatTotals) -> serde_json::Value {
 }
 
 fn totals_from_json(text: &str) -> Result<ChatTotals> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("bad chat worker result: {e}"))?;
+    let v = parse_result(text, "chat")?;
     let mut routes = BTreeMap::new();
     for (name, stats) in v["routes"].as_object().into_iter().flatten() {
         let route = cluster::Route::from_name(name)

@@ -114,15 +114,7 @@ pub fn fleet_run(cli: &Cli, o: Options, f: crate::chat_fleet::Fleet) -> Result<R
         })
         .collect();
     let results = crate::chat_fleet::run_workers(cli, &f, shares, o.groups, o.duration)?;
-    let mut merged: Option<Totals> = None;
-    for line in &results.lines {
-        let totals = totals_from_json(line)?;
-        match &mut merged {
-            Some(all) => merge(all, totals),
-            None => merged = Some(totals),
-        }
-    }
-    let totals = merged.ok_or("no groups worker reported")?;
+    let totals = crate::chat_fleet::merge_results(&results.lines, totals_from_json, merge)?;
     let mut report = report(&o, &totals, results.timeline);
     crate::chat_fleet::label(&mut report, workers, &results.lines);
     Ok(report)
@@ -161,11 +153,7 @@ fn totals_json(t: &Totals) -> serde_json::Value {
 
 fn totals_from_json(text: &str) -> Result<Totals> {
     use crate::fleet::histogram_from_json;
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("bad groups worker result: {e}"))?;
-    if !v.is_object() {
-        return Err("bad groups worker result: not an object".to_string());
-    }
+    let v = crate::chat_fleet::parse_result(text, "groups")?;
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let s = &v["sent"];
     Ok(Totals {

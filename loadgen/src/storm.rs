@@ -169,15 +169,7 @@ pub fn fleet_run(
         .collect();
     let window = every * rounds as u32;
     let results = crate::chat_fleet::run_workers(cli, &f, shares, o.conns, window)?;
-    let mut merged: Option<Totals> = None;
-    for line in &results.lines {
-        let totals = totals_from_json(line)?;
-        match &mut merged {
-            Some(all) => merge(all, totals),
-            None => merged = Some(totals),
-        }
-    }
-    let mut totals = merged.ok_or("no storm worker reported")?;
+    let mut totals = crate::chat_fleet::merge_results(&results.lines, totals_from_json, merge)?;
     totals.storm_secs = totals
         .rounds
         .iter()
@@ -223,11 +215,7 @@ fn totals_json(t: &Totals) -> serde_json::Value {
 
 fn totals_from_json(text: &str) -> Result<Totals> {
     use crate::fleet::histogram_from_json;
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("bad storm worker result: {e}"))?;
-    if !v.is_object() {
-        return Err("bad storm worker result: not an object".to_string());
-    }
+    let v = crate::chat_fleet::parse_result(text, "storm")?;
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     Ok(Totals {
         reconnect: histogram_from_json(&v["reconnect"]),

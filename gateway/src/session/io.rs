@@ -29,33 +29,30 @@ pub async fn race<T>(
         glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
         Woken::Deadline
     };
-    let io = async { Woken::Io(io.await) };
-    match shutdown {
-        Some(wait) => {
-            let stop = async {
-                wait.await;
-                Woken::Shutdown
-            };
-            future::or(io, future::or(timer, stop)).await
-        }
-        None => future::or(io, timer).await,
-    }
+    or_shutdown(future::or(async { Woken::Io(io.await) }, timer), shutdown).await
 }
 
 /// Run `io` until it completes or (if given) the shard shuts down: [`race`] without a
 /// deadline, for waits whose timeout is kept elsewhere (a session's idle timeout is the
 /// shard's [`crate::session::idle`] wheel).
 pub async fn race_stop<T>(io: impl Future<Output = T>, shutdown: Option<&mut Wait>) -> Woken<T> {
-    let io = async { Woken::Io(io.await) };
+    or_shutdown(async { Woken::Io(io.await) }, shutdown).await
+}
+
+/// `wait` until it completes or (if given) the shard shuts down; `wait` is polled first.
+async fn or_shutdown<T>(
+    wait: impl Future<Output = Woken<T>>,
+    shutdown: Option<&mut Wait>,
+) -> Woken<T> {
     match shutdown {
-        Some(wait) => {
+        Some(stop) => {
             let stop = async {
-                wait.await;
+                stop.await;
                 Woken::Shutdown
             };
-            future::or(io, stop).await
+            future::or(wait, stop).await
         }
-        None => io.await,
+        None => wait.await,
     }
 }
 
