@@ -50,13 +50,16 @@ pub struct Results {
 
 /// Start one worker per entry of `worker_args` (the scenario's subcommand and its share),
 /// wait until all report `connected`, send them one `go` with `window`, and collect their
-/// `result` lines. `units` (pairs, groups) only labels the progress line.
+/// `result` lines. `units` (pairs, groups) only labels the progress line. `during` runs
+/// on the coordinator once the workers have their `go` (e.g. to sample the server over
+/// the window); their results queue up meanwhile.
 pub fn run_workers(
     cli: &Cli,
     f: &Fleet,
     worker_args: Vec<Vec<String>>,
     units: usize,
     window: std::time::Duration,
+    during: impl FnOnce(Timeline),
 ) -> Result<Results> {
     let workers = worker_args.len();
     let (tx, rx) = mpsc::channel::<(usize, String)>();
@@ -79,6 +82,7 @@ pub fn run_workers(
     fleet::wait_connected(&rx, workers, units, started)?;
     let epoch = fleet::send_go(&mut stdins, WARMUP, window)?;
     let timeline = Timeline::at(epoch, WARMUP, window);
+    during(timeline);
     let mut lines: Vec<Option<String>> = vec![None; workers];
     while lines.iter().any(Option::is_none) {
         let (w, line) = rx
@@ -194,7 +198,7 @@ pub fn run(cli: &Cli, args: ChatArgs, f: Fleet) -> Result<Report> {
             .to_vec()
         })
         .collect();
-    let results = run_workers(cli, &f, shares, o.pairs, o.duration)?;
+    let results = run_workers(cli, &f, shares, o.pairs, o.duration, |_| ())?;
     let totals = merge_results(&results.lines, totals_from_json, merge)?;
     let mut report = chat_report(&o, &totals, results.timeline);
     label(&mut report, workers, &results.lines);
@@ -232,7 +236,7 @@ fn stats_from_json(v: &serde_json::Value) -> ChatStats {
     }
 }
 
-fn totals_json(t: &ChatTotals) -> serde_json::Value {
+pub(crate) fn totals_json(t: &ChatTotals) -> serde_json::Value {
     let routes: serde_json::Map<String, serde_json::Value> = t
         .routes
         .iter()
@@ -250,7 +254,11 @@ fn totals_json(t: &ChatTotals) -> serde_json::Value {
 }
 
 fn totals_from_json(text: &str) -> Result<ChatTotals> {
-    let v = parse_result(text, "chat")?;
+    totals_from_value(&parse_result(text, "chat")?)
+}
+
+/// The inverse of [`totals_json`].
+pub(crate) fn totals_from_value(v: &serde_json::Value) -> Result<ChatTotals> {
     let mut routes = BTreeMap::new();
     for (name, stats) in v["routes"].as_object().into_iter().flatten() {
         let route = cluster::Route::from_name(name)
@@ -280,7 +288,7 @@ fn merge_stats(into: &mut ChatStats, from: &ChatStats) {
     let _ = into.late.add(&from.late);
 }
 
-fn merge(into: &mut ChatTotals, from: ChatTotals) {
+pub(crate) fn merge(into: &mut ChatTotals, from: ChatTotals) {
     merge_stats(&mut into.all, &from.all);
     for (route, stats) in &from.routes {
         merge_stats(

@@ -604,14 +604,8 @@ pub fn worker(cli: &Cli, o: WorkerOptions) -> Result<()> {
         *totals.errors.entry(k).or_default() += v;
     }
     let result = WorkerResult {
-        held: totals.held,
-        sent: totals.sent,
-        pongs: totals.pongs,
-        other: totals.other,
-        lag_max_us: totals.lag_max.as_micros() as u64,
-        rtt: totals.rtt,
+        pings: totals,
         connect: connect_us,
-        errors: totals.errors,
         cpu_seconds: cpu_seconds("self").unwrap_or(0.0),
     };
     let _ = writeln!(out, "result {}", result.to_json());
@@ -714,14 +708,9 @@ pub(crate) fn read_go() -> Result<(Instant, Duration, Duration)> {
 
 /// One worker's `result` line.
 struct WorkerResult {
-    held: usize,
-    sent: u64,
-    pongs: u64,
-    other: u64,
-    lag_max_us: u64,
-    rtt: Histogram<u64>,
+    /// What its heartbeat threads counted (held connections, pings, pongs, errors).
+    pings: heartbeat::Totals,
     connect: Histogram<u64>,
-    errors: HashMap<String, u64>,
     cpu_seconds: f64,
 }
 
@@ -753,33 +742,18 @@ pub(crate) fn histogram_from_json(v: &serde_json::Value) -> Histogram<u64> {
 
 impl WorkerResult {
     fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "held": self.held,
-            "sent": self.sent,
-            "pongs": self.pongs,
-            "other": self.other,
-            "lag_max_us": self.lag_max_us,
-            "rtt": histogram_json(&self.rtt),
-            "connect": histogram_json(&self.connect),
-            "errors": self.errors,
-            "cpu_seconds": self.cpu_seconds,
-        })
+        let mut v = self.pings.to_json();
+        v["connect"] = histogram_json(&self.connect);
+        v["cpu_seconds"] = serde_json::json!(self.cpu_seconds);
+        v
     }
 
     fn parse(text: &str) -> Result<WorkerResult> {
         let v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format!("bad worker result: {e}"))?;
-        let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        let errors = counts_from_json(&v["errors"]);
         Ok(WorkerResult {
-            held: n("held") as usize,
-            sent: n("sent"),
-            pongs: n("pongs"),
-            other: n("other"),
-            lag_max_us: n("lag_max_us"),
-            rtt: histogram_from_json(&v["rtt"]),
+            pings: heartbeat::Totals::from_json(&v),
             connect: histogram_from_json(&v["connect"]),
-            errors,
             cpu_seconds: v["cpu_seconds"].as_f64().unwrap_or(0.0),
         })
     }
@@ -922,22 +896,23 @@ impl FleetReport {
     /// `measure_from`).
     fn build(&self, measure_from: Instant) -> crate::report::Report {
         let (opened, failed) = self.connected;
-        let held: usize = self.results.iter().map(|r| r.held).sum();
-        let sent: u64 = self.results.iter().map(|r| r.sent).sum();
-        let pongs: u64 = self.results.iter().map(|r| r.pongs).sum();
-        let other: u64 = self.results.iter().map(|r| r.other).sum();
-        let lag_max_us = self.results.iter().map(|r| r.lag_max_us).max().unwrap_or(0);
         let loadgen_cpu: f64 = self.results.iter().map(|r| r.cpu_seconds).sum();
-        let mut rtt = histogram();
+        let mut pings = heartbeat::Totals::new();
         let mut connect = histogram();
-        let mut errors: HashMap<String, u64> = HashMap::new();
         for r in &self.results {
-            let _ = rtt.add(&r.rtt);
+            pings.merge(&r.pings);
             let _ = connect.add(&r.connect);
-            for (k, v) in &r.errors {
-                *errors.entry(k.clone()).or_default() += v;
-            }
         }
+        let heartbeat::Totals {
+            held,
+            sent,
+            pongs,
+            other,
+            lag_max,
+            rtt,
+            errors,
+        } = pings;
+        let lag_max_us = lag_max.as_micros() as u64;
         let per_conn = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) if opened > 0 => Some(a.saturating_sub(b) as f64 / opened as f64),
             _ => None,
@@ -1097,24 +1072,26 @@ mod tests {
         for v in [100, 200, 200, 5000] {
             rtt.record(v).unwrap();
         }
-        let r = WorkerResult {
+        let pings = heartbeat::Totals {
             held: 3,
             sent: 10,
             pongs: 9,
             other: 1,
-            lag_max_us: 42,
+            lag_max: Duration::from_micros(42),
             rtt,
-            connect: histogram(),
             errors: [("connect: refused".to_string(), 2)].into_iter().collect(),
+        };
+        let r = WorkerResult {
+            pings,
+            connect: histogram(),
             cpu_seconds: 1.5,
         };
         let back = WorkerResult::parse(&r.to_json().to_string()).unwrap();
-        assert_eq!(
-            (back.held, back.sent, back.pongs, back.other),
-            (3, 10, 9, 1)
-        );
-        assert_eq!(back.rtt.len(), 4);
-        assert_eq!(back.rtt.max(), r.rtt.max());
-        assert_eq!(back.errors["connect: refused"], 2);
+        let p = &back.pings;
+        assert_eq!((p.held, p.sent, p.pongs, p.other), (3, 10, 9, 1));
+        assert_eq!(p.lag_max, Duration::from_micros(42));
+        assert_eq!(p.rtt.len(), 4);
+        assert_eq!(p.rtt.max(), r.pings.rtt.max());
+        assert_eq!(p.errors["connect: refused"], 2);
     }
 }

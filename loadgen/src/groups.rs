@@ -113,7 +113,7 @@ pub fn fleet_run(cli: &Cli, o: Options, f: crate::chat_fleet::Fleet) -> Result<R
             .to_vec()
         })
         .collect();
-    let results = crate::chat_fleet::run_workers(cli, &f, shares, o.groups, o.duration)?;
+    let results = crate::chat_fleet::run_workers(cli, &f, shares, o.groups, o.duration, |_| ())?;
     let totals = crate::chat_fleet::merge_results(&results.lines, totals_from_json, merge)?;
     let mut report = report(&o, &totals, results.timeline);
     crate::chat_fleet::label(&mut report, workers, &results.lines);
@@ -130,7 +130,7 @@ pub fn worker(cli: &Cli, o: Options) -> Result<()> {
     })
 }
 
-fn totals_json(t: &Totals) -> serde_json::Value {
+pub(crate) fn totals_json(t: &Totals) -> serde_json::Value {
     use crate::fleet::histogram_json;
     serde_json::json!({
         "sent": {
@@ -152,11 +152,17 @@ fn totals_json(t: &Totals) -> serde_json::Value {
 }
 
 fn totals_from_json(text: &str) -> Result<Totals> {
+    Ok(totals_from_value(&crate::chat_fleet::parse_result(
+        text, "groups",
+    )?))
+}
+
+/// The inverse of [`totals_json`] (a missing field reads as zero).
+pub(crate) fn totals_from_value(v: &serde_json::Value) -> Totals {
     use crate::fleet::histogram_from_json;
-    let v = crate::chat_fleet::parse_result(text, "groups")?;
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let s = &v["sent"];
-    Ok(Totals {
+    Totals {
         sent: Sent {
             ack: histogram_from_json(&s["ack"]),
             late: histogram_from_json(&s["late"]),
@@ -172,10 +178,10 @@ fn totals_from_json(text: &str) -> Result<Totals> {
         repeated: n("repeated"),
         gaps: n("gaps"),
         errors: crate::fleet::counts_from_json(&v["errors"]),
-    })
+    }
 }
 
-fn merge(into: &mut Totals, from: Totals) {
+pub(crate) fn merge(into: &mut Totals, from: Totals) {
     into.sent.merge(from.sent);
     let _ = into.each.add(&from.each);
     let _ = into.last.add(&from.last);

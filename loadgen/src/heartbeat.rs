@@ -18,6 +18,7 @@ use wire::client::Connection;
 use wire::message::{Body, Ping};
 
 use crate::epoll::{adopt, drain, Epoll};
+use crate::fleet::{counts_from_json, histogram_from_json, histogram_json};
 use crate::{histogram, nanos_since};
 
 /// The longest one wait for pongs lasts (so the loop notices the end of the window).
@@ -66,15 +67,42 @@ impl Totals {
         }
     }
 
-    pub fn merge(&mut self, other: Totals) {
+    pub fn merge(&mut self, other: &Totals) {
         self.sent += other.sent;
         self.pongs += other.pongs;
         let _ = self.rtt.add(&other.rtt);
         self.other += other.other;
         self.lag_max = self.lag_max.max(other.lag_max);
         self.held += other.held;
-        for (k, v) in other.errors {
-            *self.errors.entry(k).or_default() += v;
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// The totals as a worker reports them (the histogram as `[value, count]` pairs).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "held": self.held,
+            "sent": self.sent,
+            "pongs": self.pongs,
+            "other": self.other,
+            "lag_max_us": self.lag_max.as_micros() as u64,
+            "rtt": histogram_json(&self.rtt),
+            "errors": self.errors,
+        })
+    }
+
+    /// The inverse of [`Totals::to_json`] (a missing field reads as zero).
+    pub fn from_json(v: &serde_json::Value) -> Totals {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        Totals {
+            held: n("held") as usize,
+            sent: n("sent"),
+            pongs: n("pongs"),
+            other: n("other"),
+            lag_max: Duration::from_micros(n("lag_max_us")),
+            rtt: histogram_from_json(&v["rtt"]),
+            errors: counts_from_json(&v["errors"]),
         }
     }
 }

@@ -52,7 +52,9 @@
 //!   `presence.rs`).
 //! - `mixed`: the above at once on one timeline (a 1 s warm-up, then `--duration` s): an
 //!   idle population with heartbeats, 1:1 chat, groups, and optionally a reconnect storm
-//!   every `--storm-every-secs` on a population of its own (see `mixed.rs`).
+//!   every `--storm-every-secs` on a population of its own (see `mixed.rs`). With
+//!   `--workers W` (automatic past 18,000 connections) every part is split over W worker
+//!   processes and merged part by part.
 //!
 //! Output: a human summary, or one JSON object with `--json` (`mixed`: one object with a
 //! section per part). `--hdr-log FILE` also writes every latency histogram of the run
@@ -119,13 +121,14 @@ enum Proto {
     WsJson,
 }
 
-/// Worker processes for `chat`, `groups` and `reconnect-storm` (`chat_fleet.rs`).
+/// Worker processes for `chat`, `groups`, `reconnect-storm` and `mixed` (`chat_fleet.rs`).
 #[derive(clap::Args)]
 struct FleetArgs {
     /// Worker processes running the scenario, each its share (pairs; whole groups, so a
-    /// group's members stay in one process; users with a sender each) and its share of
-    /// the rate, on one shared timeline; their histograms are merged. Default: all in
-    /// this process.
+    /// group's members stay in one process; users with a sender each; in `mixed`, a
+    /// share of every part) and its share of the rate, on one shared timeline; their
+    /// histograms are merged. Default: all in this process (`mixed`: as many as its
+    /// connections need).
     #[arg(long)]
     workers: Option<usize>,
     /// Start the workers through this command, round robin (see `idle`).
@@ -392,7 +395,18 @@ enum Scenario {
     },
     /// Idle connections with heartbeats, 1:1 chat, groups and (optionally) periodic
     /// reconnect storms at once, for --duration seconds: each part's figures.
-    Mixed(mixed::Args),
+    Mixed {
+        #[command(flatten)]
+        args: mixed::Args,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// One worker process of `mixed --workers` (started by the coordinator).
+    #[command(hide = true)]
+    MixedWorker {
+        #[command(flatten)]
+        args: mixed::Args,
+    },
 }
 
 const PASSWORD: &str = "loadgen password";
@@ -552,10 +566,8 @@ fn run(cli: &Cli) -> Result<Option<Report>> {
             } else {
                 WARMUP
             };
-            idle_run(
-                setup,
-                Timeline::at(epoch, warmup, Duration::from_secs(duration)),
-            )?
+            let t = Timeline::at(epoch, warmup, Duration::from_secs(duration));
+            idle_report(&idle_hold(setup, t)?, t)
         }
         Scenario::IdleWorker {
             ref plan,
@@ -600,7 +612,14 @@ fn run(cli: &Cli) -> Result<Option<Report>> {
             )?;
             return Ok(None);
         }
-        Scenario::Mixed(ref args) => mixed::run(cli, args)?,
+        Scenario::Mixed {
+            ref args,
+            ref fleet,
+        } => mixed::run(cli, args, fleet.fleet())?,
+        Scenario::MixedWorker { ref args } => {
+            mixed::worker(cli, args).inspect_err(|e| println!("error {e}"))?;
+            return Ok(None);
+        }
     };
     Ok(Some(report))
 }
@@ -693,7 +712,7 @@ fn check_conns(what: &str, conns: usize) -> Result<()> {
         return Err(format!(
             "{what} need {conns} connections, more than the {CONNS_PER_PROCESS_MAX} one \
              process may hold (the open-files limit here is 20,000 per process): spread it \
-             over worker processes with --workers (idle, chat, groups, reconnect-storm) or \
+             over worker processes with --workers (idle, chat, groups, reconnect-storm, mixed) or \
              make it smaller"
         ));
     }
@@ -1185,8 +1204,65 @@ fn idle_setup(cli: &Cli, o: IdleOptions) -> Result<IdleSetup> {
     })
 }
 
+/// What an in-process `idle` run (or the idle part of `mixed`) counted.
+struct IdleTotals {
+    conns: usize,
+    users: usize,
+    ping_interval: Duration,
+    ping_threads: usize,
+    connect_secs: f64,
+    pings: heartbeat::Totals,
+    /// The server's RSS before the connections opened and at the end of the window.
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+    cpu: CpuRates,
+}
+
+impl IdleTotals {
+    /// The counts a `mixed` worker reports for its idle part (no server figures: the
+    /// coordinator samples the server once for all parts).
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "conns": self.conns,
+            "users": self.users,
+            "ping_interval_ms": self.ping_interval.as_millis() as u64,
+            "ping_threads": self.ping_threads,
+            "connect_secs": self.connect_secs,
+            "pings": self.pings.to_json(),
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> IdleTotals {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        IdleTotals {
+            conns: n("conns") as usize,
+            users: n("users") as usize,
+            ping_interval: Duration::from_millis(n("ping_interval_ms")),
+            ping_threads: n("ping_threads") as usize,
+            connect_secs: v["connect_secs"].as_f64().unwrap_or(0.0),
+            pings: heartbeat::Totals::from_json(&v["pings"]),
+            rss_before: None,
+            rss_after: None,
+            cpu: CpuRates {
+                server: None,
+                own: None,
+            },
+        }
+    }
+
+    /// Two workers' idle parts as one: their connections opened side by side, so the
+    /// connect time is the longer of the two.
+    fn merge(&mut self, other: IdleTotals) {
+        self.conns += other.conns;
+        self.users += other.users;
+        self.ping_threads += other.ping_threads;
+        self.connect_secs = self.connect_secs.max(other.connect_secs);
+        self.pings.merge(&other.pings);
+    }
+}
+
 /// Hold (and ping) the connections over `t`'s window, sampling the server at its ends.
-fn idle_run(setup: IdleSetup, t: Timeline) -> Result<Report> {
+fn idle_hold(setup: IdleSetup, t: Timeline) -> Result<IdleTotals> {
     let IdleSetup {
         o,
         mut open,
@@ -1225,18 +1301,45 @@ fn idle_run(setup: IdleSetup, t: Timeline) -> Result<Report> {
     let mut pings = heartbeat::Totals::new();
     for worker in workers {
         let (totals, conns) = worker.join().map_err(|_| "heartbeat thread panicked")?;
-        pings.merge(totals);
+        pings.merge(&totals);
         open.extend(conns);
     }
     if !pinging {
         pings.held = open.len();
     }
+    drop(open);
+    Ok(IdleTotals {
+        conns,
+        users,
+        ping_interval,
+        ping_threads,
+        connect_secs,
+        pings,
+        rss_before,
+        rss_after,
+        cpu: cpu_after.since(&cpu_before),
+    })
+}
+
+/// The report of an idle run over `t`'s window.
+fn idle_report(totals: &IdleTotals, t: Timeline) -> Report {
+    let IdleTotals {
+        conns,
+        users,
+        ping_interval,
+        ping_threads,
+        connect_secs,
+        ref pings,
+        rss_before,
+        rss_after,
+        ref cpu,
+    } = *totals;
+    let pinging = !ping_interval.is_zero();
     let per_conn = match (rss_before, rss_after) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / conns.max(1) as f64),
         _ => None,
     };
     let secs = t.window().as_secs_f64();
-    let cpu = cpu_after.since(&cpu_before);
     let pings_per_sec = pings.sent as f64 / secs;
     let pongs_per_sec = pings.pongs as f64 / secs;
     // Server CPU-seconds per ping, scaled to 100K connections pinging every 30 s, as a
@@ -1348,8 +1451,7 @@ fn idle_run(setup: IdleSetup, t: Timeline) -> Result<Report> {
     if !pings.errors.is_empty() {
         let _ = writeln!(out, "  errors: {:?}", pings.errors);
     }
-    drop(open);
-    Ok(Report::new(json, out).with("pong", t.measure_from, t.window(), &pings.rtt))
+    Report::new(json, out).with("pong", t.measure_from, t.window(), &pings.rtt)
 }
 
 /// `value` with `digits` decimals, or JSON `null`.

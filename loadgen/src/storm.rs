@@ -168,13 +168,9 @@ pub fn fleet_run(
         })
         .collect();
     let window = every * rounds as u32;
-    let results = crate::chat_fleet::run_workers(cli, &f, shares, o.conns, window)?;
+    let results = crate::chat_fleet::run_workers(cli, &f, shares, o.conns, window, |_| ())?;
     let mut totals = crate::chat_fleet::merge_results(&results.lines, totals_from_json, merge)?;
-    totals.storm_secs = totals
-        .rounds
-        .iter()
-        .filter_map(|r| r["reconnect_secs"].as_f64())
-        .sum();
+    totals.sum_storm_time();
     let t = results.timeline;
     let mut report = report(&o, totals, Some((t.measure_from, window)));
     crate::chat_fleet::label(&mut report, workers, &results.lines);
@@ -191,7 +187,7 @@ pub fn worker(cli: &Cli, o: Options, every: Duration) -> Result<()> {
     })
 }
 
-fn totals_json(t: &Totals) -> serde_json::Value {
+pub(crate) fn totals_json(t: &Totals) -> serde_json::Value {
     use crate::fleet::histogram_json;
     serde_json::json!({
         "reconnect": histogram_json(&t.reconnect),
@@ -214,10 +210,16 @@ fn totals_json(t: &Totals) -> serde_json::Value {
 }
 
 fn totals_from_json(text: &str) -> Result<Totals> {
+    Ok(totals_from_value(&crate::chat_fleet::parse_result(
+        text, "storm",
+    )?))
+}
+
+/// The inverse of [`totals_json`] (a missing field reads as zero).
+pub(crate) fn totals_from_value(v: &serde_json::Value) -> Totals {
     use crate::fleet::histogram_from_json;
-    let v = crate::chat_fleet::parse_result(text, "storm")?;
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    Ok(Totals {
+    Totals {
         reconnect: histogram_from_json(&v["reconnect"]),
         catch_up: histogram_from_json(&v["catch_up"]),
         missed_ack: histogram_from_json(&v["missed_ack"]),
@@ -235,7 +237,7 @@ fn totals_from_json(text: &str) -> Result<Totals> {
         storm_secs: v["storm_secs"].as_f64().unwrap_or(0.0),
         errors: crate::fleet::counts_from_json(&v["errors"]),
         span: None,
-    })
+    }
 }
 
 /// One round as two workers saw it, merged: counts summed; the storm and catch-up times
@@ -270,7 +272,8 @@ fn merge_round(into: &mut serde_json::Value, from: &serde_json::Value) {
     });
 }
 
-fn merge(into: &mut Totals, from: Totals) {
+/// Two workers' totals as one. Call [`Totals::sum_storm_time`] once all are merged.
+pub(crate) fn merge(into: &mut Totals, from: Totals) {
     let _ = into.reconnect.add(&from.reconnect);
     let _ = into.catch_up.add(&from.catch_up);
     let _ = into.missed_ack.add(&from.missed_ack);
@@ -449,6 +452,18 @@ pub struct Totals {
     errors: HashMap<String, u64>,
     /// When the first round started and the last ended.
     span: Option<(Instant, Instant)>,
+}
+
+impl Totals {
+    /// After merging workers' totals: the storm time is the sum over rounds of each
+    /// round's longest storm (the workers' storms of one round ran at once).
+    pub(crate) fn sum_storm_time(&mut self) {
+        self.storm_secs = self
+            .rounds
+            .iter()
+            .filter_map(|r| r["reconnect_secs"].as_f64())
+            .sum();
+    }
 }
 
 /// The population of a storm, connected.

@@ -409,13 +409,10 @@ fn reconnect_storm_catches_every_device_up_without_duplicates_or_gaps() {
     assert_eq!(n(&fleet["per_round"][0]["reconnected"]), 30, "{fleet}");
 }
 
-#[test]
-fn mixed_runs_every_part_at_once_with_consistent_sections() {
-    let server = Server::start();
-    let log = server.dir.with_extension("mixed.hlog");
-    let m = server.loadgen(&[
-        "--hdr-log",
-        log.to_str().unwrap(),
+/// The `mixed` command line of the test (3 s; 200 idle, 3 pairs, 2 groups of 4, a
+/// storm population of 20 devices of 5 users), followed by `extra`.
+fn mixed_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "mixed",
         "--duration",
         "3",
@@ -443,7 +440,13 @@ fn mixed_runs_every_part_at_once_with_consistent_sections() {
         "20",
         "--storm-users",
         "5",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A `mixed` report of [`mixed_args`]: each section consistent on its own.
+fn check_mixed(m: &Value) {
     assert_eq!(m["scenario"], "mixed", "{m}");
     assert_eq!(n(&m["connections"]), 200 + 6 + 8 + 21, "{m}");
 
@@ -470,6 +473,18 @@ fn mixed_runs_every_part_at_once_with_consistent_sections() {
     assert_eq!(n(&storm["rounds"]), 3, "{storm}");
     assert_eq!(n(&storm["dropped"]), 30, "{storm}");
     check_storm(storm);
+}
+
+#[test]
+fn mixed_runs_every_part_at_once_with_consistent_sections() {
+    let server = Server::start();
+    let log = server.dir.with_extension("mixed.hlog");
+    let mut args = vec!["--hdr-log", log.to_str().unwrap()];
+    args.extend(mixed_args(&[]));
+    let m = server.loadgen(&args);
+    check_mixed(&m);
+    let sent = n(&m["chat"]["sent"]);
+    let pongs = n(&m["idle"]["pongs"]);
 
     let histograms = read_hdr_log(&log);
     let _ = std::fs::remove_file(&log);
@@ -492,4 +507,17 @@ fn mixed_runs_every_part_at_once_with_consistent_sections() {
     assert_eq!(histograms["chat.deliver"].len(), sent);
     assert_eq!(histograms["reconnect.reconnect"].len(), 30);
     assert_eq!(histograms["idle.pong"].len(), pongs);
+
+    // The same parts over two worker processes: every part split (1 and 2 pairs, a
+    // group each, storm users 2 and 3 with 8 and 12 devices), the storms at the same
+    // instants, and the sections merged into the same figures.
+    let fleet = server.loadgen(&mixed_args(&["--workers", "2"]));
+    assert_eq!(fleet["workers"], 2, "{fleet}");
+    check_mixed(&fleet);
+    assert_eq!(n(&fleet["groups"]["groups"]), 2, "{fleet}");
+    assert_eq!(
+        n(&fleet["reconnect"]["per_round"][0]["dropped"]),
+        10,
+        "a round's drops summed over the workers: {fleet}"
+    );
 }
