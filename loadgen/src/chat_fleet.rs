@@ -82,6 +82,7 @@ pub fn run_workers(
     fleet::wait_connected(&rx, workers, units, started)?;
     let epoch = fleet::send_go(&mut stdins, WARMUP, window)?;
     let timeline = Timeline::at(epoch, WARMUP, window);
+    let live = crate::report::live_line("workers running", timeline, None);
     during(timeline);
     let mut lines: Vec<Option<String>> = vec![None; workers];
     while lines.iter().any(Option::is_none) {
@@ -99,6 +100,9 @@ pub fn run_workers(
     drop(stdins);
     for mut child in children {
         let _ = child.wait();
+    }
+    if let Some(live) = live {
+        let _ = live.join();
     }
     Ok(Results {
         lines: lines.into_iter().flatten().collect(),

@@ -244,11 +244,15 @@ impl Setup {
         let mut members = self.members;
         let per_thread = members.len().div_ceil(o.threads).max(1);
         let mut readers = Vec::new();
+        // One `Readers` for all: its delivery count is the live line's.
+        let until = Readers::until(drain_until);
+        let live = report::live_line("groups", t, Some(until.delivered.clone()));
         while !members.is_empty() {
             let rest = members.split_off(per_thread.min(members.len()));
             let share = std::mem::replace(&mut members, rest);
+            let until = until.clone();
             readers.push(std::thread::spawn(move || {
-                read_members(share, t, Readers::until(drain_until), true)
+                read_members(share, t, until, true)
             }));
         }
         let mut sent = Sent::new();
@@ -258,6 +262,9 @@ impl Setup {
         let mut seen = Seen::new(true);
         for reader in readers {
             seen.merge(reader.join().map_err(|_| "group reader panicked")?);
+        }
+        if let Some(live) = live {
+            let _ = live.join();
         }
         let receivers = (o.members - 1) as u64;
         let mut last = histogram();

@@ -450,6 +450,15 @@ fn main() {
 
 /// Run the scenario: its report, or `None` if it printed its own (presence, a worker).
 fn run(cli: &Cli) -> Result<Option<Report>> {
+    let worker = matches!(
+        cli.scenario,
+        Scenario::ChatWorker { .. }
+            | Scenario::GroupsWorker { .. }
+            | Scenario::StormWorker { .. }
+            | Scenario::IdleWorker { .. }
+            | Scenario::MixedWorker { .. }
+    );
+    report::IN_WORKER.store(worker, Ordering::Relaxed);
     let report = match cli.scenario {
         Scenario::Chat { args, ref fleet } => match fleet.fleet() {
             Some(fleet) => chat_fleet::run(cli, args, fleet)?,
@@ -958,6 +967,7 @@ fn chat_run(setup: ChatSetup, t: Timeline) -> Result<ChatTotals> {
     let body = o.body;
     let sending =
         std::thread::spawn(move || senders::send_all(senders, t, pace, body, drain_until));
+    let live = report::live_line("chat", t, Some(readers.delivered.clone()));
     let mut totals = ChatTotals {
         all: ChatStats::new(),
         routes: Default::default(),
@@ -1008,6 +1018,9 @@ fn chat_run(setup: ChatSetup, t: Timeline) -> Result<ChatTotals> {
         totals.repeated += seen.repeated;
         totals.gaps += seen.gaps;
         report::merge_errors(&mut totals.errors, seen.errors);
+    }
+    if let Some(live) = live {
+        let _ = live.join();
     }
     Ok(totals)
 }

@@ -12,14 +12,63 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
-use crate::Result;
+use crate::{Result, Timeline};
+
+/// Set in worker processes: their stderr is the coordinator's terminal, where only the
+/// coordinator draws a live line.
+pub static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// How often the live line is redrawn.
+const LIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The live progress line on stderr while `t` runs, when stderr is a terminal (and this
+/// is not a worker): the seconds of the window done and, with `count`, its value and
+/// rate (deliveries so far). Gone, with a newline, at the end of the window.
+pub fn live_line(
+    label: &'static str,
+    t: Timeline,
+    count: Option<Arc<AtomicU64>>,
+) -> Option<std::thread::JoinHandle<()>> {
+    if IN_WORKER.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(std::thread::spawn(move || {
+        let window = t.window().as_secs_f64();
+        let mut last = (Instant::now(), 0u64);
+        while Instant::now() < t.end {
+            std::thread::sleep(LIVE_EVERY.min(t.end.saturating_duration_since(Instant::now())));
+            let now = Instant::now();
+            let phase = if now < t.measure_from {
+                "warm-up".to_string()
+            } else {
+                let done = now.duration_since(t.measure_from).as_secs_f64();
+                format!("{:.0}/{window:.0} s", done.min(window))
+            };
+            let mut line = format!("\r{label}: {phase}");
+            if let Some(count) = &count {
+                let n = count.load(Ordering::Relaxed);
+                let secs = now.duration_since(last.0).as_secs_f64().max(1e-9);
+                let rate = n.saturating_sub(last.1) as f64 / secs;
+                line.push_str(&format!(", {n} delivered ({rate:.0}/s)"));
+                last = (now, n);
+            }
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{line}   ");
+            let _ = err.flush();
+        }
+        eprintln!();
+    }))
+}
 
 /// One latency histogram (µs) with its name and the window it covers.
 pub struct Tagged {
