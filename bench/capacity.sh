@@ -12,6 +12,12 @@
 # output into OUT_DIR (default bench/results/capacity-<time>), with report.md and
 # report.json (bench/scripts/report.py). Cleans up on exit.
 #
+# With MIXED set, the nodes run `loadgen mixed $MIXED` instead (idle + chat + groups +
+# storms at once, split over worker processes as its connections need; CONNS, USERS,
+# HOLD, PING_MS and the CHAT_* variables are then unused):
+#   NODES=3 MIXED="--idle-conns 40000 --chat-pairs 16 --chat-rate 1000 --groups 20 \
+#     --storm-fraction 0.2 --storm-conns 2000 --storm-users 200 --duration 60" bench/capacity.sh
+#
 # Build first:  cargo build --release -p gateway -p loadgen
 # Host limits:  the run needs a wide port range and enough files system-wide; check
 #               with `tune check --connections CONNS` (tuning/), fix with `tune apply`.
@@ -32,6 +38,7 @@
 #   BIN_DIR      where `confab` and `loadgen` are                      [target/release]
 #   REDIS_PORT   port of the private redis-server                      [26500]
 #   OUT_DIR      where reports go                        [bench/results/capacity-<time>]
+#   MIXED        arguments of `loadgen mixed` (empty: idle + chat)      []
 #
 # Example (small):  CONNS=20000 NODES=2 USERS=200 HOLD=20 bench/capacity.sh
 set -euo pipefail
@@ -51,6 +58,7 @@ TRANSPORT=${TRANSPORT:-tcp}
 BIN_DIR=${BIN_DIR:-target/release}
 REDIS_PORT=${REDIS_PORT:-26500}
 OUT_DIR=${OUT_DIR:-bench/results/capacity-$(date -u +%Y%m%dT%H%M%SZ)}
+MIXED=${MIXED:-}
 
 CONFAB=$BIN_DIR/confab
 LOADGEN=$BIN_DIR/loadgen
@@ -88,6 +96,7 @@ trap 'exit 130' INT TERM
     echo "# capacity run $(date -u +%FT%TZ)"
     echo "CONNS=$CONNS NODES=$NODES SHARDS=$SHARDS USERS=$USERS HOLD=$HOLD PING_MS=$PING_MS CONNECT_RATE=$CONNECT_RATE"
     echo "CHAT_RATE=$CHAT_RATE CHAT_PAIRS=$CHAT_PAIRS CHAT_AFTER=$CHAT_AFTER CHAT_SECS=$CHAT_SECS TRANSPORT=$TRANSPORT"
+    [[ -n $MIXED ]] && echo "MIXED=$MIXED"
     echo "host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
     echo "open files: soft $(ulimit -Sn) hard $(ulimit -Hn); fs.file-max $(cat /proc/sys/fs/file-max); port range $(cat /proc/sys/net/ipv4/ip_local_port_range | tr '\t' ' ')"
 } | tee "$OUT_DIR/setup.txt"
@@ -142,6 +151,19 @@ for _ in $(seq 600); do
 done
 PIDS=$(IFS=,; echo "${NODE_PIDS[*]}")
 echo "nodes up: $NODES (pids $PIDS)" | tee -a "$OUT_DIR/setup.txt"
+
+if [[ -n $MIXED ]]; then
+    # shellcheck disable=SC2086 # MIXED is a list of arguments
+    "$LOADGEN" --json --transport "$TRANSPORT" --http "${HTTP[0]}" --tcp "${TCP[0]}" mixed $MIXED \
+        --server-pid "$PIDS" >"$OUT_DIR/mixed.json"
+    python3 "$(dirname "$0")/scripts/report.py" --out-dir "$OUT_DIR" \
+        --title "mixed over $NODES nodes on one host" \
+        --command "NODES=$NODES SHARDS=$SHARDS TRANSPORT=$TRANSPORT MIXED=\"$MIXED\" bench/capacity.sh" \
+        --result "mixed=$OUT_DIR/mixed.json" || true
+    jq -c '{connections, workers, idle: .idle | {held, pongs_per_sec, pong_us, error_count}, chat: .chat | {sent, delivered, deliver_us, errors}, groups: .groups | {sent, deliveries, expected_deliveries, each_member_us}, reconnect: .reconnect | {dropped, reconnected, duplicates, gaps}}' "$OUT_DIR/mixed.json" || true
+    echo "reports in $OUT_DIR"
+    exit 0
+fi
 
 if [[ $CHAT_RATE -gt 0 ]]; then
     (

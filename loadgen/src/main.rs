@@ -86,7 +86,7 @@ use hdrhistogram::Histogram;
 use report::{latency, latency_line, Report};
 use senders::Pace;
 use wire::client::http::{self, Login};
-use wire::client::{new_key, sync_until_live, Connection, Transport};
+use wire::client::{new_key, sync_until_live, ClientError, Connection, Transport};
 use wire::message::{Body, MessageKind, Send, StoredMessage};
 
 #[global_allocator]
@@ -650,9 +650,38 @@ fn new_user(cli: &Cli, run: &str, role: &str, i: usize) -> Result<Login> {
 
 /// Register `name` and log in, through `--http` (a cluster forwards to the home node).
 fn register_login(cli: &Cli, name: &str) -> Result<Login> {
-    http::register(cli.http, name, PASSWORD).map_err(|e| format!("register {name}: {e}"))?;
-    http::login(cli.http, name, PASSWORD, None, Some("loadgen"))
+    let mut attempts = 0;
+    retry_unavailable(|| {
+        attempts += 1;
+        match http::register(cli.http, name, PASSWORD) {
+            // Our own earlier attempt landed (names are unique to the run).
+            Err(ClientError::Api { status: 409, .. }) if attempts > 1 => Ok(0),
+            other => other,
+        }
+    })
+    .map_err(|e| format!("register {name}: {e}"))?;
+    retry_unavailable(|| http::login(cli.http, name, PASSWORD, None, Some("loadgen")))
         .map_err(|e| format!("login {name}: {e}"))
+}
+
+/// How long a request answered 503 (a cluster node not reachable yet, as while the
+/// nodes' links come up) is retried, and how often.
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(10);
+const UNAVAILABLE_RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// `request`, retried while it answers 503 for up to [`UNAVAILABLE_FOR`].
+fn retry_unavailable<T>(
+    mut request: impl FnMut() -> std::result::Result<T, ClientError>,
+) -> std::result::Result<T, ClientError> {
+    let give_up = Instant::now() + UNAVAILABLE_FOR;
+    loop {
+        match request() {
+            Err(ClientError::Api { status: 503, .. }) if Instant::now() < give_up => {
+                std::thread::sleep(UNAVAILABLE_RETRY_EVERY);
+            }
+            other => return other,
+        }
+    }
 }
 
 fn run_id() -> String {
@@ -697,7 +726,8 @@ fn in_parallel<T: std::marker::Send>(
 }
 
 /// Register, log in and connect `count` users (named `lg<run><role><i>`), several at a
-/// time; in order. The catch-up after Welcome is read (a fresh user has none).
+/// time; in order. The catch-up after Welcome is read (a fresh user has none). In a
+/// cluster each session follows the redirect to its user's home node.
 fn connect_users(
     cli: &Cli,
     run: &str,
@@ -707,7 +737,7 @@ fn connect_users(
     let (transport, addr) = transport(cli);
     in_parallel(count, SETUP_THREADS, |i| {
         let login = new_user(cli, run, role, i)?;
-        let (mut conn, _) = Connection::connect(addr, transport, &login.access_token)
+        let (mut conn, _) = Connection::connect_following(addr, transport, &login.access_token)
             .map_err(|e| format!("{role} {i}: {e}"))?;
         sync_until_live(&mut conn, Duration::from_secs(10))
             .map_err(|e| format!("{role} {i}: {e}"))?;
@@ -1201,10 +1231,16 @@ fn idle_setup(cli: &Cli, o: IdleOptions) -> Result<IdleSetup> {
     let rss_before = o.server_pid.and_then(rss_bytes);
     let started = Instant::now();
     let mut open = Vec::with_capacity(o.conns);
+    // In a cluster a user's first session follows the redirect to its home node; the
+    // rest go straight there.
+    let mut homes: Vec<Option<SocketAddr>> = vec![None; o.users];
     for i in 0..o.conns {
         let login = &logins[i % o.users];
-        let (mut conn, _) = Connection::connect(addr, transport, &login.access_token)
-            .map_err(|e| format!("connection {i}: {e}"))?;
+        let home = &mut homes[i % o.users];
+        let (mut conn, _) =
+            Connection::connect_following(home.unwrap_or(addr), transport, &login.access_token)
+                .map_err(|e| format!("connection {i}: {e}"))?;
+        *home = Some(conn.peer_addr());
         sync_until_live(&mut conn, Duration::from_secs(10))
             .map_err(|e| format!("connection {i}: {e}"))?;
         open.push(conn);

@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use crate::chat_fleet::{self, Fleet};
 use crate::report::Report;
 use crate::{
-    chat_report, chat_run, chat_setup, check_conns, cluster, fleet, groups, idle_hold, idle_report,
-    idle_setup, sleep_until, storm, ChatOptions, ChatSetup, ChatTotals, Cli, CpuRates, CpuSample,
-    IdleOptions, IdleSetup, IdleTotals, Result, Timeline, CONNS_PER_PROCESS_MAX, WARMUP,
+    chat_report, chat_run, chat_setup, check_conns, cluster, cpu_seconds, fleet, groups, idle_hold,
+    idle_report, idle_setup, sleep_until, storm, ChatOptions, ChatSetup, ChatTotals, Cli, CpuRates,
+    CpuSample, IdleOptions, IdleSetup, IdleTotals, Result, Timeline, CONNS_PER_PROCESS_MAX, WARMUP,
 };
 
 #[derive(clap::Args)]
@@ -90,9 +90,10 @@ pub struct Args {
     storm_missed: usize,
     #[arg(long, default_value_t = 4)]
     storm_connect_threads: usize,
-    /// The server's pid, for its CPU time over the window (from /proc).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The servers' pids (comma-separated or repeated), for their CPU time over the
+    /// window (from /proc), summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
 }
 
 /// Each part's options (`None`: the part is off).
@@ -324,17 +325,30 @@ pub fn run(cli: &Cli, a: &Args, fleet: Option<Fleet>) -> Result<Report> {
     let t = Timeline::start(plan.duration);
     let mut cpu = None;
     let totals = run_parts(setups, t, plan.every, || {
-        cpu = Some(sample_cpu(a.server_pid, t))
+        cpu = Some(sample_cpu(&a.server_pid, t))
     })?;
     Ok(report(&plan, totals, t, cpu))
 }
 
-/// The server's and this process's CPU over `t`'s measured window (sleeps through it).
-fn sample_cpu(server_pid: Option<u32>, t: Timeline) -> CpuRates {
+/// The servers' (summed) and this process's CPU over `t`'s measured window (sleeps
+/// through it).
+fn sample_cpu(server_pids: &[u32], t: Timeline) -> CpuRates {
+    let take = || CpuSample {
+        at: Instant::now(),
+        server: (!server_pids.is_empty())
+            .then(|| {
+                server_pids
+                    .iter()
+                    .map(|p| cpu_seconds(&p.to_string()))
+                    .sum::<Option<f64>>()
+            })
+            .flatten(),
+        own: cpu_seconds("self"),
+    };
     sleep_until(t.measure_from);
-    let before = CpuSample::take(server_pid);
+    let before = take();
     sleep_until(t.end);
-    CpuSample::take(server_pid).since(&before)
+    take().since(&before)
 }
 
 fn fleet_run(cli: &Cli, a: &Args, plan: &Plan, f: Fleet) -> Result<Report> {
@@ -342,7 +356,7 @@ fn fleet_run(cli: &Cli, a: &Args, plan: &Plan, f: Fleet) -> Result<Report> {
     let shares = (0..workers).map(|w| a.worker_args(w, workers)).collect();
     let mut cpu = None;
     let results = chat_fleet::run_workers(cli, &f, shares, plan.conns, plan.duration, |t| {
-        cpu = Some(sample_cpu(a.server_pid, t))
+        cpu = Some(sample_cpu(&a.server_pid, t))
     })?;
     let mut totals = chat_fleet::merge_results(&results.lines, Totals::from_json, Totals::merge)?;
     if let Some(r) = &mut totals.reconnect {
