@@ -389,6 +389,10 @@ struct Device {
     got: u64,
     /// When its reconnect started.
     reconnect_started: Option<Instant>,
+    /// The node its session was welcomed by (its user's home in a cluster): where it
+    /// reconnects, as a client that remembers where it was does (a redirect is followed
+    /// if the home moved).
+    home: SocketAddr,
 }
 
 impl Device {
@@ -469,7 +473,6 @@ impl Totals {
 /// The population of a storm, connected.
 pub struct Storm {
     o: Options,
-    addr: SocketAddr,
     transport: Transport,
     devices: Vec<Device>,
     /// Per user: the conversation with the sender.
@@ -549,6 +552,7 @@ pub fn setup(cli: &Cli, o: Options) -> Result<Storm> {
             .map_err(|e| format!("epoll add: {e}"))?;
         devices.push(Device {
             user,
+            home: conn.peer_addr(),
             token: login.access_token,
             conn: Some(conn),
             highest,
@@ -564,7 +568,6 @@ pub fn setup(cli: &Cli, o: Options) -> Result<Storm> {
         .map_err(|e| format!("epoll add: {e}"))?;
     let mut storm = Storm {
         o,
-        addr,
         transport,
         devices,
         conversations,
@@ -829,17 +832,19 @@ impl Storm {
         let start = Instant::now();
         self.round.first_connect = Some(start);
         let rate = self.o.connect_rate;
-        let mut shares: Vec<Vec<(usize, usize, String)>> = vec![Vec::new(); threads];
+        let mut shares: Vec<Vec<(usize, usize, String, SocketAddr)>> =
+            vec![Vec::new(); threads];
         for (j, &d) in dropped.iter().enumerate() {
-            shares[j % threads].push((j, d, self.devices[d].token.clone()));
+            let device = &self.devices[d];
+            shares[j % threads].push((j, d, device.token.clone(), device.home));
         }
-        let (addr, transport) = (self.addr, self.transport);
+        let transport = self.transport;
         shares
             .into_iter()
             .map(|share| {
                 let tx = tx.clone();
                 std::thread::spawn(move || {
-                    for (j, device, token) in share {
+                    for (j, device, token, addr) in share {
                         if rate > 0 {
                             sleep_until(start + Duration::from_secs_f64(j as f64 / rate as f64));
                         }
