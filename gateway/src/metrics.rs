@@ -59,6 +59,8 @@ pub struct ShardCounters {
     /// Append-to-durable latency: counts per bucket of [`APPEND_BUCKETS_US`], plus +Inf.
     append_buckets: [AtomicU64; APPEND_BUCKETS_US.len() + 1],
     append_sum_us: AtomicU64,
+    /// The shard log's I/O thread's timing of each batch, once the log is open.
+    log_io: std::sync::OnceLock<Arc<log_engine::BatchIoStats>>,
 }
 
 /// Upper bounds (µs) of the append-to-durable latency histogram buckets.
@@ -230,6 +232,11 @@ impl ShardCounters {
 
     pub fn push_dead_lettered(&self) {
         add(&self.push_dead_lettered);
+    }
+
+    /// Show the shard log's batch I/O timing (set once, when the log opens).
+    pub fn log_opened(&self, stats: Arc<log_engine::BatchIoStats>) {
+        let _ = self.log_io.set(stats);
     }
 
     fn append_latency(&self, elapsed: std::time::Duration) {
@@ -442,29 +449,42 @@ impl Metrics {
         for (name, help, field) in counters {
             self.family(&mut out, name, help, "counter", field);
         }
-        let name = "confab_append_durable_seconds";
+        let appends: Vec<(Vec<u64>, u64)> = self
+            .shards
+            .iter()
+            .map(|c| {
+                let buckets = c.append_buckets.iter().map(load).collect();
+                (buckets, load(&c.append_sum_us))
+            })
+            .collect();
+        histogram_family(
+            &mut out,
+            "confab_append_durable_seconds",
+            "Message append to durable (fdatasync covered it)",
+            &APPEND_BUCKETS_US,
+            &appends,
+        );
+        let io: Vec<log_engine::BatchIoSnapshot> = self
+            .shards
+            .iter()
+            .map(|c| c.log_io.get().map(|s| s.snapshot()).unwrap_or_default())
+            .collect();
+        let batches: Vec<(Vec<u64>, u64)> =
+            io.iter().map(|s| (s.buckets.clone(), s.sum_us)).collect();
+        histogram_family(
+            &mut out,
+            "confab_log_batch_io_seconds",
+            "One log batch's write and fdatasync as the log's I/O thread timed them (append to durable minus this is queueing)",
+            &log_engine::stats::BATCH_IO_BUCKETS_US,
+            &batches,
+        );
+        let name = "confab_log_batch_bytes_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Message append to durable (fdatasync covered it).\n# TYPE {name} histogram"
+            "# HELP {name} Bytes the log's batches wrote.\n# TYPE {name} counter"
         );
-        for (i, c) in self.shards.iter().enumerate() {
-            let mut cumulative = 0;
-            for (bound, counter) in APPEND_BUCKETS_US.iter().zip(c.append_buckets.iter()) {
-                cumulative += load(counter);
-                let le = *bound as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{shard=\"{i}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            cumulative += c.append_buckets.last().map_or(0, load);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
-            );
-            let sum = load(&c.append_sum_us) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {cumulative}");
+        for (i, s) in io.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", s.bytes);
         }
         let name = "confab_connections_accepted_total";
         let _ = writeln!(
@@ -530,6 +550,37 @@ fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
+/// A histogram family with one series per shard: `per_shard[i]` holds shard i's counts
+/// per bucket of `bounds_us` (not cumulative; one more for +Inf) and its sum in µs.
+fn histogram_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds_us: &[u64],
+    per_shard: &[(Vec<u64>, u64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} histogram");
+    for (i, (buckets, sum_us)) in per_shard.iter().enumerate() {
+        let mut cumulative = 0;
+        for (bound, count) in bounds_us.iter().zip(buckets) {
+            cumulative += count;
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{i}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += buckets.get(bounds_us.len()).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = *sum_us as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {cumulative}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,6 +601,39 @@ mod tests {
         assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
         metrics.shard(1).closed();
         assert_eq!(metrics.shard(1).connections(), 0);
+    }
+
+    #[test]
+    fn log_batch_io_is_a_cumulative_histogram_per_shard() {
+        let metrics = Metrics::new(2);
+        let stats = Arc::new(log_engine::BatchIoStats::default());
+        stats.record(std::time::Duration::from_micros(80), 4096);
+        stats.record(std::time::Duration::from_micros(150), 8192);
+        stats.record(std::time::Duration::from_secs(2), 4096);
+        metrics.shard(1).log_opened(Arc::clone(&stats));
+        metrics.append_latency(1, std::time::Duration::from_micros(300));
+        let text = metrics.render();
+        let name = "confab_log_batch_io_seconds";
+        for line in [
+            format!("{name}_bucket{{shard=\"1\",le=\"0.00005\"}} 0"),
+            format!("{name}_bucket{{shard=\"1\",le=\"0.0001\"}} 1"),
+            format!("{name}_bucket{{shard=\"1\",le=\"0.0002\"}} 2"),
+            format!("{name}_bucket{{shard=\"1\",le=\"1\"}} 2"),
+            format!("{name}_bucket{{shard=\"1\",le=\"+Inf\"}} 3"),
+            format!("{name}_count{{shard=\"1\"}} 3"),
+            format!("{name}_sum{{shard=\"1\"}} 2.00023"),
+            // A shard whose log is not open yet shows an empty histogram.
+            format!("{name}_count{{shard=\"0\"}} 0"),
+            "confab_log_batch_bytes_total{shard=\"1\"} 16384".to_string(),
+            "confab_append_durable_seconds_bucket{shard=\"1\",le=\"0.0002\"} 0".to_string(),
+            "confab_append_durable_seconds_bucket{shard=\"1\",le=\"0.0005\"} 1".to_string(),
+            "confab_append_durable_seconds_count{shard=\"1\"} 1".to_string(),
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "missing {line:?} in {text}"
+            );
+        }
     }
 
     #[test]

@@ -393,7 +393,12 @@ fn spawn_shard(
                 }
             };
             let log = match open_log(&config, id) {
-                Ok(log) => log,
+                Ok(log) => {
+                    metrics
+                        .shard(id)
+                        .log_opened(log.with_log(|l| l.batch_io_stats()));
+                    log
+                }
                 Err(e) => {
                     let _ = bound.send(Err(format!("{e:#}")));
                     return;

@@ -44,6 +44,8 @@ fn healthz_and_metrics() {
         "confab_connections{shard=\"1\"} ",
         "confab_connections_accepted_total{shard=\"0\",listener=\"http\"} ",
         "confab_connections_accepted_total{shard=\"1\",listener=\"tcp\"} ",
+        "confab_log_batch_io_seconds_count{shard=\"0\"} ",
+        "confab_log_batch_io_seconds_bucket{shard=\"1\",le=\"+Inf\"} ",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in {metrics}");
     }

@@ -832,8 +832,7 @@ impl Storm {
         let start = Instant::now();
         self.round.first_connect = Some(start);
         let rate = self.o.connect_rate;
-        let mut shares: Vec<Vec<(usize, usize, String, SocketAddr)>> =
-            vec![Vec::new(); threads];
+        let mut shares: Vec<Vec<(usize, usize, String, SocketAddr)>> = vec![Vec::new(); threads];
         for (j, &d) in dropped.iter().enumerate() {
             let device = &self.devices[d];
             shares[j % threads].push((j, d, device.token.clone(), device.home));

@@ -101,6 +101,7 @@ pub mod recovery;
 pub mod retention;
 pub mod segment;
 pub mod sim;
+pub mod stats;
 pub mod storage;
 pub mod writer;
 
@@ -113,5 +114,6 @@ pub use meta::{MetaRecord, StateMachine};
 pub use pipeline::PipelinedLog;
 pub use reader::{Page, Record};
 pub use recovery::{CheckpointUse, RecoveryReport, Truncation};
+pub use stats::{BatchIoSnapshot, BatchIoStats};
 pub use storage::{FsStorage, Storage};
 pub use writer::{Ack, AppendRequest, Ticket, Watermarks};

@@ -60,6 +60,7 @@ use crate::reader::{Page, Record};
 use crate::recovery::RecoveryReport;
 use crate::retention::RetentionReport;
 use crate::segment::{roll_segment, start_spare, zero_spare_slice, SegmentMeta, SPARE_NAME};
+use crate::stats::BatchIoStats;
 use crate::storage::Storage;
 use crate::writer::{Ack, AppendRequest, BatchJob, Ticket, Watermarks};
 
@@ -99,6 +100,8 @@ pub struct PipelinedLog<S: Storage + Send + 'static, M: StateMachine = ()> {
     notify: Arc<CompletionWaker>,
     /// A checkpoint being encoded in steps (see `checkpoint_in_background`).
     draft: Option<CheckpointDraft>,
+    /// The I/O thread's own timing of each batch.
+    io_stats: Arc<BatchIoStats>,
 }
 
 /// The I/O, spare and checkpoint threads; dropping it stops and joins them.
@@ -158,6 +161,8 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         let active = log.writer.active_segment();
         let notify = Arc::new(CompletionWaker::default());
         let io_notify = Arc::clone(&notify);
+        let io_stats = Arc::new(BatchIoStats::default());
+        let stats = Arc::clone(&io_stats);
         let mut threads = IoThreads {
             jobs: Some(jobs_tx),
             io: None,
@@ -167,7 +172,15 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         };
         let io = std::thread::Builder::new()
             .name("log-io".into())
-            .spawn(move || io_loop(io_storage, &jobs_rx, &done_tx, &slot, active, &io_notify))
+            .spawn(move || {
+                let ends = IoEnds {
+                    jobs: &jobs_rx,
+                    done: &done_tx,
+                    notify: &io_notify,
+                    stats: &stats,
+                };
+                io_loop(io_storage, ends, &slot, active)
+            })
             .map_err(io_err("spawn", "log-io"))?;
         threads.io = Some(io);
         let log = PipelinedLog {
@@ -177,8 +190,15 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             ready: Vec::new(),
             draft: None,
             notify,
+            io_stats,
         };
         Ok((log, report))
+    }
+
+    /// The I/O thread's timing of every batch so far (write + fdatasync, and the roll
+    /// when there is one): a handle that stays current.
+    pub fn batch_io_stats(&self) -> Arc<BatchIoStats> {
+        Arc::clone(&self.io_stats)
     }
 
     /// Registers `waker` to be woken (from the I/O thread) after the next batch
@@ -555,21 +575,31 @@ impl CheckpointThread {
     }
 }
 
+/// What the I/O thread talks to the owner through.
+struct IoEnds<'a> {
+    jobs: &'a Receiver<BatchJob>,
+    done: &'a Sender<Completion>,
+    notify: &'a CompletionWaker,
+    stats: &'a BatchIoStats,
+}
+
 /// The I/O thread: runs jobs in order; after the first failure, refuses the rest.
-fn io_loop<S: Storage>(
-    mut storage: S,
-    jobs: &Receiver<BatchJob>,
-    done: &Sender<Completion>,
-    spare: &SpareSlot,
-    mut active: u64,
-    notify: &CompletionWaker,
-) {
+fn io_loop<S: Storage>(mut storage: S, ends: IoEnds<'_>, spare: &SpareSlot, mut active: u64) {
+    let IoEnds {
+        jobs,
+        done,
+        notify,
+        stats,
+    } = ends;
     let mut failed = false;
     for job in jobs {
         let result = if failed {
             Err(Error::Poisoned)
         } else {
-            run_job(&mut storage, &job, spare, &mut active)
+            let started = Instant::now();
+            let result = run_job(&mut storage, &job, spare, &mut active);
+            stats.record(started.elapsed(), job.bytes.len());
+            result
         };
         spare.note_batch(job.bytes.len());
         failed |= result.is_err();
