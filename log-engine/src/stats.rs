@@ -51,7 +51,10 @@ impl BatchIoStats {
             .iter()
             .position(|&bound| us <= bound)
             .unwrap_or(BATCH_IO_BUCKETS_US.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        // `position` is at most the bound count: the last bucket exists.
+        if let Some(counter) = self.buckets.get(bucket) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
