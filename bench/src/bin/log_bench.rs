@@ -26,7 +26,10 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
-use log_engine::{AppendRequest, Config, FsStorage, Log, PipelinedLog, RecordKind, Ticket};
+use log_engine::stats::BATCH_IO_BUCKETS_US;
+use log_engine::{
+    AppendRequest, BatchIoSnapshot, Config, FsStorage, Log, PipelinedLog, RecordKind, Ticket,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -281,14 +284,54 @@ fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigur
         warm_up.appends,
         warm_up.latency.value_at_quantile(0.99)
     );
-    paced_appends(
+    let io = log.batch_io_stats();
+    let before = io.snapshot();
+    let figures = paced_appends(
         &mut log,
         args,
         &payload,
         &mut rng,
         rate,
         args.seconds as f64,
-    )
+    )?;
+    print_batch_io(&before, &io.snapshot());
+    Ok(figures)
+}
+
+/// The I/O thread's own timing of the batches between two snapshots: how much of the
+/// append-to-durable latency is the device (the rest is batching and scheduling).
+fn print_batch_io(before: &BatchIoSnapshot, after: &BatchIoSnapshot) {
+    let counts: Vec<u64> = after
+        .buckets
+        .iter()
+        .zip(&before.buckets)
+        .map(|(a, b)| a - b)
+        .collect();
+    let batches: u64 = counts.iter().sum();
+    if batches == 0 {
+        return;
+    }
+    let bound = |q: f64| {
+        let mut cumulative = 0;
+        for (i, c) in counts.iter().enumerate() {
+            cumulative += c;
+            if cumulative as f64 >= q * batches as f64 {
+                return BATCH_IO_BUCKETS_US
+                    .get(i)
+                    .map_or("> 1 s".to_string(), |b| format!("≤ {b} µs"));
+            }
+        }
+        "?".to_string()
+    };
+    println!(
+        "batch I/O (write + fdatasync as the log's I/O thread timed them): {batches} batches, \
+         {:.0} B and {:.0} µs each on average; p50 {}, p99 {}, p999 {}",
+        (after.bytes - before.bytes) as f64 / batches as f64,
+        (after.sum_us - before.sum_us) as f64 / batches as f64,
+        bound(0.5),
+        bound(0.99),
+        bound(0.999)
+    );
 }
 
 /// Appends at `rate` for `seconds`, each latency measured from its *scheduled* time.
