@@ -362,14 +362,19 @@ pub(crate) fn transport_args(cli: &Cli) -> Vec<String> {
         crate::Proto::Ws => "ws",
         crate::Proto::WsJson => "ws-json",
     };
-    vec![
+    let mut args = vec![
         "--transport".to_string(),
         transport.to_string(),
         "--http".to_string(),
         cli.http.to_string(),
         "--tcp".to_string(),
         cli.tcp.to_string(),
-    ]
+    ];
+    if let Some(sources) = &cli.source_addrs {
+        args.push("--source-addrs".to_string());
+        args.push(sources.1.clone());
+    }
+    args
 }
 
 /// Start worker `w` running `args` (see [`Launch`]), write `input` to its stdin and

@@ -103,6 +103,12 @@ struct Cli {
     tcp: SocketAddr,
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
     transport: Proto,
+    /// Local addresses the connections bind to, round robin (workers get the same list):
+    /// `127.0.0.2-127.0.0.17` or `127.0.0.2,127.0.0.3`. The kernel allows ~64K
+    /// connections per (source address, server address) pair, so one server address
+    /// taking more than that from this host needs several. Default: the kernel's choice.
+    #[arg(long, value_parser = parse_source_addrs, value_name = "ADDRS")]
+    source_addrs: Option<SourceAddrs>,
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -424,6 +430,9 @@ const SETUP_THREADS: usize = 8;
 fn main() {
     let cli = Cli::parse();
     raise_fd_limit();
+    if let Some(sources) = &cli.source_addrs {
+        wire::client::set_source_addresses(sources.0.clone());
+    }
     let started = SystemTime::now();
     let result = run(&cli);
     let result = result.and_then(|report| {
@@ -634,6 +643,49 @@ fn run(cli: &Cli) -> Result<Option<Report>> {
 }
 
 type Result<T> = std::result::Result<T, String>;
+
+/// `--source-addrs`: the addresses, and the text they were given as (for workers).
+#[derive(Clone, Debug)]
+struct SourceAddrs(Vec<std::net::IpAddr>, String);
+
+/// Most source addresses `--source-addrs` may name (a /16 of loopback).
+const SOURCE_ADDRS_MAX: usize = 65_536;
+
+/// `a.b.c.d-a.b.c.e` (IPv4, inclusive) or a comma-separated list, or both mixed.
+fn parse_source_addrs(text: &str) -> std::result::Result<SourceAddrs, String> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let mut addrs = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let bad = |s: &str| format!("{s:?} is not an IPv4 address");
+                let first: Ipv4Addr = first.trim().parse().map_err(|_| bad(first))?;
+                let last: Ipv4Addr = last.trim().parse().map_err(|_| bad(last))?;
+                let (a, b) = (u32::from(first), u32::from(last));
+                if b < a {
+                    return Err(format!("range {part:?} runs backwards"));
+                }
+                if (b - a) as usize >= SOURCE_ADDRS_MAX {
+                    return Err(format!(
+                        "range {part:?} is over {SOURCE_ADDRS_MAX} addresses"
+                    ));
+                }
+                addrs.extend((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
+            }
+            None => addrs.push(
+                part.parse()
+                    .map_err(|_| format!("{part:?} is not an IP address"))?,
+            ),
+        }
+        if addrs.len() > SOURCE_ADDRS_MAX {
+            return Err(format!("more than {SOURCE_ADDRS_MAX} source addresses"));
+        }
+    }
+    if addrs.is_empty() {
+        return Err("no source address given".to_string());
+    }
+    Ok(SourceAddrs(addrs, text.to_string()))
+}
 
 fn transport(cli: &Cli) -> (Transport, SocketAddr) {
     match cli.transport {
@@ -1582,6 +1634,30 @@ fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_addresses_parse_as_ranges_and_lists() {
+        let a = parse_source_addrs("127.0.0.2-127.0.0.4, 10.0.0.1").unwrap();
+        let text: Vec<String> = a.0.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["127.0.0.2", "127.0.0.3", "127.0.0.4", "10.0.0.1"]);
+        assert_eq!(a.1, "127.0.0.2-127.0.0.4, 10.0.0.1", "kept for the workers");
+        let wide = parse_source_addrs("127.0.0.255-127.0.1.1").unwrap();
+        assert_eq!(wide.0.len(), 3, "ranges cross octets");
+        for bad in [
+            "",
+            "127.0.0.5-127.0.0.2",
+            "127.0.0.1-::1",
+            "localhost",
+            "127.0.0.0-127.255.255.255",
+        ] {
+            assert!(parse_source_addrs(bad).is_err(), "{bad:?}");
         }
     }
 }

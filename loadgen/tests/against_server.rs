@@ -120,6 +120,8 @@ fn idle_over_worker_processes_and_a_chat_run_report_consistent_figures() {
     let server = Server::start();
     let pid = server.child.id().to_string();
     let idle = server.loadgen(&[
+        "--source-addrs",
+        "127.0.0.2-127.0.0.5",
         "idle",
         "--conns",
         "2000",
@@ -136,6 +138,18 @@ fn idle_over_worker_processes_and_a_chat_run_report_consistent_figures() {
     ]);
     assert_eq!(idle["workers"], 2);
     assert_eq!(idle["opened"], 2000, "{idle}");
+    // The workers bound their connections to the four source addresses: the ones they
+    // closed linger in TIME_WAIT on this host, by local address.
+    let port = server.tcp.rsplit(':').next().unwrap();
+    let sources = closed_connections_by_source(port.parse().unwrap());
+    for last in 2..=5 {
+        let source = format!("127.0.0.{last}");
+        assert!(
+            sources.get(&source).is_some_and(|&n| n >= 100),
+            "connections from {source}: {sources:?}"
+        );
+    }
+    assert_eq!(sources.get("127.0.0.1"), None, "{sources:?}");
     assert_eq!(idle["failed"], 0, "{idle}");
     assert_eq!(idle["held"], 2000, "{idle}");
     assert_eq!(idle["error_count"], 0, "{idle}");
@@ -232,6 +246,39 @@ fn idle_over_worker_processes_and_a_chat_run_report_consistent_figures() {
 }
 
 /// The histograms of an interval log, by tag.
+/// Client ends of connections to `port` on this host in TIME_WAIT, by local address
+/// (`/proc/net/tcp`: hex `addr:port` pairs, state 06).
+fn closed_connections_by_source(port: u16) -> HashMap<String, usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mut by_source = HashMap::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(remote), Some(state)) =
+            (fields.get(1), fields.get(2), fields.get(3))
+        else {
+            continue;
+        };
+        let remote_port = remote
+            .split(':')
+            .nth(1)
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if *state != "06" || remote_port != Some(port) {
+            continue;
+        }
+        let Some(ip) = local
+            .split(':')
+            .next()
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+        else {
+            continue;
+        };
+        // The kernel prints the network-order word as a host-order integer.
+        let ip = std::net::Ipv4Addr::from(u32::from_be(ip));
+        *by_source.entry(ip.to_string()).or_insert(0) += 1;
+    }
+    by_source
+}
+
 fn read_hdr_log(path: &Path) -> HashMap<String, Histogram<u64>> {
     let bytes = std::fs::read(path).unwrap();
     let mut out = HashMap::new();

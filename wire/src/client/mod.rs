@@ -48,7 +48,9 @@
 //! # }
 //! ```
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::error::{HandshakeError, WireError};
@@ -200,10 +202,67 @@ pub fn new_key() -> IdempotencyKey {
 }
 
 /// Connect to the first address `addr` resolves to that accepts, within `timeout` each.
+/// Local addresses that new connections bind to before connecting, taken round robin
+/// (see [`set_source_addresses`]); unset: the kernel chooses.
+static SOURCE_ADDRESSES: OnceLock<Vec<IpAddr>> = OnceLock::new();
+static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
+
+/// Make every later connection of this process (sessions and HTTP) bind to one of
+/// `addrs`, round robin, before it connects — with `IP_BIND_ADDRESS_NO_PORT`, so the
+/// source port is chosen at connect time per destination. The kernel allows ~64K
+/// connections per (source address, destination) pair; a load generator holding more
+/// against one server spreads them over several source addresses (on loopback, any of
+/// 127.0.0.0/8). Once per process: a second call returns `false` and changes nothing.
+/// A destination whose family no source address has is connected without binding.
+pub fn set_source_addresses(addrs: Vec<IpAddr>) -> bool {
+    SOURCE_ADDRESSES.set(addrs).is_ok()
+}
+
+/// The next source address for a connection to `to`, if any are set for its family.
+fn next_source(to: &SocketAddr) -> Option<IpAddr> {
+    let all = SOURCE_ADDRESSES.get()?;
+    let family: Vec<&IpAddr> = all.iter().filter(|a| a.is_ipv4() == to.is_ipv4()).collect();
+    if family.is_empty() {
+        return None;
+    }
+    let i = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % family.len();
+    family.get(i).map(|a| **a)
+}
+
+/// Connect to `to` from `from` (any port).
+fn connect_from(from: IpAddr, to: &SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::os::fd::AsRawFd;
+    let socket = Socket::new(Domain::for_address(*to), Type::STREAM, Some(Protocol::TCP))?;
+    if from.is_ipv4() {
+        let enable: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and a pointer to a live c_int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&enable as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    socket.bind(&SockAddr::from(SocketAddr::new(from, 0)))?;
+    socket.connect_timeout(&SockAddr::from(*to), timeout)?;
+    Ok(socket.into())
+}
+
 fn connect_stream(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, ClientError> {
     let mut last = None;
     for candidate in addr.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&candidate, timeout) {
+        let connected = match next_source(&candidate) {
+            Some(from) => connect_from(from, &candidate, timeout),
+            None => TcpStream::connect_timeout(&candidate, timeout),
+        };
+        match connected {
             Ok(stream) => {
                 stream.set_read_timeout(Some(timeout))?;
                 stream.set_write_timeout(Some(timeout))?;
