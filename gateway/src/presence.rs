@@ -36,7 +36,7 @@
 //! ([`TYPING_STARTS_PER_SEC`]); starts over the limit are dropped. Direct conversations go
 //! straight to the peer's home; groups through the owner, which knows the members.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
@@ -46,6 +46,7 @@ use wire::message::{
 };
 
 use crate::chat::{now_ms, ApiError, ShardMsg};
+use crate::session::lazy::Lazy;
 use crate::session::live::SessionHandle;
 use crate::shard::Shard;
 use crate::state::MetaEvent;
@@ -69,14 +70,23 @@ pub struct SessionPresence {
     pub status: Cell<PresenceStatus>,
     /// Wall-clock ms of the newest frame from the device.
     pub last_active_ms: Cell<u64>,
+    /// Subscriptions and typing, allocated when the connection first uses either (an
+    /// idle connection never does).
+    sets: Lazy<PresenceSets>,
+}
+
+/// The part of a connection's presence state that only an active connection has.
+#[derive(Debug)]
+struct PresenceSets {
     /// Users this connection subscribed to.
-    pub subscriptions: RefCell<HashSet<u64>>,
+    subscriptions: HashSet<u64>,
     /// Users a subscribe of this connection is asking the homes about right now.
-    pending: RefCell<HashSet<u64>>,
+    pending: HashSet<u64>,
     /// Conversations this device is typing in, with when the state expires.
-    pub typing: RefCell<HashMap<u64, Instant>>,
-    typing_tokens: Cell<f64>,
-    typing_refilled: Cell<Instant>,
+    typing: HashMap<u64, Instant>,
+    /// Typing-start tokens (a bucket of `2 × TYPING_STARTS_PER_SEC`, full at first use).
+    typing_tokens: f64,
+    typing_refilled: Instant,
 }
 
 impl Default for SessionPresence {
@@ -84,29 +94,37 @@ impl Default for SessionPresence {
         SessionPresence {
             status: Cell::new(PresenceStatus::Online),
             last_active_ms: Cell::new(now_ms()),
-            subscriptions: RefCell::new(HashSet::new()),
-            pending: RefCell::new(HashSet::new()),
-            typing: RefCell::new(HashMap::new()),
-            typing_tokens: Cell::new(TYPING_STARTS_PER_SEC * 2.0),
-            typing_refilled: Cell::new(Instant::now()),
+            sets: Lazy::default(),
         }
     }
 }
 
-impl SessionPresence {
+impl Default for PresenceSets {
+    fn default() -> Self {
+        PresenceSets {
+            subscriptions: HashSet::new(),
+            pending: HashSet::new(),
+            typing: HashMap::new(),
+            typing_tokens: TYPING_STARTS_PER_SEC * 2.0,
+            typing_refilled: Instant::now(),
+        }
+    }
+}
+
+impl PresenceSets {
     /// Take one typing-start token; false if the connection is over the limit.
-    fn allow_typing_start(&self, now: Instant) -> bool {
+    fn allow_typing_start(&mut self, now: Instant) -> bool {
         let elapsed = now
-            .saturating_duration_since(self.typing_refilled.get())
+            .saturating_duration_since(self.typing_refilled)
             .as_secs_f64();
-        self.typing_refilled.set(now);
-        let tokens = (self.typing_tokens.get() + elapsed * TYPING_STARTS_PER_SEC)
-            .min(TYPING_STARTS_PER_SEC * 2.0);
+        self.typing_refilled = now;
+        let tokens =
+            (self.typing_tokens + elapsed * TYPING_STARTS_PER_SEC).min(TYPING_STARTS_PER_SEC * 2.0);
         if tokens >= 1.0 {
-            self.typing_tokens.set(tokens - 1.0);
+            self.typing_tokens = tokens - 1.0;
             true
         } else {
-            self.typing_tokens.set(tokens);
+            self.typing_tokens = tokens;
             false
         }
     }
@@ -448,8 +466,12 @@ pub async fn query_or_subscribe(
     if watch {
         // Subscribes run as tasks of their own, so two may be in flight: ids one of them
         // is asking about count as taken (no double watch, and the cap holds).
-        let subscribed = session.presence.subscriptions.borrow();
-        let mut pending = session.presence.pending.borrow_mut();
+        let mut sets = session.presence.sets.borrow_mut();
+        let PresenceSets {
+            subscriptions: subscribed,
+            pending,
+            ..
+        } = &mut *sets;
         wanted.retain(|u| !subscribed.contains(u) && !pending.contains(u));
         if subscribed.len() + pending.len() + wanted.len() > PRESENCE_SUBSCRIPTIONS_PER_SESSION_MAX
         {
@@ -466,10 +488,11 @@ pub async fn query_or_subscribe(
     let asked = wanted.clone();
     let answer = ask_homes(shard, session, wanted, watch).await;
     if watch {
-        let mut pending = session.presence.pending.borrow_mut();
-        for user_id in asked {
-            pending.remove(&user_id);
-        }
+        session.presence.sets.with_existing(|sets| {
+            for user_id in asked {
+                sets.pending.remove(&user_id);
+            }
+        });
     }
     answer
 }
@@ -511,9 +534,9 @@ async fn ask_homes(
                     .await;
             } else {
                 let mut runtime = shard.presence.borrow_mut();
-                let mut subscribed = session.presence.subscriptions.borrow_mut();
+                let mut sets = session.presence.sets.borrow_mut();
                 for user_id in ids {
-                    subscribed.insert(user_id);
+                    sets.subscriptions.insert(user_id);
                     runtime
                         .local
                         .entry(user_id)
@@ -530,24 +553,26 @@ async fn ask_homes(
 
 /// Drop some of a session's subscriptions.
 pub fn unsubscribe(shard: &Rc<Shard>, session: &SessionHandle, user_ids: &[u64]) {
-    let dropped: Vec<u64> = {
-        let mut subscribed = session.presence.subscriptions.borrow_mut();
-        user_ids
-            .iter()
-            .copied()
-            .filter(|u| subscribed.remove(u))
-            .collect()
-    };
+    let dropped: Vec<u64> = session
+        .presence
+        .sets
+        .with_existing(|sets| {
+            user_ids
+                .iter()
+                .copied()
+                .filter(|u| sets.subscriptions.remove(u))
+                .collect()
+        })
+        .unwrap_or_default();
     drop_local(shard, session, dropped);
 }
 
 fn unsubscribe_all(shard: &Rc<Shard>, session: &SessionHandle) {
     let dropped: Vec<u64> = session
         .presence
-        .subscriptions
-        .borrow_mut()
-        .drain()
-        .collect();
+        .sets
+        .with_existing(|sets| sets.subscriptions.drain().collect())
+        .unwrap_or_default();
     drop_local(shard, session, dropped);
 }
 
@@ -594,12 +619,12 @@ pub fn typing(
     let now = Instant::now();
     let deadline = now + shard.config.typing_ttl;
     if typing.active {
-        let mut states = session.presence.typing.borrow_mut();
-        if let Some(expires) = states.get_mut(&conversation_id) {
+        let mut sets = session.presence.sets.borrow_mut();
+        if let Some(expires) = sets.typing.get_mut(&conversation_id) {
             *expires = deadline;
             return Ok(());
         }
-        if states.len() >= TYPING_CONVERSATIONS_PER_SESSION_MAX {
+        if sets.typing.len() >= TYPING_CONVERSATIONS_PER_SESSION_MAX {
             return Err(ApiError::new(
                 ErrorCode::TooLarge,
                 format!(
@@ -608,20 +633,20 @@ pub fn typing(
                 ),
             ));
         }
-        if !session.presence.allow_typing_start(now) {
+        if !sets.allow_typing_start(now) {
             shard.counters().rate_limited();
             return Ok(());
         }
-        states.insert(conversation_id, deadline);
-        drop(states);
+        sets.typing.insert(conversation_id, deadline);
+        drop(sets);
         forward_typing(shard, session.user_id, conversation_id, peer, true);
         let (shard, session) = (shard.clone(), session.clone());
         glommio::spawn_local(expire_typing(shard, session, conversation_id, peer)).detach();
     } else if session
         .presence
-        .typing
-        .borrow_mut()
-        .remove(&conversation_id)
+        .sets
+        .with_existing(|sets| sets.typing.remove(&conversation_id))
+        .flatten()
         .is_some()
     {
         forward_typing(shard, session.user_id, conversation_id, peer, false);
@@ -639,10 +664,9 @@ async fn expire_typing(
     loop {
         let Some(deadline) = session
             .presence
-            .typing
-            .borrow()
-            .get(&conversation_id)
-            .copied()
+            .sets
+            .with_existing(|sets| sets.typing.get(&conversation_id).copied())
+            .flatten()
         else {
             return; // stopped, or the session ended (which sent the stop)
         };
@@ -650,9 +674,8 @@ async fn expire_typing(
         if now >= deadline {
             session
                 .presence
-                .typing
-                .borrow_mut()
-                .remove(&conversation_id);
+                .sets
+                .with_existing(|sets| sets.typing.remove(&conversation_id));
             forward_typing(&shard, session.user_id, conversation_id, peer, false);
             return;
         }
@@ -663,11 +686,9 @@ async fn expire_typing(
 fn stop_all_typing(shard: &Rc<Shard>, session: &SessionHandle) {
     let conversations: Vec<u64> = session
         .presence
-        .typing
-        .borrow_mut()
-        .drain()
-        .map(|(c, _)| c)
-        .collect();
+        .sets
+        .with_existing(|sets| sets.typing.drain().map(|(c, _)| c).collect())
+        .unwrap_or_default();
     for conversation_id in conversations {
         let peer = shard.state(|s| {
             s.membership(session.user_id, conversation_id)
@@ -755,8 +776,8 @@ mod tests {
 
     #[test]
     fn typing_starts_are_rate_limited_and_refill() {
-        let presence = SessionPresence::default();
-        let start = presence.typing_refilled.get();
+        let mut presence = PresenceSets::default();
+        let start = presence.typing_refilled;
         let burst = (TYPING_STARTS_PER_SEC * 2.0) as usize;
         for _ in 0..burst {
             assert!(presence.allow_typing_start(start));

@@ -361,7 +361,8 @@ pub struct SessionHandle {
     waker: RefCell<Option<Waker>>,
     /// Tasks waiting for room in the queue.
     room: RefCell<Vec<Waker>>,
-    pub delivery: RefCell<HashMap<u64, Delivery>>,
+    /// Per conversation this connection was offered (allocated at the first).
+    pub delivery: super::lazy::Lazy<HashMap<u64, Delivery>>,
     /// Presence shown, subscriptions and typing state.
     pub presence: crate::presence::SessionPresence,
 }
@@ -379,7 +380,7 @@ impl SessionHandle {
             last_heard: Cell::new(Instant::now()),
             waker: RefCell::new(None),
             room: RefCell::new(Vec::new()),
-            delivery: RefCell::new(HashMap::new()),
+            delivery: super::lazy::Lazy::default(),
             presence: crate::presence::SessionPresence::default(),
         }
     }
@@ -1472,9 +1473,9 @@ pub(crate) fn on_receipt(
     // or the newest sequence this shard has seen.
     let known = session
         .delivery
-        .borrow()
-        .get(&conversation_id)
-        .map_or(0, |d| d.upto)
+        .with_existing(|d| d.get(&conversation_id).map(|d| d.upto))
+        .flatten()
+        .unwrap_or(0)
         .max(shard.last_seq(conversation_id));
     let up_to = up_to.min(known);
     let current = shard.state(|s| s.cursor(user_id, device_id, conversation_id));
@@ -1615,5 +1616,20 @@ mod tests {
         assert!(rate.retry_after_ms() > 0);
         assert!(rate.allow(start + std::time::Duration::from_millis(150)));
         assert_eq!(rate.strikes, 0);
+    }
+}
+
+#[cfg(test)]
+mod handle_size {
+    use super::SessionHandle;
+
+    /// Every idle connection holds one `Rc<SessionHandle>`: its counts and the handle must
+    /// fit the allocator's 256-byte size class (it was 512 with the presence sets and the
+    /// delivery map inline; `docs/architecture.md`, per-connection budget).
+    #[test]
+    fn an_idle_session_handle_fits_256_bytes_with_its_rc_counts() {
+        let rc_counts = 2 * std::mem::size_of::<usize>();
+        let size = std::mem::size_of::<SessionHandle>() + rc_counts;
+        assert!(size <= 256, "Rc<SessionHandle> takes {size} bytes");
     }
 }

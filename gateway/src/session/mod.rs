@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod idle;
 pub mod io;
+pub mod lazy;
 pub mod live;
 
 use std::time::Duration;
