@@ -1498,7 +1498,7 @@ fn idle_report(totals: &IdleTotals, t: Timeline) -> Report {
         None => {
             let _ = writeln!(
                 out,
-                "  server memory per connection: not measured (no --server-pid)"
+                "  server memory per connection: not measured (`idle --server-pid PID` measures it)"
             );
         }
     }
