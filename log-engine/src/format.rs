@@ -6,8 +6,23 @@
 
 /// Magic bytes opening every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CONFABLG";
-/// Version of the segment and record format. See the version log in `FORMAT.md`.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the segment and record format written by this build. See the version log
+/// in `FORMAT.md`: version 2 seeds every record CRC with the segment's base offset (see
+/// [`RecordSeed`]) and adds the header flags; version 1 segments are still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest segment format version this build reads (unseeded record CRCs, no flags).
+pub const FORMAT_VERSION_MIN: u32 = 1;
+/// Segment header flag: the file was recycled from a retired segment, so the bytes after
+/// its written records may be stale records of that earlier segment (they never pass
+/// this segment's seeded CRC). Recovery then looks for torn writes only inside
+/// [`UNSYNCED_WINDOW_BYTES`] after the last valid record.
+pub const SEGMENT_FLAG_RECYCLED: u32 = 0x01;
+const SEGMENT_FLAGS_KNOWN: u32 = SEGMENT_FLAG_RECYCLED;
+/// Most bytes past a segment's durable end that `Durable` mode ever has written and not
+/// yet fdatasync'ed: one group-commit batch (written block-aligned, so plus a 4 KiB block
+/// before it and one after). A torn write therefore lies inside this window after the
+/// last valid record, which is all recovery scans of a recycled segment's tail.
+pub const UNSYNCED_WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes of the fixed segment header; records start at this position.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// Bytes of a record header without the optional idempotency key.
@@ -110,6 +125,52 @@ pub struct SegmentHeader {
     pub created_at_ms: u64,
     /// Preallocated size of the file; records end at or before it.
     pub capacity: u64,
+    /// Format version of this segment (`FORMAT_VERSION_MIN..=FORMAT_VERSION`).
+    pub version: u32,
+    /// Recycled from a retired segment ([`SEGMENT_FLAG_RECYCLED`]; version ≥ 2).
+    pub recycled: bool,
+}
+
+impl SegmentHeader {
+    /// A header of the current version for a new (not recycled) segment.
+    pub fn new(base_offset: u64, created_at_ms: u64, capacity: u64) -> SegmentHeader {
+        SegmentHeader {
+            base_offset,
+            created_at_ms,
+            capacity,
+            version: FORMAT_VERSION,
+            recycled: false,
+        }
+    }
+
+    /// The seed of this segment's record CRCs.
+    pub fn record_seed(&self) -> RecordSeed {
+        if self.version >= 2 {
+            RecordSeed::for_base(self.base_offset)
+        } else {
+            RecordSeed::UNSEEDED
+        }
+    }
+}
+
+/// What a record's CRC32C starts from. Version 2 segments start it from the CRC32C of
+/// the segment's base offset, so a record is valid only inside the segment (incarnation)
+/// that wrote it: when a retired segment file is recycled, its old records become bytes
+/// that fail every check, without zeroing the file first. Base offsets never repeat, so
+/// two incarnations of a file never share a base; they share a seed with probability
+/// 2^-32 (the odds of any CRC collision), and retention refuses to recycle a file into a
+/// base whose seed equals the file's previous one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RecordSeed(u32);
+
+impl RecordSeed {
+    /// Version 1 segments: a plain CRC32C.
+    pub const UNSEEDED: RecordSeed = RecordSeed(0);
+
+    /// The seed of the version 2 segment at `base_offset`.
+    pub fn for_base(base_offset: u64) -> RecordSeed {
+        RecordSeed(crc32c::crc32c(&base_offset.to_le_bytes()))
+    }
 }
 
 /// Encodes a segment header.
@@ -117,16 +178,25 @@ pub struct SegmentHeader {
 /// ```text
 /// segment_header := magic:[u8;8]="CONFABLG" version:u32 header_bytes:u32=64
 ///                   base_offset:u64 created_at_ms:u64 capacity:u64
-///                   reserved:[u8;20]=0 crc32c:u32        (crc over the first 60 bytes)
+///                   flags:u32 (version ≥ 2; zeros in version 1)
+///                   reserved:[u8;16]=0 crc32c:u32        (crc over the first 60 bytes)
 /// ```
+///
+/// Writes `header.version` as given (tests write version 1 segments this way).
 pub fn encode_segment_header(header: &SegmentHeader) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut out = Vec::with_capacity(SEGMENT_HEADER_BYTES);
     out.extend_from_slice(&SEGMENT_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&header.version.to_le_bytes());
     out.extend_from_slice(&(SEGMENT_HEADER_BYTES as u32).to_le_bytes());
     out.extend_from_slice(&header.base_offset.to_le_bytes());
     out.extend_from_slice(&header.created_at_ms.to_le_bytes());
     out.extend_from_slice(&header.capacity.to_le_bytes());
+    let flags = if header.recycled {
+        SEGMENT_FLAG_RECYCLED
+    } else {
+        0
+    };
+    out.extend_from_slice(&flags.to_le_bytes());
     out.resize(SEGMENT_HEADER_BYTES - 4, 0);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -150,16 +220,27 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, Invalid> {
     if head.get(..8) != Some(&SEGMENT_MAGIC[..]) {
         return Err(Invalid("bad segment magic"));
     }
-    if le_u32(head, 8) != Some(FORMAT_VERSION) {
+    let version = le_u32(head, 8).ok_or(Invalid("short"))?;
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
         return Err(Invalid("unsupported segment format version"));
     }
     if le_u32(head, 12) != Some(SEGMENT_HEADER_BYTES as u32) {
         return Err(Invalid("unexpected segment header size"));
     }
+    let flags = if version >= 2 {
+        le_u32(head, 40).ok_or(Invalid("short"))?
+    } else {
+        0
+    };
+    if flags & !SEGMENT_FLAGS_KNOWN != 0 {
+        return Err(Invalid("unknown segment flags"));
+    }
     let header = SegmentHeader {
         base_offset: le_u64(head, 16).ok_or(Invalid("short"))?,
         created_at_ms: le_u64(head, 24).ok_or(Invalid("short"))?,
         capacity: le_u64(head, 32).ok_or(Invalid("short"))?,
+        version,
+        recycled: flags & SEGMENT_FLAG_RECYCLED != 0,
     };
     if header.capacity < SEGMENT_HEADER_BYTES as u64 {
         return Err(Invalid("segment capacity below header size"));
@@ -218,12 +299,18 @@ pub fn align_up(len: usize) -> usize {
 ///            [key:[u8;16]  if flags & FLAG_KEY]
 ///            payload:[u8; length - 56 - (16 if key)]
 ///            padding:[u8; align8(length) - length] = 0
-/// crc32c  := CRC32C(length bytes ++ every byte after the crc field, padding included)
+/// crc32c  := CRC32C(length bytes ++ every byte after the crc field, padding included),
+///            started from the segment's `seed` (version 2: CRC32C of its base offset)
 /// ```
 ///
 /// The caller guarantees the payload limit; asserted here because a record we cannot
 /// decode must never be written.
-pub fn encode_record(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) -> usize {
+pub fn encode_record(
+    seed: RecordSeed,
+    header: &RecordHeader,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> usize {
     assert!(payload.len() <= crate::limits::RECORD_PAYLOAD_BYTES_MAX);
     assert!(header.kind.is_valid());
     assert!(header.seq >= 1);
@@ -252,24 +339,26 @@ pub fn encode_record(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) -
     out.extend_from_slice(payload);
     out.resize(start + padded, 0);
     let record = out.get_mut(start..).unwrap_or_default();
-    let crc = record_crc(record);
+    let crc = record_crc(seed, record);
     if let Some(slot) = record.get_mut(4..8) {
         slot.copy_from_slice(&crc.to_le_bytes());
     }
     padded
 }
 
-/// CRC32C of a padded record: the length word, then everything after the CRC field.
-fn record_crc(record: &[u8]) -> u32 {
+/// CRC32C of a padded record from `seed`: the length word, then everything after the
+/// CRC field.
+fn record_crc(seed: RecordSeed, record: &[u8]) -> u32 {
     let head = record.get(..4).unwrap_or_default();
     let tail = record.get(8..).unwrap_or_default();
-    crc32c::crc32c_append(crc32c::crc32c(head), tail)
+    crc32c::crc32c_append(crc32c::crc32c_append(seed.0, head), tail)
 }
 
 /// Decodes the record at the start of `buf` (the bytes from a record position to the
-/// end of the segment). `Ok(None)`: a zero length word, i.e. the end of written data
-/// (bytes past the end of `buf` count as zeros). `Err`: the bytes are not a valid record.
-pub fn decode_record(buf: &[u8]) -> Result<Option<RecordView<'_>>, Invalid> {
+/// end of the segment whose record CRCs start from `seed`). `Ok(None)`: a zero length
+/// word, i.e. the end of written data (bytes past the end of `buf` count as zeros).
+/// `Err`: the bytes are not a valid record of this segment.
+pub fn decode_record(seed: RecordSeed, buf: &[u8]) -> Result<Option<RecordView<'_>>, Invalid> {
     let length = match le_u32(buf, 0) {
         Some(length) => length as usize,
         None if buf.iter().all(|b| *b == 0) => return Ok(None),
@@ -286,7 +375,7 @@ pub fn decode_record(buf: &[u8]) -> Result<Option<RecordView<'_>>, Invalid> {
         .get(..padded)
         .ok_or(Invalid("record runs past segment end"))?;
     let crc_stored = le_u32(record, 4).ok_or(Invalid("short"))?;
-    if record_crc(record) != crc_stored {
+    if record_crc(seed, record) != crc_stored {
         return Err(Invalid("record crc mismatch"));
     }
     let header = decode_record_header(record, length)?;
@@ -384,6 +473,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const SEED: RecordSeed = RecordSeed(0x1234_5678);
+
     fn header(key: Option<IdempotencyKey>) -> RecordHeader {
         RecordHeader {
             kind: RecordKind::Message,
@@ -400,7 +491,7 @@ mod tests {
     #[test]
     fn record_golden_layout() {
         let mut out = Vec::new();
-        let padded = encode_record(&header(None), b"hi", &mut out);
+        let padded = encode_record(SEED, &header(None), b"hi", &mut out);
         assert_eq!(padded, 64);
         assert_eq!(out.len(), 64);
         assert_eq!(&out[0..4], &58u32.to_le_bytes());
@@ -414,20 +505,20 @@ mod tests {
 
     #[test]
     fn zero_length_is_end_of_data() {
-        assert_eq!(decode_record(&[0u8; 64]), Ok(None));
-        assert_eq!(decode_record(&[]), Ok(None));
-        assert_eq!(decode_record(&[0, 0]), Ok(None));
-        assert!(decode_record(&[1, 0]).is_err());
+        assert_eq!(decode_record(SEED, &[0u8; 64]), Ok(None));
+        assert_eq!(decode_record(SEED, &[]), Ok(None));
+        assert_eq!(decode_record(SEED, &[0, 0]), Ok(None));
+        assert!(decode_record(SEED, &[1, 0]).is_err());
     }
 
     #[test]
     fn every_bit_flip_is_detected() {
         let mut out = Vec::new();
-        encode_record(&header(Some([9; 16])), b"payload bytes", &mut out);
+        encode_record(SEED, &header(Some([9; 16])), b"payload bytes", &mut out);
         for bit in 0..out.len() * 8 {
             let mut bad = out.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            let decoded = decode_record(&bad);
+            let decoded = decode_record(SEED, &bad);
             assert!(
                 !matches!(decoded, Ok(Some(_))),
                 "flip of bit {bit} went unnoticed"
@@ -437,19 +528,56 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip_and_flips() {
-        let h = SegmentHeader {
-            base_offset: 1 << 40,
-            created_at_ms: 5,
-            capacity: 1 << 20,
-        };
+        let mut h = SegmentHeader::new(1 << 40, 5, 1 << 20);
         let bytes = encode_segment_header(&h);
         assert_eq!(decode_segment_header(&bytes), Ok(h));
+        h.recycled = true;
+        let recycled = encode_segment_header(&h);
+        assert_eq!(decode_segment_header(&recycled), Ok(h));
+        assert_eq!(recycled[40], 1, "flags word at byte 40");
         for bit in 0..bytes.len() * 8 {
             let mut bad = bytes;
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_segment_header(&bad).is_err(), "bit {bit}");
         }
         assert!(decode_segment_header(&bytes[..63]).is_err());
+    }
+
+    #[test]
+    fn version_1_headers_are_read_unseeded_and_unknown_flags_refused() {
+        let mut v1 = SegmentHeader::new(4096, 5, 1 << 20);
+        v1.version = 1;
+        let bytes = encode_segment_header(&v1);
+        let read = decode_segment_header(&bytes).unwrap();
+        assert_eq!(read.version, 1);
+        assert_eq!(read.record_seed(), RecordSeed::UNSEEDED);
+        let v2 = SegmentHeader::new(4096, 5, 1 << 20);
+        assert_eq!(v2.record_seed(), RecordSeed::for_base(4096));
+        assert_ne!(v2.record_seed(), RecordSeed::for_base(8192));
+        for (version, flags) in [(2u32, 2u32), (3, 0), (0, 0)] {
+            let mut bad = encode_segment_header(&v2);
+            bad[8..12].copy_from_slice(&version.to_le_bytes());
+            bad[40..44].copy_from_slice(&flags.to_le_bytes());
+            let crc = crc32c::crc32c(&bad[..60]);
+            bad[60..64].copy_from_slice(&crc.to_le_bytes());
+            assert!(decode_segment_header(&bad).is_err(), "v{version} flags {flags}");
+        }
+    }
+
+    #[test]
+    fn a_record_is_valid_only_under_the_seed_that_wrote_it() {
+        let mut out = Vec::new();
+        encode_record(RecordSeed::for_base(1 << 20), &header(None), b"hi", &mut out);
+        let decode = |seed| decode_record(seed, &out);
+        assert!(matches!(decode(RecordSeed::for_base(1 << 20)), Ok(Some(_))));
+        for other in [RecordSeed::for_base(2 << 20), RecordSeed::UNSEEDED] {
+            assert_eq!(decode(other), Err(Invalid("record crc mismatch")));
+        }
+        // Unseeded is exactly the version 1 CRC: plain CRC32C of the covered bytes.
+        let mut v1 = Vec::new();
+        encode_record(RecordSeed::UNSEEDED, &header(None), b"hi", &mut v1);
+        let plain = crc32c::crc32c_append(crc32c::crc32c(&v1[..4]), &v1[8..]);
+        assert_eq!(&v1[4..8], &plain.to_le_bytes());
     }
 
     #[test]
@@ -488,20 +616,20 @@ mod tests {
                 stable_back, key,
             };
             let mut out = vec![0xAA; 3];
-            let padded = encode_record(&h, &payload, &mut out);
+            let padded = encode_record(SEED, &h, &payload, &mut out);
             prop_assert_eq!(out.len(), 3 + padded);
             prop_assert_eq!(padded % RECORD_ALIGN, 0);
             out.extend_from_slice(&[0u8; 16]);
-            let view = decode_record(&out[3..]).unwrap().unwrap();
+            let view = decode_record(SEED, &out[3..]).unwrap().unwrap();
             prop_assert_eq!(view.header, h);
             prop_assert_eq!(view.payload, &payload[..]);
             prop_assert_eq!(view.padded_len, padded);
-            prop_assert_eq!(decode_record(&out[3 + padded..]), Ok(None));
+            prop_assert_eq!(decode_record(SEED, &out[3 + padded..]), Ok(None));
         }
 
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_record(&bytes);
+            let _ = decode_record(SEED, &bytes);
             let _ = decode_segment_header(&bytes);
         }
     }

@@ -115,3 +115,9 @@ const _: () = assert!(ZERO_CHUNK_BYTES.is_multiple_of(8));
 const _: () = assert!(PIPELINE_IN_FLIGHT_MAX >= 1 && PIPELINE_QUEUED_BATCHES_MAX >= 1);
 const _: () = assert!(PIPELINE_IN_FLIGHT_DEFAULT >= 1);
 const _: () = assert!(PIPELINE_IN_FLIGHT_DEFAULT <= PIPELINE_IN_FLIGHT_MAX);
+// A torn write lies inside the window recovery scans in a recycled segment: one batch,
+// written from the block before it to the block after it.
+const _: () = assert!(
+    GROUP_COMMIT_BYTES_MAX + 2 * crate::storage::DIRECT_ALIGN
+        <= crate::format::UNSYNCED_WINDOW_BYTES
+);

@@ -14,7 +14,7 @@ use crate::limits::READ_RECORDS_MAX;
 use crate::meta::{MetaRecord, StateMachine};
 use crate::reader::{Page, ReadSources, Record, TailCache};
 use crate::recovery::{recover, RecoveryReport};
-use crate::segment::{create_segment, roll_segment, SegmentTable};
+use crate::segment::{create_segment, roll_segment, SegmentTable, SpareKind};
 use crate::storage::{Storage, DIRECT_ALIGN};
 use crate::writer::{
     Ack, AppendRequest, Batch, BatchJob, Ticket, Watermarks, Writer, WriterLimits,
@@ -57,8 +57,8 @@ pub struct Log<S: Storage, M: StateMachine = ()> {
     /// `(last_seq, last_offset)` of durable metadata records.
     pub(crate) durable_meta: (u64, u64),
     resolved: Vec<(Ticket, Ack)>,
-    /// A zero-filled `spare.tmp` is durable and ready for the next roll.
-    pub(crate) spare_ready: bool,
+    /// A `spare.tmp` is durable and ready for the next roll: zero-filled or recycled.
+    pub(crate) spare_ready: Option<SpareKind>,
 }
 
 fn now_ms() -> u64 {
@@ -85,11 +85,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         let start = match rec.start {
             Some(start) => start,
             None => {
-                let header = SegmentHeader {
-                    base_offset: rec.fresh_base,
-                    created_at_ms: now_ms(),
-                    capacity: config.segment_bytes,
-                };
+                let header = SegmentHeader::new(rec.fresh_base, now_ms(), config.segment_bytes);
                 let meta = create_segment(&mut storage, &header)?;
                 rec.segments.insert(header.base_offset, meta);
                 rec.report.segments = 1;
@@ -97,6 +93,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
                     segment_base: header.base_offset,
                     segment_capacity: header.capacity,
                     position: crate::format::SEGMENT_HEADER_BYTES as u64,
+                    record_seed: header.record_seed(),
                     meta_tip: (0, OFFSET_NONE),
                 }
             }
@@ -145,7 +142,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             last_record_end: rec.last_record_end,
             durable_meta: start.meta_tip,
             resolved: Vec::new(),
-            spare_ready: false,
+            spare_ready: None,
         };
         Ok((log, rec.report))
     }
@@ -238,22 +235,28 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     }
 
     /// Maintenance call for the owner to run between batches (never inside a commit):
-    /// if no spare segment is ready, prepares one (`spare.tmp`, zero-filled to the
-    /// segment size, synced) so that the next roll only renames it. Returns true when it
-    /// did work. Without it a roll zero-fills inline (a latency spike, warned).
+    /// if no spare segment is ready, prepares one so that the next roll only renames it:
+    /// the segment retention retired last (`recycled.tmp`, see `segment.rs`), else a new
+    /// `spare.tmp` zero-filled to the segment size, synced. Returns true when it did
+    /// work. Without it a roll zero-fills inline (a latency spike, warned).
     /// A failure here does not poison the log: nothing was acknowledged through it.
     pub fn prepare_spare(&mut self) -> Result<bool> {
-        if self.spare_ready {
+        if self.spare_ready.is_some() {
             return Ok(false);
         }
-        crate::segment::prepare_spare(&mut self.storage, self.config.segment_bytes)?;
-        self.spare_ready = true;
+        let capacity = self.config.segment_bytes;
+        if crate::segment::adopt_recycled_spare(&mut self.storage, capacity)? {
+            self.spare_ready = Some(SpareKind::Recycled);
+            return Ok(true);
+        }
+        crate::segment::prepare_spare(&mut self.storage, capacity)?;
+        self.spare_ready = Some(SpareKind::Prepared);
         Ok(true)
     }
 
     /// True when a spare segment is ready for the next roll.
     pub fn has_spare(&self) -> bool {
-        self.spare_ready
+        self.spare_ready.is_some()
     }
 
     /// A segment was sealed by a roll: remember its end, drop its handle and the cache.
@@ -285,7 +288,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             } else {
                 let bytes = batch.bytes.get(entry.at..).unwrap_or_default();
                 // Our own bytes, encoded a moment ago: failing to decode them is a bug.
-                let view = crate::format::decode_record(bytes);
+                let view = crate::format::decode_record(batch.seed, bytes);
                 assert!(matches!(view, Ok(Some(_))), "own batch bytes do not decode");
                 self.durable_meta = (entry.seq, entry.offset);
                 if let Ok(Some(view)) = view {
@@ -584,7 +587,7 @@ fn write_batch<S: Storage>(
     segments: &mut SegmentTable,
     batch: &BatchJob,
     durable: bool,
-    spare: &mut bool,
+    spare: &mut Option<SpareKind>,
 ) -> Result<Option<u64>> {
     let mut sealed = None;
     if let Some(header) = &batch.new_segment {

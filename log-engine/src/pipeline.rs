@@ -59,7 +59,10 @@ use crate::meta::StateMachine;
 use crate::reader::{Page, Record};
 use crate::recovery::RecoveryReport;
 use crate::retention::RetentionReport;
-use crate::segment::{roll_segment, start_spare, zero_spare_slice, SegmentMeta, SPARE_NAME};
+use crate::segment::{
+    adopt_recycled_spare, roll_segment, start_spare, zero_spare_slice, SegmentMeta, SpareKind,
+    SPARE_NAME,
+};
 use crate::stats::BatchIoStats;
 use crate::storage::Storage;
 use crate::writer::{Ack, AppendRequest, BatchJob, Ticket, Watermarks};
@@ -708,6 +711,8 @@ struct SpareSlot {
     /// the I/O thread; the preparer zero-fills only while it is under
     /// `ZERO_FILL_BATCH_BYTES_MAX`.
     recent_batch_bytes: AtomicU64,
+    /// The spare is a recycled segment (set by the preparer before it reports `Ready`).
+    recycled: std::sync::atomic::AtomicBool,
 }
 
 impl SpareSlot {
@@ -732,10 +737,10 @@ impl SpareSlot {
         }
     }
 
-    /// Takes the spare — zero-filled or not, once it is allocated and durable — waiting
-    /// for its creation or for the zero-fill slice in progress; false if there is none
-    /// (the roll then zero-fills inline).
-    fn take(&self) -> bool {
+    /// Takes the spare — zero-filled or not, once it is allocated and durable, or
+    /// recycled — waiting for its creation or for the zero-fill slice in progress; `None`
+    /// if there is none (the roll then zero-fills inline).
+    fn take(&self) -> Option<SpareKind> {
         let mut state = self.lock();
         loop {
             match *state {
@@ -743,9 +748,13 @@ impl SpareSlot {
                 Spare::Zeroing => self.set(&mut state, Spare::Handoff),
                 Spare::HandedOff | Spare::Ready => {
                     self.set(&mut state, Spare::Idle);
-                    return true;
+                    return Some(if self.recycled.load(AtomicOrdering::Relaxed) {
+                        SpareKind::Recycled
+                    } else {
+                        SpareKind::Prepared
+                    });
                 }
-                Spare::Idle | Spare::Stop => return false,
+                Spare::Idle | Spare::Stop => return None,
             }
         }
     }
@@ -801,6 +810,21 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, slot: &SpareSlot) {
             slot.set(&mut state, Spare::Creating);
         }
         let started = Instant::now();
+        // A segment retention retired is the best spare: its blocks are written already.
+        let adopted = adopt_recycled_spare(&mut storage, capacity).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "recycling a retired segment failed");
+            false
+        });
+        slot.recycled.store(adopted, AtomicOrdering::Relaxed);
+        if adopted {
+            let mut state = slot.lock();
+            if *state == Spare::Stop {
+                return;
+            }
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "recycled spare ready");
+            slot.set(&mut state, Spare::Ready);
+            continue;
+        }
         let created = start_spare(&mut storage, capacity);
         {
             let mut state = slot.lock();
@@ -903,7 +927,7 @@ mod tests {
     #[test]
     fn a_roll_takes_the_spare_mid_zero_fill_after_the_current_slice() {
         let slot = Arc::new(SpareSlot::default());
-        assert!(!slot.take(), "no spare, none asked for");
+        assert!(slot.take().is_none(), "no spare, none asked for");
         slot.request();
         *slot.lock() = Spare::Zeroing; // as the preparer would, between slices
         let roll = {
@@ -918,7 +942,7 @@ mod tests {
         assert!(!roll.is_finished());
         slot.set(&mut state, Spare::HandedOff); // the preparer, after its slice
         drop(state);
-        assert!(roll.join().unwrap());
+        assert_eq!(roll.join().unwrap(), Some(SpareKind::Prepared));
         assert_eq!(*slot.lock(), Spare::Idle);
         assert!(
             !slot.is_ready(),

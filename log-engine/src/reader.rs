@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::error::{corruption, io_err, Result};
 use crate::format::{decode_record, IdempotencyKey, RecordKind, RECORD_HEADER_BYTES};
 use crate::limits::RECORD_BYTES_MAX;
-use crate::segment::SegmentTable;
+use crate::segment::{SegmentMeta, SegmentTable};
 use crate::storage::Storage;
 
 /// A record read back from the log.
@@ -124,10 +124,10 @@ impl<S: Storage> ReadSources<'_, S> {
         let pos = offset - base;
         if meta.sealed_end.is_none() {
             if let Some(bytes) = self.tail.from(offset) {
-                return decode_at(bytes, &meta.name, offset);
+                return decode_at(bytes, meta, offset);
             }
             let bytes = read_record_bytes(self.storage, &meta.name, pos)?;
-            return decode_at(&bytes, &meta.name, offset);
+            return decode_at(&bytes, meta, offset);
         }
         if !self.maps.contains_key(&base) {
             let map = self
@@ -143,7 +143,7 @@ impl<S: Storage> ReadSources<'_, S> {
             .ok()
             .and_then(|p| map.get(p..))
             .unwrap_or_default();
-        decode_at(bytes, &meta.name, offset)
+        decode_at(bytes, meta, offset)
     }
 }
 
@@ -164,8 +164,9 @@ fn read_record_bytes<S: Storage>(storage: &mut S, name: &str, pos: u64) -> Resul
     Ok(bytes)
 }
 
-fn decode_at(bytes: &[u8], segment: &str, offset: u64) -> Result<Record> {
-    match decode_record(bytes) {
+fn decode_at(bytes: &[u8], meta: &SegmentMeta, offset: u64) -> Result<Record> {
+    let segment = &meta.name;
+    match decode_record(meta.header.record_seed(), bytes) {
         Ok(Some(view)) => Ok(Record {
             kind: view.header.kind,
             conversation_id: view.header.conversation_id,

@@ -35,8 +35,8 @@ use crate::config::{Config, RecoveryMode};
 use crate::dedupe::{Dedupe, DedupeEntry};
 use crate::error::{corruption, io_err, Error, Result};
 use crate::format::{
-    decode_record, decode_segment_header, parse_segment_name, RecordView, OFFSET_NONE,
-    SEGMENT_HEADER_BYTES,
+    decode_record, decode_segment_header, parse_segment_name, RecordSeed, RecordView,
+    OFFSET_NONE, SEGMENT_HEADER_BYTES, UNSYNCED_WINDOW_BYTES,
 };
 use crate::index::Index;
 use crate::limits::{CHECKPOINT_BYTES_MAX, SEGMENT_BYTES_MAX};
@@ -79,27 +79,61 @@ pub fn decide(case: StopCase, tail_segment: bool, mode: RecoveryMode) -> Action 
 }
 
 /// Classifies the bytes of a segment from `stop` (a record position where scanning
-/// stopped) to its end. `base` is the segment's base offset.
-pub fn classify_stop(bytes: &[u8], stop: usize, base: u64) -> StopCase {
+/// stopped) to its end. `base` is the segment's base offset, `seed` its record seed.
+pub fn classify_stop(bytes: &[u8], stop: usize, base: u64, seed: RecordSeed) -> StopCase {
     let Some(last_nonzero) = bytes.iter().rposition(|b| *b != 0) else {
         return StopCase::CleanEnd;
     };
     if last_nonzero < stop {
         return StopCase::CleanEnd;
     }
+    match later_valid_record(bytes, stop, last_nonzero + 1, base, seed) {
+        Some(case) => case,
+        None => StopCase::TornTail,
+    }
+}
+
+/// [`classify_stop`] for a recycled segment, whose bytes after the written records are
+/// stale records of the file's earlier segment: they fail this segment's seeded CRC, so
+/// non-zero bytes say nothing. What matters is a record valid under this segment's seed
+/// after the stop; a torn write can only have put one inside the
+/// [`UNSYNCED_WINDOW_BYTES`] after it (`Durable` mode writes one batch past the durable
+/// end at most). Such a record is a torn tail (the batch was never acknowledged) or, if
+/// it says the stop had been synced before it was written, corruption; none means the
+/// written data ends at the stop, whatever stale bytes follow.
+pub fn classify_recycled_stop(bytes: &[u8], stop: usize, base: u64, seed: RecordSeed) -> StopCase {
+    let window_end = stop.saturating_add(UNSYNCED_WINDOW_BYTES).min(bytes.len());
+    match later_valid_record(bytes, stop, window_end, base, seed) {
+        Some(case) => case,
+        None => StopCase::CleanEnd,
+    }
+}
+
+/// Looks at every record position in `(stop, end)` for a record valid under `seed`:
+/// `CorruptBeforeTail` at the first whose `stable_back` shows the stop was synced before
+/// it was written, else `TornTail` if any is valid, else `None`.
+fn later_valid_record(
+    bytes: &[u8],
+    stop: usize,
+    end: usize,
+    base: u64,
+    seed: RecordSeed,
+) -> Option<StopCase> {
     let stop_offset = base + stop as u64;
+    let mut found = None;
     let mut pos = stop + crate::format::RECORD_ALIGN;
-    while pos <= last_nonzero {
-        if let Some(Ok(Some(view))) = bytes.get(pos..).map(decode_record) {
+    while pos < end {
+        if let Some(Ok(Some(view))) = bytes.get(pos..).map(|b| decode_record(seed, b)) {
             let offset = base + pos as u64;
             let stable = offset.saturating_sub(u64::from(view.header.stable_back));
             if stable > stop_offset {
-                return StopCase::CorruptBeforeTail;
+                return Some(StopCase::CorruptBeforeTail);
             }
+            found = Some(StopCase::TornTail);
         }
         pos += crate::format::RECORD_ALIGN;
     }
-    StopCase::TornTail
+    found
 }
 
 /// Where a checkpoint came in.
@@ -472,6 +506,7 @@ fn scan<S: Storage, M: StateMachine>(
         segment_base: end.0,
         segment_capacity: tail.header.capacity,
         position: end.1,
+        record_seed: tail.header.record_seed(),
         meta_tip: fold.meta_tip,
     };
     Ok(Recovered {
@@ -531,7 +566,7 @@ fn verify_checkpoint_end<S: Storage>(
         .map_err(io_err("mmap", &meta.name))?;
     let pos = usize::try_from(ckpt.last_record - base).unwrap_or(usize::MAX);
     let bytes = map.as_ref().get(pos..).unwrap_or_default();
-    match decode_record(bytes) {
+    match decode_record(meta.header.record_seed(), bytes) {
         Ok(Some(view)) if ckpt.last_record + view.padded_len as u64 == ckpt.offset => Ok(()),
         _ => Err(fail("checkpoint ends past the log's valid records")),
     }
@@ -549,12 +584,13 @@ fn scan_segment<S: Storage, M: StateMachine>(
     report: &mut RecoveryReport,
 ) -> Result<u64> {
     let (name, base) = (&meta.name, meta.header.base_offset);
+    let seed = meta.header.record_seed();
     let map = storage.map(name).map_err(io_err("mmap", name))?;
     let all = map.as_ref();
     let bytes = all.get(..meta.header.capacity as usize).unwrap_or(all);
     let mut pos = usize::try_from(from).unwrap_or(usize::MAX);
     let invalid = loop {
-        match decode_record(bytes.get(pos..).unwrap_or_default()) {
+        match decode_record(seed, bytes.get(pos..).unwrap_or_default()) {
             Ok(Some(view)) => {
                 let offset = base + pos as u64;
                 fold.apply(offset, &view)
@@ -565,7 +601,13 @@ fn scan_segment<S: Storage, M: StateMachine>(
             Err(invalid) => break invalid.0,
         }
     };
-    let case = classify_stop(bytes, pos, base);
+    let case = match (meta.header.recycled, next_base) {
+        // Stale bytes follow a sealed recycled segment's records; its end is checked
+        // against the next base below.
+        (true, Some(_)) => StopCase::CleanEnd,
+        (true, None) => classify_recycled_stop(bytes, pos, base, seed),
+        (false, _) => classify_stop(bytes, pos, base, seed),
+    };
     let stop = base + pos as u64;
     match decide(case, next_base.is_none(), mode) {
         Action::Accept => {}
@@ -573,7 +615,11 @@ fn scan_segment<S: Storage, M: StateMachine>(
             return Err(corruption(name, stop, format!("{case:?} ({invalid})")));
         }
         Action::Truncate => {
-            let last = bytes.iter().rposition(|b| *b != 0).map_or(pos, |l| l + 1);
+            let last = if meta.header.recycled {
+                pos.saturating_add(UNSYNCED_WINDOW_BYTES).min(bytes.len())
+            } else {
+                bytes.iter().rposition(|b| *b != 0).map_or(pos, |l| l + 1)
+            };
             let cut_end = crate::format::align_up(last) as u64;
             drop(map);
             zero_range(storage, name, pos as u64, cut_end)?;
@@ -598,10 +644,11 @@ fn scan_segment<S: Storage, M: StateMachine>(
     Ok(pos as u64)
 }
 
-/// Offsets of every record from `pos` on (used by tests to cut at record boundaries).
-pub fn record_positions(bytes: &[u8], mut pos: usize) -> Vec<usize> {
+/// Offsets of every record from `pos` on in a segment whose record CRCs start from
+/// `seed` (used by tests to cut at record boundaries).
+pub fn record_positions(bytes: &[u8], mut pos: usize, seed: RecordSeed) -> Vec<usize> {
     let mut out = Vec::new();
-    while let Ok(Some(view)) = decode_record(bytes.get(pos..).unwrap_or_default()) {
+    while let Ok(Some(view)) = decode_record(seed, bytes.get(pos..).unwrap_or_default()) {
         out.push(pos);
         pos += view.padded_len;
     }
@@ -630,10 +677,11 @@ mod tests {
     #[test]
     fn classify_zeros_garbage_and_later_records() {
         use crate::format::{encode_record, RecordHeader, RecordKind};
+        let seed = RecordSeed::for_base(0);
         let mut seg = vec![0u8; 1024];
-        assert_eq!(classify_stop(&seg, 64, 0), StopCase::CleanEnd);
+        assert_eq!(classify_stop(&seg, 64, 0, seed), StopCase::CleanEnd);
         seg[100] = 1;
-        assert_eq!(classify_stop(&seg, 64, 0), StopCase::TornTail);
+        assert_eq!(classify_stop(&seg, 64, 0, seed), StopCase::TornTail);
         // A valid record at 256 written when everything below 128 was synced: a stop at
         // 64 lies in synced space, so the damage there is corruption.
         let mut rec = Vec::new();
@@ -647,10 +695,61 @@ mod tests {
             stable_back: 256 - 128,
             key: None,
         };
-        encode_record(&header, b"x", &mut rec);
+        encode_record(seed, &header, b"x", &mut rec);
         seg[256..256 + rec.len()].copy_from_slice(&rec);
-        assert_eq!(classify_stop(&seg, 64, 0), StopCase::CorruptBeforeTail);
+        assert_eq!(classify_stop(&seg, 64, 0, seed), StopCase::CorruptBeforeTail);
         // The same record written in the same unsynced batch as the stop: torn.
-        assert_eq!(classify_stop(&seg, 128, 0), StopCase::TornTail);
+        assert_eq!(classify_stop(&seg, 128, 0, seed), StopCase::TornTail);
+        // Under another segment's seed the record is just bytes.
+        let other = RecordSeed::for_base(1 << 30);
+        assert_eq!(classify_stop(&seg, 64, 0, other), StopCase::TornTail);
+    }
+
+    #[test]
+    fn in_a_recycled_segment_only_records_of_its_own_seed_inside_the_window_count() {
+        use crate::format::{encode_record, RecordHeader, RecordKind};
+        let (old, new) = (RecordSeed::for_base(0), RecordSeed::for_base(1 << 20));
+        let record = |seed, stable_back: u32| {
+            let header = RecordHeader {
+                kind: RecordKind::Message,
+                conversation_id: 1,
+                seq: 1,
+                message_id: 0,
+                timestamp_ms: 0,
+                prev_offset: OFFSET_NONE,
+                stable_back,
+                key: None,
+            };
+            let mut rec = Vec::new();
+            encode_record(seed, &header, b"x", &mut rec);
+            rec
+        };
+        let len = 2 * UNSYNCED_WINDOW_BYTES;
+        // Stale records of the file's previous segment everywhere after the stop.
+        let mut seg = vec![0u8; len];
+        let stale = record(old, 0);
+        for at in (128..len - 64).step_by(4096) {
+            seg[at..at + stale.len()].copy_from_slice(&stale);
+        }
+        let base = 1 << 20;
+        assert_eq!(classify_recycled_stop(&seg, 64, base, new), StopCase::CleanEnd);
+        // A valid record of this segment from the unsynced batch that began at the stop.
+        let mut torn = seg.clone();
+        let own = record(new, 4096 - 64);
+        torn[4096..4096 + own.len()].copy_from_slice(&own);
+        assert_eq!(classify_recycled_stop(&torn, 64, base, new), StopCase::TornTail);
+        // One written after the stop was synced: corruption before the tail.
+        let mut corrupt = seg.clone();
+        let synced = record(new, 4096 - 1024);
+        corrupt[4096..4096 + synced.len()].copy_from_slice(&synced);
+        assert_eq!(
+            classify_recycled_stop(&corrupt, 64, base, new),
+            StopCase::CorruptBeforeTail
+        );
+        // Past the window nothing is looked at (no batch reaches that far unsynced).
+        let mut far = seg;
+        let at = 64 + UNSYNCED_WINDOW_BYTES + 4096;
+        far[at..at + own.len()].copy_from_slice(&own);
+        assert_eq!(classify_recycled_stop(&far, 64, base, new), StopCase::CleanEnd);
     }
 }

@@ -1,6 +1,8 @@
 //! Retention: whole sealed segments are deleted, oldest first, while all their records
 //! are older than the age limit, or while the log is larger than the size limit. The
-//! active segment is never deleted.
+//! active segment is never deleted. In `Durable` mode (`Config::recycle_segments`) the
+//! newest segment a pass retires is renamed to `recycled.tmp` instead, to become the
+//! next spare (see `segment.rs`, "Recycling").
 //!
 //! A segment's records are all older than its successor's `created_at_ms` (the
 //! successor was created when this one filled), so no record needs to be read to age a
@@ -12,6 +14,7 @@
 use crate::error::{io_err, Result};
 use crate::log::Log;
 use crate::meta::StateMachine;
+use crate::segment::retire_for_recycling;
 use crate::storage::Storage;
 
 /// A sealed segment as retention sees it.
@@ -94,11 +97,17 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             self.checkpoint_offset >= cut,
             "retention would outrun the checkpoint"
         );
-        for meta in metas.iter().take(count) {
+        let recycles = self.config.recycles();
+        for (i, meta) in metas.iter().take(count).enumerate() {
             self.storage.close(&meta.name);
-            self.storage
-                .remove(&meta.name)
-                .map_err(io_err("remove", &meta.name))?;
+            if recycles && i + 1 == count {
+                // The newest one retired: the next spare (an older kept one is freed).
+                retire_for_recycling(&mut self.storage, &meta.name)?;
+            } else {
+                self.storage
+                    .remove(&meta.name)
+                    .map_err(io_err("remove", &meta.name))?;
+            }
             self.maps.remove(&meta.header.base_offset);
             self.segments.remove(&meta.header.base_offset);
             report.deleted.push(meta.name.clone());

@@ -23,7 +23,7 @@ use crate::dedupe::Dedupe;
 use crate::error::{CapacityError, Error, Result};
 use crate::format::{
     align_up, encode_record, encode_segment_header, record_len, IdempotencyKey, RecordHeader,
-    RecordKind, SegmentHeader, SEGMENT_HEADER_BYTES,
+    RecordKind, RecordSeed, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use crate::index::Index;
 use crate::limits::{BUFFER_POOL_MAX, RECORD_PAYLOAD_BYTES_MAX};
@@ -103,6 +103,8 @@ pub struct Batch {
     pub new_segment: Option<SegmentHeader>,
     /// Encoded records.
     pub bytes: Vec<u8>,
+    /// The seed their CRCs start from (the segment's).
+    pub seed: RecordSeed,
     pub(crate) entries: Vec<Entry>,
     pub(crate) acks: Vec<(Ticket, Ack)>,
 }
@@ -166,6 +168,8 @@ pub struct WriterStart {
     pub segment_capacity: u64,
     /// Next free position in the active segment.
     pub position: u64,
+    /// The active segment's record CRC seed (from its header).
+    pub record_seed: RecordSeed,
     /// `(last_seq, last_offset)` of the metadata stream.
     pub meta_tip: (u64, u64),
 }
@@ -177,6 +181,7 @@ pub struct Writer {
     seg_base: u64,
     seg_capacity: u64,
     seg_pos: u64,
+    seg_seed: RecordSeed,
     written: u64,
     stable: u64,
     /// Front may be in flight; only the back accepts appends, and only if `open`.
@@ -213,6 +218,7 @@ impl Writer {
             seg_base: start.segment_base,
             seg_capacity: start.segment_capacity,
             seg_pos: start.position,
+            seg_seed: start.record_seed,
             written: end,
             stable: end,
             batches: VecDeque::new(),
@@ -431,7 +437,7 @@ impl Writer {
             offset
         );
         let at = batch.bytes.len();
-        let written = encode_record(&header, payload, &mut batch.bytes);
+        let written = encode_record(batch.seed, &header, payload, &mut batch.bytes);
         assert_eq!(written, padded);
         batch.entries.push(Entry {
             kind: header.kind,
@@ -474,11 +480,9 @@ impl Writer {
         self.seg_base = base;
         self.seg_capacity = self.limits.segment_bytes;
         self.seg_pos = SEGMENT_HEADER_BYTES as u64;
-        self.start_batch(Some(SegmentHeader {
-            base_offset: base,
-            created_at_ms: now_ms,
-            capacity: self.limits.segment_bytes,
-        }));
+        let header = SegmentHeader::new(base, now_ms, self.limits.segment_bytes);
+        self.seg_seed = header.record_seed();
+        self.start_batch(Some(header));
     }
 
     fn start_batch(&mut self, new_segment: Option<SegmentHeader>) {
@@ -489,6 +493,7 @@ impl Writer {
             position: self.seg_pos,
             new_segment,
             bytes,
+            seed: self.seg_seed,
             entries: Vec::new(),
             acks: Vec::new(),
         });
@@ -697,6 +702,7 @@ mod tests {
             segment_base: 0,
             segment_capacity: segment_bytes,
             position: SEGMENT_HEADER_BYTES as u64,
+            record_seed: RecordSeed::for_base(0),
             meta_tip: (0, OFFSET_NONE),
         };
         Writer::new(limits, start)
@@ -735,7 +741,7 @@ mod tests {
         assert_eq!(batch.position, 64);
         let mut pos = 0;
         let mut seen = Vec::new();
-        while let Ok(Some(view)) = decode_record(&batch.bytes[pos..]) {
+        while let Ok(Some(view)) = decode_record(batch.seed, &batch.bytes[pos..]) {
             let h = view.header;
             seen.push((h.conversation_id, h.seq, h.prev_offset));
             // Durable mode: everything before the batch start was synced.
@@ -777,11 +783,7 @@ mod tests {
         let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
         let (mut plain, mut aligned) = (writer(8192, 5), writer(8192, 5));
         aligned.limits.write_align = 4096;
-        let header = SegmentHeader {
-            base_offset: 0,
-            created_at_ms: 5,
-            capacity: 8192,
-        };
+        let header = SegmentHeader::new(0, 5, 8192);
         aligned.seed_tail_block(encode_segment_header(&header).to_vec());
         let mut files: [HashMap<u64, Vec<u8>>; 2] = Default::default();
         for (w, file) in [&mut plain, &mut aligned].into_iter().zip(&mut files) {
@@ -792,11 +794,8 @@ mod tests {
             while let Some(job) = w.take_batch() {
                 let seg = file.entry(job.segment_base).or_insert_with(|| {
                     let mut bytes = vec![0u8; 8192];
-                    let head = encode_segment_header(&SegmentHeader {
-                        base_offset: job.segment_base,
-                        created_at_ms: 5,
-                        capacity: 8192,
-                    });
+                    let head =
+                        encode_segment_header(&SegmentHeader::new(job.segment_base, 5, 8192));
                     bytes[..64].copy_from_slice(&head);
                     bytes
                 });

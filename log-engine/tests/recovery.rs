@@ -2,7 +2,7 @@
 //! flips in tail and non-tail records, empty and missing segments, checkpoints older
 //! than the log, clean and unclean reopen.
 
-use log_engine::format::{segment_name, SEGMENT_HEADER_BYTES};
+use log_engine::format::{segment_name, RecordSeed, SEGMENT_HEADER_BYTES};
 use log_engine::recovery::record_positions;
 use log_engine::sim::SimStorage;
 use log_engine::{AppendRequest, CheckpointUse, Config, Error, Log, RecordKind, RecoveryMode};
@@ -67,7 +67,7 @@ fn tail_cut_at_every_byte_recovers_the_earlier_records() {
     let name = segment_name(0);
     let bytes = pristine.bytes(&name).unwrap();
     let tail = offsets[3] as usize;
-    let end = record_positions(&bytes, SEGMENT_HEADER_BYTES).len();
+    let end = record_positions(&bytes, SEGMENT_HEADER_BYTES, RecordSeed::for_base(0)).len();
     assert_eq!(end, 4);
     let tail_len = bytes[tail..].iter().rposition(|b| *b != 0).unwrap() + 1;
     for garbage in [0u8, 0xA5] {
@@ -125,7 +125,7 @@ fn flip_and_open(record: usize, records: u64) -> Vec<(usize, log_engine::Result<
     let name = segment_name(0);
     let bytes = pristine.bytes(&name).unwrap();
     let at = offsets[record] as usize;
-    let len = record_positions(&bytes, at)
+    let len = record_positions(&bytes, at, RecordSeed::for_base(0))
         .get(1)
         .copied()
         .unwrap_or(at + 72)
