@@ -109,6 +109,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             } else {
                 1
             },
+            recycled_segments: config.recycles(),
         };
         let mut writer = crate::writer::Writer::new(limits, start);
         let partial = writer.tail_block_len(start.position);

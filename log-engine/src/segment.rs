@@ -26,9 +26,11 @@
 //! mode retention does not delete a retired segment: [`retire_for_recycling`] renames it
 //! to `recycled.tmp`, and the next spare is that file ([`adopt_recycled_spare`]), moved
 //! to `spare.tmp` without touching its blocks. Its old records stay where they are and
-//! fail the new segment's seeded record CRC (`format::RecordSeed`); the installed header
-//! says `recycled`, which tells recovery that bytes after the written records are stale,
-//! not zeros.
+//! fail the new segment's seeded record CRC (`format::RecordSeed`). A recycled spare is
+//! installed only under a header flagged `recycled`, which tells recovery that bytes
+//! after the written records may be stale rather than zeros. While recycling is on every
+//! rolled segment is flagged so, whichever spare it gets: the writer encodes the header
+//! (and rewrites it with block 0) before it can know which spare the roll will take.
 
 use std::collections::BTreeMap;
 
@@ -173,23 +175,15 @@ pub fn zero_spare_slice<S: Storage>(storage: &mut S, from: u64, capacity: u64) -
     Ok(to)
 }
 
-/// Turns the spare into the segment `header` describes: header write (flagged
-/// `recycled` for a recycled spare), fdatasync (so the segment never exists with a torn
-/// header under its final name), rename, directory fsync. No zero filling: that was done
-/// by [`prepare_spare`], or is not needed (recycled).
-pub fn install_spare<S: Storage>(
-    storage: &mut S,
-    header: &SegmentHeader,
-    kind: SpareKind,
-) -> Result<SegmentMeta> {
+/// Turns the prepared spare into the segment `header` describes: header write,
+/// fdatasync (so the segment never exists with a torn header under its final name),
+/// rename, directory fsync. No zero filling: that was done by [`prepare_spare`], or is
+/// not needed (a recycled spare, installed only under a header flagged `recycled`).
+pub fn install_spare<S: Storage>(storage: &mut S, header: &SegmentHeader) -> Result<SegmentMeta> {
     let spare = SPARE_NAME;
     let len = storage.len(spare).map_err(io_err("stat", spare))?;
     assert_eq!(len, header.capacity, "spare prepared for another capacity");
     let name = segment_name(header.base_offset);
-    let header = &SegmentHeader {
-        recycled: kind == SpareKind::Recycled,
-        ..*header
-    };
     let head = encode_segment_header(header);
     storage
         .write_at(spare, 0, &head)
@@ -223,13 +217,19 @@ pub fn roll_segment<S: Storage>(
     spare: &mut Option<SpareKind>,
 ) -> Result<SegmentMeta> {
     match spare.take() {
+        Some(SpareKind::Recycled) if !header.recycled => {
+            tracing::warn!(
+                base = header.base_offset,
+                "recycled spare for a segment not flagged recycled: not used"
+            );
+        }
         Some(SpareKind::Recycled) if stale_seed_collides(storage, header) => {
             tracing::warn!(
                 base = header.base_offset,
                 "recycled spare shares the new segment's record seed: not used"
             );
         }
-        Some(kind) => return install_spare(storage, header, kind),
+        Some(_) => return install_spare(storage, header),
         None => {}
     }
     tracing::warn!(
@@ -330,7 +330,10 @@ mod tests {
         retired_segment(&mut sim, 0, 8192);
         assert!(adopt_recycled_spare(&mut sim, 8192).unwrap());
         assert!(!adopt_recycled_spare(&mut sim, 8192).unwrap(), "adopted once");
-        let header = SegmentHeader::new(8192, 2, 8192);
+        let header = SegmentHeader {
+            recycled: true,
+            ..SegmentHeader::new(8192, 2, 8192)
+        };
         let before = sim.bytes_written();
         let mut spare = Some(SpareKind::Recycled);
         let meta = roll_segment(&mut sim, &header, &mut spare).unwrap();
@@ -359,7 +362,22 @@ mod tests {
         // The same base gives the same seed: the stand-in for a 2^-32 collision.
         retired_segment(&mut sim, 4096, 8192);
         assert!(adopt_recycled_spare(&mut sim, 8192).unwrap());
-        let header = SegmentHeader::new(4096, 2, 8192);
+        let header = SegmentHeader {
+            recycled: true,
+            ..SegmentHeader::new(4096, 2, 8192)
+        };
+        let mut spare = Some(SpareKind::Recycled);
+        let meta = roll_segment(&mut sim, &header, &mut spare).unwrap();
+        let bytes = sim.bytes(&meta.name).unwrap();
+        assert!(bytes[64..].iter().all(|b| *b == 0), "created and zero-filled");
+    }
+
+    #[test]
+    fn a_recycled_spare_is_never_installed_under_a_header_not_flagged_recycled() {
+        let mut sim = SimStorage::new();
+        retired_segment(&mut sim, 0, 8192);
+        assert!(adopt_recycled_spare(&mut sim, 8192).unwrap());
+        let header = SegmentHeader::new(8192, 2, 8192);
         let mut spare = Some(SpareKind::Recycled);
         let meta = roll_segment(&mut sim, &header, &mut spare).unwrap();
         assert!(!meta.header.recycled);

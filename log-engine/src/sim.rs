@@ -45,7 +45,7 @@ struct Inode {
     unsynced: Vec<FileOp>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct SimState {
     inodes: Vec<Inode>,
     names: BTreeMap<String, usize>,
@@ -112,6 +112,14 @@ impl SimStorage {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An independent copy of every file and fault (clones share; this does not): tests
+    /// damage one copy per case.
+    pub fn clone_deep(&self) -> SimStorage {
+        SimStorage {
+            state: Arc::new(Mutex::new(self.lock().clone())),
+        }
     }
 
     /// Makes the next `op` after `after` successful ones fail with an I/O error.

@@ -157,6 +157,9 @@ pub struct WriterLimits {
     /// 1: jobs hold exactly the batch's records. A power of two > 1 (`DIRECT_ALIGN` with
     /// `Config::direct_io`): jobs are block-aligned (see [`BatchJob`]).
     pub write_align: u64,
+    /// New segments are flagged `recycled` (`Config::recycles`): they may be given a
+    /// recycled spare.
+    pub recycled_segments: bool,
 }
 
 /// Where the writer resumes, found by recovery.
@@ -480,7 +483,10 @@ impl Writer {
         self.seg_base = base;
         self.seg_capacity = self.limits.segment_bytes;
         self.seg_pos = SEGMENT_HEADER_BYTES as u64;
-        let header = SegmentHeader::new(base, now_ms, self.limits.segment_bytes);
+        let header = SegmentHeader {
+            recycled: self.limits.recycled_segments,
+            ..SegmentHeader::new(base, now_ms, self.limits.segment_bytes)
+        };
         self.seg_seed = header.record_seed();
         self.start_batch(Some(header));
     }
@@ -697,6 +703,7 @@ mod tests {
             sync_each_batch: true,
             max_in_flight: 1,
             write_align: 1,
+            recycled_segments: true,
         };
         let start = WriterStart {
             segment_base: 0,
@@ -794,8 +801,8 @@ mod tests {
             while let Some(job) = w.take_batch() {
                 let seg = file.entry(job.segment_base).or_insert_with(|| {
                     let mut bytes = vec![0u8; 8192];
-                    let head =
-                        encode_segment_header(&SegmentHeader::new(job.segment_base, 5, 8192));
+                    let header = job.new_segment.unwrap_or(SegmentHeader::new(0, 5, 8192));
+                    let head = encode_segment_header(&header);
                     bytes[..64].copy_from_slice(&head);
                     bytes
                 });

@@ -333,8 +333,10 @@ enum Op {
     Checkpoint,
     /// The next sync fails: the batch is written but not synced, then power is lost.
     FailSync(u64),
-    /// Size-based retention.
+    /// Size-based retention (recycles the newest retired segment).
     Retention,
+    /// Prepare the next spare: the recycled segment if retention left one.
+    Spare,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -346,6 +348,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Checkpoint),
         1 => any::<u64>().prop_map(Op::FailSync),
         1 => Just(Op::Retention),
+        1 => Just(Op::Spare),
     ]
 }
 
@@ -424,6 +427,9 @@ proptest! {
                 }
                 Op::Retention => {
                     log.apply_retention(0).unwrap();
+                }
+                Op::Spare => {
+                    log.prepare_spare().unwrap();
                 }
                 Op::Crash(seed) => {
                     drop(log);

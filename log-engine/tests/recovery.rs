@@ -2,7 +2,7 @@
 //! flips in tail and non-tail records, empty and missing segments, checkpoints older
 //! than the log, clean and unclean reopen.
 
-use log_engine::format::{segment_name, RecordSeed, SEGMENT_HEADER_BYTES};
+use log_engine::format::{decode_segment_header, segment_name, RecordSeed, SEGMENT_HEADER_BYTES};
 use log_engine::recovery::record_positions;
 use log_engine::sim::SimStorage;
 use log_engine::{AppendRequest, CheckpointUse, Config, Error, Log, RecordKind, RecoveryMode};
@@ -378,4 +378,156 @@ fn checkpoint_after_an_empty_new_segment_is_usable() {
     assert_eq!(report.checkpoint, CheckpointUse::Used(ckpt));
     assert_eq!(seqs(&mut log, 1), (1..=i).collect::<Vec<_>>());
     assert_eq!(log.append(&req(1, 999, b"next")).unwrap().seq, i + 1);
+}
+
+/// A log whose active segment is a recycled one (retention keeps 2 segments, the spare
+/// is prepared after every append): returns the log and the segment's name.
+fn recycled_tail(sim: &SimStorage) -> (Log<SimStorage>, String) {
+    let cfg = Config {
+        retention_bytes: 2 * 8192,
+        ..config()
+    };
+    let (mut log, _) = Log::open(sim.clone(), cfg, ()).unwrap();
+    for i in 1..=400u64 {
+        log.append(&req(2, i, &[i as u8; 500])).unwrap();
+        log.apply_retention(0).unwrap();
+        log.prepare_spare().unwrap();
+        let active = segment_name(*log.segment_bases().last().unwrap());
+        let bytes = sim.bytes(&active).unwrap();
+        let header = decode_segment_header(&bytes).unwrap();
+        // Fresh in a recycled file (its earlier records still there), with room for four
+        // short records and more.
+        let position = log.watermarks().stable - header.base_offset;
+        let stale = bytes[4096..].iter().any(|b| *b != 0);
+        if header.recycled && stale && position < 2048 {
+            return (log, active);
+        }
+    }
+    panic!("no recycled segment became active");
+}
+
+#[test]
+fn a_recycled_segment_is_written_over_its_stale_records_and_reopens_clean() {
+    let sim = SimStorage::new();
+    let (mut log, active) = recycled_tail(&sim);
+    let before = sim.bytes(&active).unwrap();
+    assert!(
+        before[4096..].iter().any(|b| *b != 0),
+        "the recycled file still holds its earlier segment's records"
+    );
+    for id in 1..=4 {
+        log.append(&req(1, id, format!("message {id}").as_bytes()))
+            .unwrap();
+    }
+    let history = seqs(&mut log, 2);
+    drop(log);
+    let (mut log, report) = open(&sim).unwrap();
+    assert_eq!(report.truncated, None);
+    assert_eq!(seqs(&mut log, 1), vec![1, 2, 3, 4]);
+    assert_eq!(seqs(&mut log, 2), history);
+    assert_eq!(log.append(&req(1, 5, b"five")).unwrap().seq, 5);
+}
+
+#[test]
+fn a_recycled_tail_cut_at_every_byte_recovers_the_earlier_records() {
+    let pristine = SimStorage::new();
+    let (mut log, active) = recycled_tail(&pristine);
+    for id in 1..=3 {
+        log.append(&req(1, id, b"earlier")).unwrap();
+    }
+    // What the file held where the last record goes: the stale bytes a torn write of it
+    // leaves behind.
+    let stale = pristine.bytes(&active).unwrap();
+    let last = log.append(&req(1, 4, b"the last record")).unwrap().offset;
+    drop(log);
+    let written = pristine.bytes(&active).unwrap();
+    let base = decode_segment_header(&written).unwrap().base_offset;
+    let tail = (last - base) as usize;
+    let seed = RecordSeed::for_base(base);
+    let len = record_positions(&written, tail, seed)
+        .first()
+        .map(|_| 72)
+        .unwrap();
+    let mut cuts = 0;
+    for cut in 0..len {
+        if stale[tail + cut..tail + len] == written[tail + cut..tail + len] {
+            continue; // the stale bytes there equal the record's: not a cut
+        }
+        cuts += 1;
+        let sim = pristine.clone_deep();
+        let mut damaged = written.clone();
+        damaged[tail + cut..].copy_from_slice(&stale[tail + cut..]);
+        sim.set_bytes(&active, damaged);
+        let (mut log, report) = open(&sim).unwrap();
+        assert_eq!(seqs(&mut log, 1), vec![1, 2, 3], "cut {cut}");
+        // Only stale bytes follow: nothing of this segment to cut, nothing reported.
+        assert_eq!(report.truncated, None, "cut {cut}");
+        assert_eq!(log.append(&req(1, 9, b"after")).unwrap().seq, 4);
+        drop(log);
+        let (mut log, report) = open(&sim).unwrap();
+        assert_eq!(report.truncated, None);
+        assert_eq!(seqs(&mut log, 1), vec![1, 2, 3, 4]);
+    }
+    assert!(cuts > len / 2, "only {cuts} of {len} cuts differ from the stale bytes");
+}
+
+#[test]
+fn a_torn_batch_in_a_recycled_tail_is_cut_and_never_comes_back() {
+    let pristine = SimStorage::new();
+    let (mut log, active) = recycled_tail(&pristine);
+    log.append(&req(1, 1, b"acked")).unwrap();
+    let stale = pristine.bytes(&active).unwrap();
+    // One batch of three records; its first record is torn, the third is intact.
+    let mut tickets = Vec::new();
+    for id in 2..=4 {
+        tickets.push(log.append_nowait(&req(1, id, &[id as u8; 100])).unwrap());
+    }
+    let acks = log.commit().unwrap();
+    let first = acks.iter().map(|(_, a)| a.offset).min().unwrap();
+    drop(log);
+    let written = pristine.bytes(&active).unwrap();
+    let base = decode_segment_header(&written).unwrap().base_offset;
+    let at = (first - base) as usize;
+    let sim = pristine.clone_deep();
+    let mut damaged = written.clone();
+    damaged[at + 8..at + 16].copy_from_slice(&stale[at + 8..at + 16]);
+    damaged[at + 8] ^= 0xFF; // surely different from the record's own bytes
+    sim.set_bytes(&active, damaged);
+    let (mut log, report) = open(&sim).unwrap();
+    let cut = report.truncated.expect("a valid record of the torn batch was cut");
+    assert_eq!(cut.offset, first);
+    assert_eq!(seqs(&mut log, 1), vec![1]);
+    // A shorter record now ends where the torn batch's later records were: they must
+    // not be read as its successors.
+    assert_eq!(log.append(&req(1, 7, b"x")).unwrap().seq, 2);
+    drop(log);
+    let (mut log, report) = open(&sim).unwrap();
+    assert_eq!(report.truncated, None);
+    assert_eq!(seqs(&mut log, 1), vec![1, 2]);
+    let _ = tickets;
+}
+
+#[test]
+fn a_bit_flip_before_the_tail_of_a_recycled_segment_is_corruption() {
+    let pristine = SimStorage::new();
+    let (mut log, active) = recycled_tail(&pristine);
+    let first = log.append(&req(1, 1, b"synced long ago")).unwrap().offset;
+    for id in 2..=4 {
+        log.append(&req(1, id, b"later batches")).unwrap();
+    }
+    drop(log);
+    let written = pristine.bytes(&active).unwrap();
+    let base = decode_segment_header(&written).unwrap().base_offset;
+    let at = (first - base) as usize;
+    for byte in [0, 9, 20, 60] {
+        let sim = pristine.clone_deep();
+        let mut damaged = written.clone();
+        damaged[at + byte] ^= 0x10;
+        sim.set_bytes(&active, damaged);
+        match open(&sim) {
+            Err(Error::Corruption { segment, .. }) => assert_eq!(segment, active),
+            Err(e) => panic!("byte {byte}: {e}"),
+            Ok(_) => panic!("byte {byte}: opened over damaged synced data"),
+        }
+    }
 }
