@@ -59,6 +59,8 @@ pub struct Log<S: Storage, M: StateMachine = ()> {
     resolved: Vec<(Ticket, Ack)>,
     /// A `spare.tmp` is durable and ready for the next roll: zero-filled or recycled.
     pub(crate) spare_ready: Option<SpareKind>,
+    /// Rolls that installed a recycled spare since open (synchronous driver).
+    recycled_rolls: u64,
 }
 
 fn now_ms() -> u64 {
@@ -144,6 +146,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             durable_meta: start.meta_tip,
             resolved: Vec::new(),
             spare_ready: None,
+            recycled_rolls: 0,
         };
         Ok((log, rec.report))
     }
@@ -205,6 +208,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
                 &job,
                 durable,
                 &mut self.spare_ready,
+                &mut self.recycled_rolls,
             );
             let rolled = match written {
                 Ok(rolled) => rolled,
@@ -246,7 +250,8 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             return Ok(false);
         }
         let capacity = self.config.segment_bytes;
-        if crate::segment::adopt_recycled_spare(&mut self.storage, capacity)? {
+        let recycles = self.config.recycles();
+        if recycles && crate::segment::adopt_recycled_spare(&mut self.storage, capacity)? {
             self.spare_ready = Some(SpareKind::Recycled);
             return Ok(true);
         }
@@ -258,6 +263,11 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     /// True when a spare segment is ready for the next roll.
     pub fn has_spare(&self) -> bool {
         self.spare_ready.is_some()
+    }
+
+    /// Rolls since open whose new segment went into a recycled file.
+    pub fn recycled_rolls(&self) -> u64 {
+        self.recycled_rolls
     }
 
     /// A segment was sealed by a roll: remember its end, drop its handle and the cache.
@@ -589,6 +599,7 @@ fn write_batch<S: Storage>(
     batch: &BatchJob,
     durable: bool,
     spare: &mut Option<SpareKind>,
+    recycled_rolls: &mut u64,
 ) -> Result<Option<u64>> {
     let mut sealed = None;
     if let Some(header) = &batch.new_segment {
@@ -597,7 +608,8 @@ fn write_batch<S: Storage>(
             storage.sync(&old.name).map_err(io_err("sync", &old.name))?;
             sealed = Some(old_base);
         }
-        let meta = roll_segment(storage, header, spare)?;
+        let (meta, recycled) = roll_segment(storage, header, spare)?;
+        *recycled_rolls += u64::from(recycled);
         segments.insert(header.base_offset, meta);
     }
     let name = crate::format::segment_name(batch.segment_base);

@@ -142,6 +142,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         }
         let depth = config.pipeline_in_flight;
         let capacity = config.segment_bytes;
+        let recycles = config.recycles();
         let (mut log, report) = Log::open_with(storage, config, state, depth)?;
         log.writer.warm_buffers();
         let io_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
@@ -154,7 +155,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             .name("log-spare".into())
             .spawn(move || {
                 lower_priority();
-                spare_loop(spare_storage, capacity, &slot)
+                spare_loop(spare_storage, capacity, recycles, &slot)
             })
             .map_err(io_err("spawn", "log-spare"))?;
         spare.request();
@@ -447,6 +448,11 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         self.threads.spare.is_ready()
     }
 
+    /// Rolls since open whose new segment went into a recycled file.
+    pub fn recycled_rolls(&self) -> u64 {
+        self.threads.spare.recycled_rolls.load(AtomicOrdering::Relaxed)
+    }
+
     /// Conversation records after `after_seq` (durable ones only).
     pub fn read_after(
         &mut self,
@@ -659,7 +665,10 @@ fn run_job<S: Storage>(
         storage.sync(&old).map_err(io_err("sync", &old))?;
         storage.close(&old);
         let mut ready = spare.take();
-        let meta = roll_segment(storage, header, &mut ready)?;
+        let (meta, recycled) = roll_segment(storage, header, &mut ready)?;
+        if recycled {
+            spare.recycled_rolls.fetch_add(1, AtomicOrdering::Relaxed);
+        }
         spare.request();
         *active = header.base_offset;
         rolled = Some(meta);
@@ -713,6 +722,8 @@ struct SpareSlot {
     recent_batch_bytes: AtomicU64,
     /// The spare is a recycled segment (set by the preparer before it reports `Ready`).
     recycled: std::sync::atomic::AtomicBool,
+    /// Rolls since open that installed a recycled spare (kept by the I/O thread).
+    recycled_rolls: AtomicU64,
 }
 
 impl SpareSlot {
@@ -797,7 +808,7 @@ impl SpareSlot {
 /// The spare preparer: whenever asked, creates `spare.tmp` (installable from then on)
 /// and zero-fills it slice by slice, off the owner and I/O threads, until it is full or
 /// a roll takes it.
-fn spare_loop<S: Storage>(mut storage: S, capacity: u64, slot: &SpareSlot) {
+fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &SpareSlot) {
     loop {
         {
             let mut state = slot.lock();
@@ -811,10 +822,11 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, slot: &SpareSlot) {
         }
         let started = Instant::now();
         // A segment retention retired is the best spare: its blocks are written already.
-        let adopted = adopt_recycled_spare(&mut storage, capacity).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "recycling a retired segment failed");
-            false
-        });
+        let adopted = recycles
+            && adopt_recycled_spare(&mut storage, capacity).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "recycling a retired segment failed");
+                false
+            });
         slot.recycled.store(adopted, AtomicOrdering::Relaxed);
         if adopted {
             let mut state = slot.lock();

@@ -41,7 +41,7 @@ use crate::format::{
 use crate::index::Index;
 use crate::limits::{CHECKPOINT_BYTES_MAX, SEGMENT_BYTES_MAX};
 use crate::meta::{MetaRecord, StateMachine};
-use crate::segment::{zero_range, SegmentMeta, SegmentTable};
+use crate::segment::{zero_range, SegmentMeta, SegmentTable, RECYCLED_NAME, SPARE_NAME};
 use crate::storage::Storage;
 use crate::writer::WriterStart;
 
@@ -269,7 +269,7 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
         removed: Vec::new(),
         end_offset: 0,
     };
-    let (mut segments, fresh_base, has_ckpt) = survey(storage, config.recovery_mode, &mut report)?;
+    let (mut segments, fresh_base, has_ckpt) = survey(storage, config, &mut report)?;
     let Some(&first_base) = segments.keys().next() else {
         if has_ckpt {
             return Err(corruption(
@@ -329,15 +329,31 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
 /// Lists the directory: removes temporary files, reads every segment header, removes an
 /// interrupted creation of the tail segment. Returns the segments, the base for a fresh
 /// log, and whether a checkpoint file exists.
+///
+/// With recycling on (`Config::recycles`), a retired segment kept for recycling
+/// (`recycled.tmp`) stays, and a leftover `spare.tmp` becomes it if there is none: either
+/// holds nothing the log needs, and either may be installed under a `recycled` header
+/// (stale records, zeros, or a header that was never renamed into place). Kept, so that
+/// a restart does not throw away the written blocks recycling saves.
 fn survey<S: Storage>(
     storage: &mut S,
-    mode: RecoveryMode,
+    config: &Config,
     report: &mut RecoveryReport,
 ) -> Result<(SegmentTable, u64, bool)> {
+    let mode = config.recovery_mode;
     let names = storage.list().map_err(io_err("list", "."))?;
     let mut bases = Vec::new();
+    let mut keep_recycled = config.recycles() && names.iter().any(|n| n == RECYCLED_NAME);
     for name in &names {
-        if name.ends_with(".tmp") {
+        if name == RECYCLED_NAME && keep_recycled {
+            continue;
+        }
+        if name == SPARE_NAME && config.recycles() && !keep_recycled {
+            storage
+                .rename(name, RECYCLED_NAME)
+                .map_err(io_err("rename", RECYCLED_NAME))?;
+            keep_recycled = true;
+        } else if name.ends_with(".tmp") {
             storage.remove(name).map_err(io_err("remove", name))?;
             report.removed.push(name.clone());
         } else if let Some(base) = parse_segment_name(name) {

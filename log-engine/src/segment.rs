@@ -210,12 +210,13 @@ fn stale_seed_collides<S: Storage>(storage: &mut S, header: &SegmentHeader) -> b
 }
 
 /// Creates the segment for a roll: installs the spare if one is ready (`spare` is then
-/// cleared), else creates and zero-fills it inline (slow: warned).
+/// cleared), else creates and zero-fills it inline (slow: warned). The flag says whether
+/// the segment went into a recycled file.
 pub fn roll_segment<S: Storage>(
     storage: &mut S,
     header: &SegmentHeader,
     spare: &mut Option<SpareKind>,
-) -> Result<SegmentMeta> {
+) -> Result<(SegmentMeta, bool)> {
     match spare.take() {
         Some(SpareKind::Recycled) if !header.recycled => {
             tracing::warn!(
@@ -229,14 +230,17 @@ pub fn roll_segment<S: Storage>(
                 "recycled spare shares the new segment's record seed: not used"
             );
         }
-        Some(_) => return install_spare(storage, header),
+        Some(kind) => {
+            let meta = install_spare(storage, header)?;
+            return Ok((meta, kind == SpareKind::Recycled));
+        }
         None => {}
     }
     tracing::warn!(
         base = header.base_offset,
         "no spare segment prepared: zero-filling inside the roll"
     );
-    create_segment(storage, header)
+    Ok((create_segment(storage, header)?, false))
 }
 
 /// Writes zeros over `[from, to)` in large chunks (no sync).
@@ -279,7 +283,7 @@ mod tests {
         let header = SegmentHeader::new(4096, 1, 8192);
         let before = sim.bytes_written();
         let mut spare = Some(SpareKind::Prepared);
-        let meta = roll_segment(&mut sim, &header, &mut spare).unwrap();
+        let (meta, _) = roll_segment(&mut sim, &header, &mut spare).unwrap();
         assert!(spare.is_none());
         assert_eq!(sim.bytes_written() - before, SEGMENT_HEADER_BYTES as u64);
         sim.crash(3);
@@ -299,7 +303,7 @@ mod tests {
         assert_eq!(zeroed, SPARE_SYNC_BYTES);
         let header = SegmentHeader::new(0, 1, capacity);
         let mut spare = Some(SpareKind::Prepared);
-        let meta = roll_segment(&mut sim, &header, &mut spare).unwrap();
+        let (meta, _) = roll_segment(&mut sim, &header, &mut spare).unwrap();
         // A record written past the zeroed prefix, synced, survives a crash; the
         // allocated-but-unwritten rest reads as zeros (the end of the log).
         let at = 2 * SPARE_SYNC_BYTES;
@@ -336,7 +340,8 @@ mod tests {
         };
         let before = sim.bytes_written();
         let mut spare = Some(SpareKind::Recycled);
-        let meta = roll_segment(&mut sim, &header, &mut spare).unwrap();
+        let (meta, recycled) = roll_segment(&mut sim, &header, &mut spare).unwrap();
+        assert!(recycled);
         assert_eq!(sim.bytes_written() - before, SEGMENT_HEADER_BYTES as u64);
         assert!(meta.header.recycled);
         sim.crash(5);
@@ -367,7 +372,7 @@ mod tests {
             ..SegmentHeader::new(4096, 2, 8192)
         };
         let mut spare = Some(SpareKind::Recycled);
-        let meta = roll_segment(&mut sim, &header, &mut spare).unwrap();
+        let (meta, _) = roll_segment(&mut sim, &header, &mut spare).unwrap();
         let bytes = sim.bytes(&meta.name).unwrap();
         assert!(bytes[64..].iter().all(|b| *b == 0), "created and zero-filled");
     }
@@ -379,7 +384,7 @@ mod tests {
         assert!(adopt_recycled_spare(&mut sim, 8192).unwrap());
         let header = SegmentHeader::new(8192, 2, 8192);
         let mut spare = Some(SpareKind::Recycled);
-        let meta = roll_segment(&mut sim, &header, &mut spare).unwrap();
+        let (meta, _) = roll_segment(&mut sim, &header, &mut spare).unwrap();
         assert!(!meta.header.recycled);
         let bytes = sim.bytes(&meta.name).unwrap();
         assert!(bytes[64..].iter().all(|b| *b == 0), "created and zero-filled");

@@ -3,6 +3,9 @@
 //! is reopened and checked: every acknowledged record is present exactly once, in
 //! order, with no gap in any conversation's sequence, and every record present is one
 //! the child appended (payload and key match its message id; no message id twice).
+//! The child applies size retention, so the oldest segments are retired and reused as
+//! recycled spares: acked records below a conversation's first retained sequence may be
+//! gone (their segment was retired), every later one must be there.
 //!
 //! Rounds: 20 by default; `CRASH_ROUNDS=1000 cargo test -p log-engine --test crash
 //! --release` for the long run.
@@ -64,11 +67,18 @@ fn run_child(dir: &std::path::Path, first_id: u64, millis: u64) -> Vec<String> {
 struct Expected {
     /// message id → (conversation, seq) of every acknowledged append.
     acked: HashMap<u64, (u64, u64)>,
+    /// Rolls into recycled segment files, summed over the child processes.
+    recycled_rolls: u64,
 }
 
 impl Expected {
     fn absorb(&mut self, lines: &[String]) {
+        let mut recycled = 0;
         for line in lines {
+            if let Some(count) = line.strip_prefix("recycled ") {
+                recycled = count.parse().unwrap();
+                continue;
+            }
             let f: Vec<&str> = line.split(' ').collect();
             assert_eq!(f.len(), 5, "bad line {line:?}");
             let conv: u64 = f[1].parse().unwrap();
@@ -78,18 +88,24 @@ impl Expected {
                 assert_eq!(prev, (conv, seq), "a retry was acked differently: {line}");
             }
         }
+        self.recycled_rolls += recycled;
     }
 }
 
-fn verify(dir: &std::path::Path, expected: &Expected, max_id: u64) {
+/// Checks the log against every ack; returns how many acked records retention removed.
+fn verify(dir: &std::path::Path, expected: &Expected, max_id: u64) -> usize {
     let config = crash_config();
     let (mut log, _report) = Log::open(FsStorage::open(dir).unwrap(), config, ()).unwrap();
     let mut seen: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut first_seqs = HashMap::new();
     for conv in 0..CONVERSATIONS {
-        let mut after = 0;
+        // Retention may have deleted the oldest records: history starts at first_seq.
+        let first_seq = log.read_after(conv, 0, 1).unwrap().first_seq;
+        first_seqs.insert(conv, first_seq);
+        let mut after = first_seq - 1;
         loop {
             let page = log.read_after(conv, after, 10_000).unwrap();
-            assert_eq!(page.first_seq, 1);
+            assert_eq!(page.first_seq, first_seq);
             for record in &page.records {
                 assert_eq!(record.seq, after + 1, "gap in conversation {conv}");
                 after = record.seq;
@@ -105,13 +121,19 @@ fn verify(dir: &std::path::Path, expected: &Expected, max_id: u64) {
             }
         }
     }
+    let mut retired = 0;
     for (id, at) in &expected.acked {
+        if seen.get(id).is_none() && at.1 < first_seqs[&at.0] {
+            retired += 1; // deleted by retention with its whole segment
+            continue;
+        }
         assert_eq!(
             seen.get(id),
             Some(at),
             "acknowledged message {id} lost or moved"
         );
     }
+    retired
 }
 
 #[test]
@@ -124,17 +146,25 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     let mut expected = Expected::default();
     let mut rng = SimRng::new(0xC0FFEE);
     let mut total_lines = 0;
+    let mut retired = 0;
     for round in 1..=rounds {
         let first_id = round * IDS_PER_ROUND;
         let millis = 20 + rng.below(120);
         let lines = run_child(dir.path(), first_id, millis);
         total_lines += lines.len();
         expected.absorb(&lines);
-        verify(dir.path(), &expected, first_id + IDS_PER_ROUND - 1);
+        retired = verify(dir.path(), &expected, first_id + IDS_PER_ROUND - 1);
     }
     assert!(total_lines > 0, "the child never acknowledged anything");
     eprintln!(
-        "{rounds} rounds, {total_lines} acks, {} distinct",
-        expected.acked.len()
+        "{rounds} rounds, {total_lines} lines, {} distinct acks, {retired} retired, \
+         {} rolls into recycled files",
+        expected.acked.len(),
+        expected.recycled_rolls
+    );
+    assert!(retired > 0, "retention never ran");
+    assert!(
+        expected.recycled_rolls > 0,
+        "no roll went into a recycled file: recycling was not exercised"
     );
 }

@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! ack <conversation> <seq> <message_id> <deduplicated 0|1>
+//! recycled <rolls into recycled segment files since this process opened the log>
 //! ```
 //!
 //! Usage: `crash_appender <dir> <first_message_id> [pipelined]`: with `pipelined`, the
 //! log is a `PipelinedLog` (I/O, spare and checkpoint threads, as the gateway runs it),
 //! else the synchronous `Log`. Each append carries an idempotency
 //! key and a payload derived from its message id (see `payload_for`, `key_for`), and now
-//! and then a retry of an acknowledged key, so the parent can check every record.
+//! and then a retry of an acknowledged key, so the parent can check every record. Between
+//! batches it applies size retention, which recycles retired segments.
 
 use std::io::Write;
 
@@ -41,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut id = first_id;
     let mut last_acked: Option<(u64, u64)> = None;
     let mut pending = Vec::new();
+    let mut reported_recycled = 0;
     loop {
         pending.clear();
         for _ in 0..1 + rng.below(16) {
@@ -82,9 +85,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             last_acked = Some((conv, ack.message_id));
         }
         out.flush()?;
-        if let Driver::Sync(log) = &mut log {
-            // Between batches, as a server would: keep a spare segment ready for the roll.
-            log.prepare_spare()?;
+        // Between batches, as a server would: retire segments past the size limit, and
+        // keep a spare segment (the retired one, recycled) ready for the roll.
+        let recycled_rolls = match &mut log {
+            Driver::Sync(log) => {
+                log.apply_retention(id)?;
+                log.prepare_spare()?;
+                log.recycled_rolls()
+            }
+            Driver::Pipelined(log) => {
+                log.apply_retention(id)?;
+                log.recycled_rolls()
+            }
+        };
+        if recycled_rolls > reported_recycled {
+            reported_recycled = recycled_rolls;
+            writeln!(out, "recycled {recycled_rolls}")?;
         }
     }
 }

@@ -8,14 +8,20 @@ use log_engine::Config;
 pub const CONVERSATIONS: u64 = 8;
 
 /// The log configuration of the appender (small segments and checkpoints, so that kills
-/// land during rolls, spare preparation and checkpoint writes); the test reopens with it.
+/// land during rolls, spare preparation, checkpoint writes and retention; a small size
+/// limit, so that retention retires segments and rolls reuse them as recycled spares);
+/// the test reopens with it.
 pub fn crash_config() -> Config {
     Config {
         segment_bytes: 256 * 1024,
         checkpoint_interval_bytes: 128 * 1024,
+        retention_bytes: RETENTION_BYTES,
         ..Config::default()
     }
 }
+
+/// The appender's retention limit: four segments.
+pub const RETENTION_BYTES: u64 = 1024 * 1024;
 
 /// The payload of message `id`.
 pub fn payload_for(id: u64) -> Vec<u8> {
