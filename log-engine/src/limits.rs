@@ -31,6 +31,9 @@ pub const DEDUPE_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 pub const DEDUPE_ENTRIES_MAX: usize = 16 * 1024 * 1024;
 /// Default for `Config::dedupe_entries`.
 pub const DEDUPE_ENTRIES_DEFAULT: usize = 1024 * 1024;
+/// How often `PipelinedLog` applies retention when no roll prompts it (for the age
+/// limit of a log that stopped growing). A roll prompts it at once.
+pub const RETENTION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Default retention age: 30 days.
 pub const RETENTION_AGE_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Largest in-memory tail cache (recent durable bytes of the active segment).

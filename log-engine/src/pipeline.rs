@@ -51,6 +51,7 @@ use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
 use crate::limits::{
     CHECKPOINT_ENCODE_WARN, CHECKPOINT_KEYS_PER_STEP, PIPELINE_QUEUED_BATCHES_MAX,
+    RETENTION_CHECK_INTERVAL,
     ZERO_FILL_BATCH_BYTES_MAX, ZERO_FILL_RECHECK,
 };
 use crate::log::CheckpointDraft;
@@ -105,6 +106,10 @@ pub struct PipelinedLog<S: Storage + Send + 'static, M: StateMachine = ()> {
     draft: Option<CheckpointDraft>,
     /// The I/O thread's own timing of each batch.
     io_stats: Arc<BatchIoStats>,
+    /// When retention last looked (a roll makes it look at once; see `retention_due`).
+    retention_checked: Instant,
+    /// A roll happened since retention last ran.
+    rolled_since_retention: bool,
 }
 
 /// The I/O, spare and checkpoint threads; dropping it stops and joins them.
@@ -195,6 +200,8 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             draft: None,
             notify,
             io_stats,
+            retention_checked: Instant::now(),
+            rolled_since_retention: false,
         };
         Ok((log, report))
     }
@@ -330,8 +337,31 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         if !self.log.writer.is_poisoned() {
             self.flush()?;
             self.checkpoint_in_background()?;
+            self.retention_in_background()?;
         }
         Ok(acks)
+    }
+
+    /// Applies retention on its own (the owner never has to call
+    /// [`PipelinedLog::apply_retention`]): after every roll, and every
+    /// `RETENTION_CHECK_INTERVAL` for the age limit of a log that stopped rolling. It
+    /// deletes (or retires for recycling) only what the durable checkpoint already
+    /// covers, so it never writes a checkpoint or waits for one here; when the background
+    /// checkpoint is behind, it looks again at the next completion.
+    fn retention_in_background(&mut self) -> Result<()> {
+        let due = self.rolled_since_retention
+            || self.retention_checked.elapsed() >= RETENTION_CHECK_INTERVAL;
+        if !due {
+            return Ok(());
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if self.log.apply_retention_if_checkpointed(now_ms)?.is_some() {
+            self.rolled_since_retention = false;
+            self.retention_checked = Instant::now();
+        }
+        Ok(())
     }
 
     /// Advances the checkpoint: when one is due and none is being written, begins a
@@ -420,6 +450,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             }
         };
         if let Some(meta) = rolled {
+            self.rolled_since_retention = true;
             let base = meta.header.base_offset;
             let old = self.log.segments.keys().next_back().copied();
             self.log.segments.insert(base, meta);

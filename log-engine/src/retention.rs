@@ -65,6 +65,21 @@ pub struct RetentionReport {
 impl<S: Storage, M: StateMachine> Log<S, M> {
     /// Deletes sealed segments past the configured age or size, as of `now_ms`.
     pub fn apply_retention(&mut self, now_ms: u64) -> Result<RetentionReport> {
+        self.retention(now_ms, true)
+            .map(|report| report.unwrap_or_default())
+    }
+
+    /// [`Log::apply_retention`] only if the durable checkpoint already covers what it
+    /// would delete (`None` otherwise: nothing is written on the caller's thread; a
+    /// background checkpoint will catch up). `PipelinedLog` runs it after rolls.
+    pub(crate) fn apply_retention_if_checkpointed(
+        &mut self,
+        now_ms: u64,
+    ) -> Result<Option<RetentionReport>> {
+        self.retention(now_ms, false)
+    }
+
+    fn retention(&mut self, now_ms: u64, may_checkpoint: bool) -> Result<Option<RetentionReport>> {
         let metas: Vec<_> = self.segments.values().cloned().collect();
         let sealed: Vec<SealedSegment> = metas
             .windows(2)
@@ -85,12 +100,15 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             ..RetentionReport::default()
         };
         let Some(cut) = metas.get(count).map(|m| m.header.base_offset) else {
-            return Ok(report);
+            return Ok(Some(report));
         };
         if count == 0 {
-            return Ok(report);
+            return Ok(Some(report));
         }
         if self.checkpoint_offset < cut {
+            if !may_checkpoint {
+                return Ok(None);
+            }
             self.checkpoint()?;
         }
         assert!(
@@ -121,7 +139,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             first_offset = cut,
             "retention deleted segments"
         );
-        Ok(report)
+        Ok(Some(report))
     }
 }
 

@@ -272,6 +272,9 @@ fn pipelined_over_real_files_with_rolls() {
     let config = Config {
         segment_bytes: 256 * 1024,
         checkpoint_interval_bytes: 512 * 1024,
+        // The records carry made-up timestamps (ms since 1970): without this the log's
+        // own retention would age every sealed segment out.
+        retention_age_ms: u64::MAX,
         ..Config::default()
     };
     let (mut log, _) =
@@ -307,6 +310,67 @@ fn pipelined_over_real_files_with_rolls() {
         let page = log.read_before(conv, u64::MAX, 10).unwrap();
         assert_eq!(page.last_seq, 2000);
         assert_eq!(page.records.len(), 10);
+    }
+}
+
+#[test]
+fn retention_runs_by_itself_and_rolls_reuse_retired_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = 256 * 1024;
+    let config = Config {
+        segment_bytes: segment,
+        checkpoint_interval_bytes: 128 * 1024,
+        retention_bytes: 4 * segment,
+        ..Config::default()
+    };
+    let (mut log, _) =
+        PipelinedLog::open(FsStorage::open(dir.path()).unwrap(), config.clone(), ()).unwrap();
+    let mut retired_inodes = std::collections::HashSet::new();
+    let mut most_segments = 0;
+    let inodes = |dir: &std::path::Path| -> Vec<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let entries = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok());
+        entries
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().map_or(0, |m| m.ino()))
+            })
+            .collect()
+    };
+    let mut seen: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    for round in 0..400u64 {
+        for i in 0..50u64 {
+            let id = round * 50 + i + 1;
+            log.append_nowait(&req(id % 5, id, &[id as u8; 500]))
+                .unwrap();
+        }
+        log.drain().unwrap(); // never apply_retention: the log does it after rolls
+        most_segments = most_segments.max(log.segment_bases().len());
+        for (name, ino) in inodes(dir.path()) {
+            if !name.ends_with(".log") {
+                continue;
+            }
+            if let Some(earlier) = seen.insert(ino, name.clone()) {
+                if earlier != name {
+                    retired_inodes.insert(ino); // the same file under a new segment name
+                }
+            }
+        }
+    }
+    // ~11 MB written into 256 KiB segments with a 1 MiB limit.
+    assert!(most_segments <= 6, "retention did not keep up: {most_segments}");
+    assert!(log.recycled_rolls() > 10, "rolls: {}", log.recycled_rolls());
+    assert!(!retired_inodes.is_empty(), "no segment file was ever reused");
+    let storage = log.close().unwrap();
+    let (mut log, report) = Log::open(storage, config, ()).unwrap();
+    assert!(report.truncated.is_none());
+    for conv in 0..5 {
+        let page = log.read_before(conv, u64::MAX, 10).unwrap();
+        assert_eq!(page.last_seq, 4000);
+        assert_eq!(page.records.len(), 10);
+        assert!(page.first_seq > 1, "the oldest records were retired");
+        let first = log.read_after(conv, page.first_seq - 1, 1).unwrap();
+        assert_eq!(first.records[0].seq, page.first_seq);
     }
 }
 
