@@ -247,6 +247,11 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         while self.log.writer.queued() > PIPELINE_QUEUED_BATCHES_MAX {
             self.wait_one()?;
             self.flush()?;
+            // An owner that appends faster than the disk may stay in here for long
+            // stretches: checkpoints and retention advance here too, or retention would
+            // wait for a checkpoint that only an ack poll starts.
+            self.checkpoint_in_background()?;
+            self.retention_in_background()?;
         }
         Ok(())
     }

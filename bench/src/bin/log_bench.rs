@@ -81,6 +81,11 @@ struct Args {
     /// Record sizes of the closed-loop runs (comma-separated bytes).
     #[arg(long, value_delimiter = ',', default_values_t = [200, 1024, 16 * 1024])]
     sizes: Vec<usize>,
+    /// Also run each closed-loop size in steady state: a log with this size limit
+    /// (GiB), filled until retention retires segments and rolls reuse them (recycled
+    /// segment files), then measured. 0: only the fresh-log runs.
+    #[arg(long, default_value_t = 0)]
+    steady_state_gib: u64,
 }
 
 struct RunFigures {
@@ -88,6 +93,8 @@ struct RunFigures {
     bytes: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
+    /// Rolls into recycled segment files during the run.
+    recycled_rolls: u64,
 }
 
 impl RunFigures {
@@ -127,11 +134,27 @@ fn main() -> Result<()> {
     }
     for &size in sizes {
         let dir = args.dir.join(format!("closed-{size}"));
-        let figures = closed_loop(&dir, &args, size)?;
+        let figures = closed_loop(&dir, &args, size, None)?;
         if size == 200 {
             max_rate_200 = figures.per_sec();
         }
         print_row(&format!("{size} B"), &figures);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    if args.steady_state_gib > 0 && !sizes.is_empty() {
+        println!(
+            "\n## Durable appends, closed loop, steady state: {} GiB size limit, \
+             segments recycled\n",
+            args.steady_state_gib
+        );
+        println!("| record | appends/s | MB/s | p50 | p99 | p999 | max | recycled rolls |");
+        println!("|---|---|---|---|---|---|---|---|");
+    }
+    for &size in sizes.iter().filter(|_| args.steady_state_gib > 0) {
+        let dir = args.dir.join(format!("steady-{size}"));
+        let limit = args.steady_state_gib << 30;
+        let figures = closed_loop(&dir, &args, size, Some(limit))?;
+        print_row_with(&format!("{size} B"), &figures, &figures.recycled_rolls.to_string());
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -177,9 +200,13 @@ fn open_log(dir: &Path) -> Result<Log<FsStorage>> {
 }
 
 fn open_pipelined(dir: &Path) -> Result<PipelinedLog<FsStorage>> {
+    open_pipelined_with(dir, Config::default())
+}
+
+fn open_pipelined_with(dir: &Path, config: Config) -> Result<PipelinedLog<FsStorage>> {
     std::fs::create_dir_all(dir)?;
     let storage = FsStorage::open(dir)?;
-    let (log, _report) = PipelinedLog::open(storage, Config::default(), ())?;
+    let (log, _report) = PipelinedLog::open(storage, config, ())?;
     Ok(log)
 }
 
@@ -225,8 +252,21 @@ impl Rng {
 /// Every appender keeps one append outstanding: as soon as its ack arrives it appends
 /// again. The pipelined log encodes the next batch while the previous one is written and
 /// fdatasync'ed on its I/O thread.
-fn closed_loop(dir: &Path, args: &Args, size: usize) -> Result<RunFigures> {
-    let mut log = open_pipelined(dir)?;
+///
+/// With `size_limit`, the log has that retention size limit and the run first fills it
+/// (not measured) until two rolls went into recycled segment files: the steady state of
+/// a log that has reached its limit, where every roll reuses a retired segment.
+fn closed_loop(
+    dir: &Path,
+    args: &Args,
+    size: usize,
+    size_limit: Option<u64>,
+) -> Result<RunFigures> {
+    let config = Config {
+        retention_bytes: size_limit.unwrap_or(u64::MAX),
+        ..Config::default()
+    };
+    let mut log = open_pipelined_with(dir, config)?;
     let payload = vec![0x5Au8; size];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut latency = new_histogram()?;
@@ -234,6 +274,33 @@ fn closed_loop(dir: &Path, args: &Args, size: usize) -> Result<RunFigures> {
     // Acks arrive in ticket order, so a queue in issue order matches them in O(1).
     let mut outstanding: VecDeque<(Ticket, Instant)> = VecDeque::with_capacity(args.appenders);
     let mut idle = args.appenders;
+    if size_limit.is_some() {
+        let fill_started = Instant::now();
+        let limit = size_limit.unwrap_or(0);
+        while log.recycled_rolls() < 2 {
+            let written = log.watermarks().stable;
+            if written > 4 * limit + (1 << 30) {
+                bail!("filled {written} bytes into a {limit}-byte log and no roll reused a segment");
+            }
+            for _ in 0..idle {
+                let req = message(rng.next() % args.conversations + 1, message_id, &payload);
+                message_id += 1;
+                outstanding.push_back((log.append_nowait(&req)?, Instant::now()));
+            }
+            log.flush()?;
+            let acks = log.wait_acks()?;
+            for _ in &acks {
+                outstanding.pop_front();
+            }
+            idle = acks.len();
+        }
+        println!(
+            "steady state reached ({size} B records): {} s of filling, {} segments",
+            fill_started.elapsed().as_secs(),
+            log.segment_bases().len()
+        );
+    }
+    let recycled_before = log.recycled_rolls();
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let begin = Instant::now();
     while Instant::now() < deadline {
@@ -264,6 +331,7 @@ fn closed_loop(dir: &Path, args: &Args, size: usize) -> Result<RunFigures> {
         bytes: appends * size as u64,
         elapsed,
         latency,
+        recycled_rolls: log.recycled_rolls() - recycled_before,
     })
 }
 
@@ -377,6 +445,7 @@ fn paced_appends(
         bytes: appends * payload.len() as u64,
         elapsed,
         latency,
+        recycled_rolls: 0,
     })
 }
 
@@ -455,9 +524,19 @@ fn drop_page_cache() {
 }
 
 fn print_row(label: &str, f: &RunFigures) {
+    print_row_with(label, f, "");
+}
+
+/// A table row, with `extra` as one more column when it is not empty.
+fn print_row_with(label: &str, f: &RunFigures, extra: &str) {
     let h = &f.latency;
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(" {extra} |")
+    };
     println!(
-        "| {label} | {:.0} | {:.1} | {} µs | {} µs | {} µs | {} µs |",
+        "| {label} | {:.0} | {:.1} | {} µs | {} µs | {} µs | {} µs |{extra}",
         f.per_sec(),
         f.mb_per_sec(),
         h.value_at_quantile(0.5),
