@@ -560,14 +560,22 @@ mod tests {
             bad[40..44].copy_from_slice(&flags.to_le_bytes());
             let crc = crc32c::crc32c(&bad[..60]);
             bad[60..64].copy_from_slice(&crc.to_le_bytes());
-            assert!(decode_segment_header(&bad).is_err(), "v{version} flags {flags}");
+            assert!(
+                decode_segment_header(&bad).is_err(),
+                "v{version} flags {flags}"
+            );
         }
     }
 
     #[test]
     fn a_record_is_valid_only_under_the_seed_that_wrote_it() {
         let mut out = Vec::new();
-        encode_record(RecordSeed::for_base(1 << 20), &header(None), b"hi", &mut out);
+        encode_record(
+            RecordSeed::for_base(1 << 20),
+            &header(None),
+            b"hi",
+            &mut out,
+        );
         let decode = |seed| decode_record(seed, &out);
         assert!(matches!(decode(RecordSeed::for_base(1 << 20)), Ok(Some(_))));
         for other in [RecordSeed::for_base(2 << 20), RecordSeed::UNSEEDED] {

@@ -51,8 +51,7 @@ use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
 use crate::limits::{
     CHECKPOINT_ENCODE_WARN, CHECKPOINT_KEYS_PER_STEP, PIPELINE_QUEUED_BATCHES_MAX,
-    RETENTION_CHECK_INTERVAL,
-    ZERO_FILL_BATCH_BYTES_MAX, ZERO_FILL_RECHECK,
+    RETENTION_CHECK_INTERVAL, ZERO_FILL_BATCH_BYTES_MAX, ZERO_FILL_RECHECK,
 };
 use crate::log::CheckpointDraft;
 use crate::log::{write_checkpoint_file, Log};
@@ -486,7 +485,10 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
 
     /// Rolls since open whose new segment went into a recycled file.
     pub fn recycled_rolls(&self) -> u64 {
-        self.threads.spare.recycled_rolls.load(AtomicOrdering::Relaxed)
+        self.threads
+            .spare
+            .recycled_rolls
+            .load(AtomicOrdering::Relaxed)
     }
 
     /// Conversation records after `after_seq` (durable ones only).
@@ -869,7 +871,10 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &
             if *state == Spare::Stop {
                 return;
             }
-            tracing::debug!(ms = started.elapsed().as_millis() as u64, "recycled spare ready");
+            tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "recycled spare ready"
+            );
             slot.set(&mut state, Spare::Ready);
             continue;
         }

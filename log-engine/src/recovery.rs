@@ -35,8 +35,8 @@ use crate::config::{Config, RecoveryMode};
 use crate::dedupe::{Dedupe, DedupeEntry};
 use crate::error::{corruption, io_err, Error, Result};
 use crate::format::{
-    decode_record, decode_segment_header, parse_segment_name, RecordSeed, RecordView,
-    OFFSET_NONE, SEGMENT_HEADER_BYTES, UNSYNCED_WINDOW_BYTES,
+    decode_record, decode_segment_header, parse_segment_name, RecordSeed, RecordView, OFFSET_NONE,
+    SEGMENT_HEADER_BYTES, UNSYNCED_WINDOW_BYTES,
 };
 use crate::index::Index;
 use crate::limits::{CHECKPOINT_BYTES_MAX, SEGMENT_BYTES_MAX};
@@ -713,7 +713,10 @@ mod tests {
         };
         encode_record(seed, &header, b"x", &mut rec);
         seg[256..256 + rec.len()].copy_from_slice(&rec);
-        assert_eq!(classify_stop(&seg, 64, 0, seed), StopCase::CorruptBeforeTail);
+        assert_eq!(
+            classify_stop(&seg, 64, 0, seed),
+            StopCase::CorruptBeforeTail
+        );
         // The same record written in the same unsynced batch as the stop: torn.
         assert_eq!(classify_stop(&seg, 128, 0, seed), StopCase::TornTail);
         // Under another segment's seed the record is just bytes.
@@ -748,12 +751,18 @@ mod tests {
             seg[at..at + stale.len()].copy_from_slice(&stale);
         }
         let base = 1 << 20;
-        assert_eq!(classify_recycled_stop(&seg, 64, base, new), StopCase::CleanEnd);
+        assert_eq!(
+            classify_recycled_stop(&seg, 64, base, new),
+            StopCase::CleanEnd
+        );
         // A valid record of this segment from the unsynced batch that began at the stop.
         let mut torn = seg.clone();
         let own = record(new, 4096 - 64);
         torn[4096..4096 + own.len()].copy_from_slice(&own);
-        assert_eq!(classify_recycled_stop(&torn, 64, base, new), StopCase::TornTail);
+        assert_eq!(
+            classify_recycled_stop(&torn, 64, base, new),
+            StopCase::TornTail
+        );
         // One written after the stop was synced: corruption before the tail.
         let mut corrupt = seg.clone();
         let synced = record(new, 4096 - 1024);
@@ -766,6 +775,9 @@ mod tests {
         let mut far = seg;
         let at = 64 + UNSYNCED_WINDOW_BYTES + 4096;
         far[at..at + own.len()].copy_from_slice(&own);
-        assert_eq!(classify_recycled_stop(&far, 64, base, new), StopCase::CleanEnd);
+        assert_eq!(
+            classify_recycled_stop(&far, 64, base, new),
+            StopCase::CleanEnd
+        );
     }
 }

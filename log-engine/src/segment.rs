@@ -36,8 +36,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{io_err, Result};
 use crate::format::{
-    decode_segment_header, encode_segment_header, segment_name, SegmentHeader,
-    SEGMENT_HEADER_BYTES,
+    decode_segment_header, encode_segment_header, segment_name, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use crate::limits::{SPARE_SYNC_BYTES, ZERO_CHUNK_BYTES};
 use crate::storage::Storage;
@@ -121,9 +120,7 @@ pub fn adopt_recycled_spare<S: Storage>(storage: &mut S, capacity: u64) -> Resul
     storage
         .rename(RECYCLED_NAME, SPARE_NAME)
         .map_err(io_err("rename", SPARE_NAME))?;
-    storage
-        .sync_dir()
-        .map_err(io_err("sync_dir", SPARE_NAME))?;
+    storage.sync_dir().map_err(io_err("sync_dir", SPARE_NAME))?;
     storage.close(SPARE_NAME);
     Ok(true)
 }
@@ -205,7 +202,9 @@ pub fn install_spare<S: Storage>(storage: &mut S, header: &SegmentHeader) -> Res
 fn stale_seed_collides<S: Storage>(storage: &mut S, header: &SegmentHeader) -> bool {
     let mut head = [0u8; SEGMENT_HEADER_BYTES];
     let read = storage.read_at(SPARE_NAME, 0, &mut head);
-    let previous = read.ok().and_then(|n| decode_segment_header(head.get(..n)?).ok());
+    let previous = read
+        .ok()
+        .and_then(|n| decode_segment_header(head.get(..n)?).ok());
     previous.is_some_and(|old| old.record_seed() == header.record_seed())
 }
 
@@ -333,7 +332,10 @@ mod tests {
         let mut sim = SimStorage::new();
         retired_segment(&mut sim, 0, 8192);
         assert!(adopt_recycled_spare(&mut sim, 8192).unwrap());
-        assert!(!adopt_recycled_spare(&mut sim, 8192).unwrap(), "adopted once");
+        assert!(
+            !adopt_recycled_spare(&mut sim, 8192).unwrap(),
+            "adopted once"
+        );
         let header = SegmentHeader {
             recycled: true,
             ..SegmentHeader::new(8192, 2, 8192)
@@ -350,7 +352,11 @@ mod tests {
         let read = decode_segment_header(&bytes).unwrap();
         assert!(read.recycled);
         assert_eq!(read.base_offset, 8192);
-        assert_eq!(&bytes[64..1064], &[7; 1000][..], "stale bytes left in place");
+        assert_eq!(
+            &bytes[64..1064],
+            &[7; 1000][..],
+            "stale bytes left in place"
+        );
     }
 
     #[test]
@@ -374,7 +380,10 @@ mod tests {
         let mut spare = Some(SpareKind::Recycled);
         let (meta, _) = roll_segment(&mut sim, &header, &mut spare).unwrap();
         let bytes = sim.bytes(&meta.name).unwrap();
-        assert!(bytes[64..].iter().all(|b| *b == 0), "created and zero-filled");
+        assert!(
+            bytes[64..].iter().all(|b| *b == 0),
+            "created and zero-filled"
+        );
     }
 
     #[test]
@@ -387,6 +396,9 @@ mod tests {
         let (meta, _) = roll_segment(&mut sim, &header, &mut spare).unwrap();
         assert!(!meta.header.recycled);
         let bytes = sim.bytes(&meta.name).unwrap();
-        assert!(bytes[64..].iter().all(|b| *b == 0), "created and zero-filled");
+        assert!(
+            bytes[64..].iter().all(|b| *b == 0),
+            "created and zero-filled"
+        );
     }
 }

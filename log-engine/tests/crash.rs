@@ -123,7 +123,7 @@ fn verify(dir: &std::path::Path, expected: &Expected, max_id: u64) -> usize {
     }
     let mut retired = 0;
     for (id, at) in &expected.acked {
-        if seen.get(id).is_none() && at.1 < first_seqs[&at.0] {
+        if !seen.contains_key(id) && at.1 < first_seqs[&at.0] {
             retired += 1; // deleted by retention with its whole segment
             continue;
         }

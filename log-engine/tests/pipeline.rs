@@ -358,9 +358,15 @@ fn retention_runs_by_itself_and_rolls_reuse_retired_segments() {
         }
     }
     // ~11 MB written into 256 KiB segments with a 1 MiB limit.
-    assert!(most_segments <= 6, "retention did not keep up: {most_segments}");
+    assert!(
+        most_segments <= 6,
+        "retention did not keep up: {most_segments}"
+    );
     assert!(log.recycled_rolls() > 10, "rolls: {}", log.recycled_rolls());
-    assert!(!retired_inodes.is_empty(), "no segment file was ever reused");
+    assert!(
+        !retired_inodes.is_empty(),
+        "no segment file was ever reused"
+    );
     let storage = log.close().unwrap();
     let (mut log, report) = Log::open(storage, config, ()).unwrap();
     assert!(report.truncated.is_none());

@@ -468,7 +468,10 @@ fn a_recycled_tail_cut_at_every_byte_recovers_the_earlier_records() {
         assert_eq!(report.truncated, None);
         assert_eq!(seqs(&mut log, 1), vec![1, 2, 3, 4]);
     }
-    assert!(cuts > len / 2, "only {cuts} of {len} cuts differ from the stale bytes");
+    assert!(
+        cuts > len / 2,
+        "only {cuts} of {len} cuts differ from the stale bytes"
+    );
 }
 
 #[test]
@@ -494,7 +497,9 @@ fn a_torn_batch_in_a_recycled_tail_is_cut_and_never_comes_back() {
     damaged[at + 8] ^= 0xFF; // surely different from the record's own bytes
     sim.set_bytes(&active, damaged);
     let (mut log, report) = open(&sim).unwrap();
-    let cut = report.truncated.expect("a valid record of the torn batch was cut");
+    let cut = report
+        .truncated
+        .expect("a valid record of the torn batch was cut");
     assert_eq!(cut.offset, first);
     assert_eq!(seqs(&mut log, 1), vec![1]);
     // A shorter record now ends where the torn batch's later records were: they must

@@ -154,7 +154,11 @@ fn main() -> Result<()> {
         let dir = args.dir.join(format!("steady-{size}"));
         let limit = args.steady_state_gib << 30;
         let figures = closed_loop(&dir, &args, size, Some(limit))?;
-        print_row_with(&format!("{size} B"), &figures, &figures.recycled_rolls.to_string());
+        print_row_with(
+            &format!("{size} B"),
+            &figures,
+            &figures.recycled_rolls.to_string(),
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -280,7 +284,9 @@ fn closed_loop(
         while log.recycled_rolls() < 2 {
             let written = log.watermarks().stable;
             if written > 4 * limit + (1 << 30) {
-                bail!("filled {written} bytes into a {limit}-byte log and no roll reused a segment");
+                bail!(
+                    "filled {written} bytes into a {limit}-byte log and no roll reused a segment"
+                );
             }
             for _ in 0..idle {
                 let req = message(rng.next() % args.conversations + 1, message_id, &payload);
