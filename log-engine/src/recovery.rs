@@ -755,29 +755,24 @@ mod tests {
             classify_recycled_stop(&seg, 64, base, new),
             StopCase::CleanEnd
         );
+        // The stale segment with one record of this segment placed at `at`.
+        let placed = |at: usize, rec: &[u8]| {
+            let mut bytes = seg.clone();
+            bytes[at..at + rec.len()].copy_from_slice(rec);
+            bytes
+        };
+        let classify = |bytes: &[u8]| classify_recycled_stop(bytes, 64, base, new);
         // A valid record of this segment from the unsynced batch that began at the stop.
-        let mut torn = seg.clone();
         let own = record(new, 4096 - 64);
-        torn[4096..4096 + own.len()].copy_from_slice(&own);
-        assert_eq!(
-            classify_recycled_stop(&torn, 64, base, new),
-            StopCase::TornTail
-        );
+        assert_eq!(classify(&placed(4096, &own)), StopCase::TornTail);
         // One written after the stop was synced: corruption before the tail.
-        let mut corrupt = seg.clone();
         let synced = record(new, 4096 - 1024);
-        corrupt[4096..4096 + synced.len()].copy_from_slice(&synced);
         assert_eq!(
-            classify_recycled_stop(&corrupt, 64, base, new),
+            classify(&placed(4096, &synced)),
             StopCase::CorruptBeforeTail
         );
         // Past the window nothing is looked at (no batch reaches that far unsynced).
-        let mut far = seg;
-        let at = 64 + UNSYNCED_WINDOW_BYTES + 4096;
-        far[at..at + own.len()].copy_from_slice(&own);
-        assert_eq!(
-            classify_recycled_stop(&far, 64, base, new),
-            StopCase::CleanEnd
-        );
+        let far = 64 + UNSYNCED_WINDOW_BYTES + 4096;
+        assert_eq!(classify(&placed(far, &own)), StopCase::CleanEnd);
     }
 }

@@ -14,7 +14,7 @@
 use crate::error::{io_err, Result};
 use crate::log::Log;
 use crate::meta::StateMachine;
-use crate::segment::retire_for_recycling;
+use crate::segment::{retire_for_recycling, SegmentMeta};
 use crate::storage::Storage;
 
 /// A sealed segment as retention sees it.
@@ -80,7 +80,9 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     }
 
     fn retention(&mut self, now_ms: u64, may_checkpoint: bool) -> Result<Option<RetentionReport>> {
-        let metas: Vec<_> = self.segments.values().cloned().collect();
+        // By reference: `PipelinedLog` may ask after every completion while a checkpoint
+        // catches up, so nothing is cloned until there is something to delete.
+        let metas: Vec<&SegmentMeta> = self.segments.values().collect();
         let sealed: Vec<SealedSegment> = metas
             .windows(2)
             .filter_map(|pair| match pair {
@@ -105,10 +107,11 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         if count == 0 {
             return Ok(Some(report));
         }
+        if self.checkpoint_offset < cut && !may_checkpoint {
+            return Ok(None);
+        }
+        let doomed: Vec<SegmentMeta> = metas.iter().take(count).map(|m| (*m).clone()).collect();
         if self.checkpoint_offset < cut {
-            if !may_checkpoint {
-                return Ok(None);
-            }
             self.checkpoint()?;
         }
         assert!(
@@ -116,7 +119,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             "retention would outrun the checkpoint"
         );
         let recycles = self.config.recycles();
-        for (i, meta) in metas.iter().take(count).enumerate() {
+        for (i, meta) in doomed.iter().enumerate() {
             self.storage.close(&meta.name);
             if recycles && i + 1 == count {
                 // The newest one retired: the next spare (an older kept one is freed).

@@ -253,6 +253,48 @@ impl Rng {
     }
 }
 
+/// The appenders of a closed loop, each with one append outstanding.
+struct Appenders {
+    rng: Rng,
+    message_id: u64,
+    /// Acks arrive in ticket order, so a queue in issue order matches them in O(1).
+    outstanding: VecDeque<(Ticket, Instant)>,
+    /// Appenders whose last append was acked.
+    idle: usize,
+}
+
+impl Appenders {
+    /// Every idle appender appends again; then waits for acks and calls `on_ack` with
+    /// each acked append's issue time and the time the acks arrived.
+    fn round(
+        &mut self,
+        log: &mut PipelinedLog<FsStorage>,
+        conversations: u64,
+        payload: &[u8],
+        mut on_ack: impl FnMut(Instant, Instant) -> Result<()>,
+    ) -> Result<()> {
+        for _ in 0..self.idle {
+            let conversation = self.rng.next() % conversations + 1;
+            let req = message(conversation, self.message_id, payload);
+            self.message_id += 1;
+            self.outstanding
+                .push_back((log.append_nowait(&req)?, Instant::now()));
+        }
+        self.idle = 0;
+        log.flush()?;
+        let acks = log.wait_acks()?;
+        let done = Instant::now();
+        for (ticket, _ack) in acks {
+            match self.outstanding.pop_front() {
+                Some((expected, start)) if expected == ticket => on_ack(start, done)?,
+                _ => bail!("ack for {ticket:?} out of order"),
+            }
+            self.idle += 1;
+        }
+        Ok(())
+    }
+}
+
 /// Every appender keeps one append outstanding: as soon as its ack arrives it appends
 /// again. The pipelined log encodes the next batch while the previous one is written and
 /// fdatasync'ed on its I/O thread.
@@ -272,15 +314,16 @@ fn closed_loop(
     };
     let mut log = open_pipelined_with(dir, config)?;
     let payload = vec![0x5Au8; size];
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut latency = new_histogram()?;
-    let (mut appends, mut message_id) = (0u64, 1u64);
-    // Acks arrive in ticket order, so a queue in issue order matches them in O(1).
-    let mut outstanding: VecDeque<(Ticket, Instant)> = VecDeque::with_capacity(args.appenders);
-    let mut idle = args.appenders;
-    if size_limit.is_some() {
+    let mut appends = 0u64;
+    let mut appenders = Appenders {
+        rng: Rng(0x9E37_79B9_7F4A_7C15),
+        message_id: 1,
+        outstanding: VecDeque::with_capacity(args.appenders),
+        idle: args.appenders,
+    };
+    if let Some(limit) = size_limit {
         let fill_started = Instant::now();
-        let limit = size_limit.unwrap_or(0);
         while log.recycled_rolls() < 2 {
             let written = log.watermarks().stable;
             if written > 4 * limit + (1 << 30) {
@@ -288,17 +331,7 @@ fn closed_loop(
                     "filled {written} bytes into a {limit}-byte log and no roll reused a segment"
                 );
             }
-            for _ in 0..idle {
-                let req = message(rng.next() % args.conversations + 1, message_id, &payload);
-                message_id += 1;
-                outstanding.push_back((log.append_nowait(&req)?, Instant::now()));
-            }
-            log.flush()?;
-            let acks = log.wait_acks()?;
-            for _ in &acks {
-                outstanding.pop_front();
-            }
-            idle = acks.len();
+            appenders.round(&mut log, args.conversations, &payload, |_, _| Ok(()))?;
         }
         println!(
             "steady state reached ({size} B records): {} s of filling, {} segments",
@@ -310,25 +343,11 @@ fn closed_loop(
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let begin = Instant::now();
     while Instant::now() < deadline {
-        for _ in 0..idle {
-            let req = message(rng.next() % args.conversations + 1, message_id, &payload);
-            message_id += 1;
-            outstanding.push_back((log.append_nowait(&req)?, Instant::now()));
-        }
-        idle = 0;
-        log.flush()?;
-        let acks = log.wait_acks()?;
-        let done = Instant::now();
-        for (ticket, _ack) in acks {
-            match outstanding.pop_front() {
-                Some((expected, start)) if expected == ticket => {
-                    latency.record(done.duration_since(start).as_micros() as u64)?;
-                }
-                _ => bail!("ack for {ticket:?} out of order"),
-            }
+        appenders.round(&mut log, args.conversations, &payload, |start, done| {
             appends += 1;
-            idle += 1;
-        }
+            latency.record(done.duration_since(start).as_micros() as u64)?;
+            Ok(())
+        })?;
     }
     let elapsed = begin.elapsed();
     log.drain()?;
