@@ -297,7 +297,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
                     self.dedupe.insert(key, dedupe);
                 }
             } else {
-                let bytes = batch.bytes.get(entry.at..).unwrap_or_default();
+                let bytes = batch.records().get(entry.at..).unwrap_or_default();
                 // Our own bytes, encoded a moment ago: failing to decode them is a bug.
                 let view = crate::format::decode_record(batch.seed, bytes);
                 assert!(matches!(view, Ok(Some(_))), "own batch bytes do not decode");
@@ -317,9 +317,10 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         if !batch.entries.is_empty() {
             self.last_record_end = batch.end_offset();
         }
-        self.tail
-            .push(batch.segment_base + batch.position, &batch.bytes);
-        self.writer.recycle(batch.bytes);
+        let spare = self
+            .tail
+            .push(batch.segment_base + batch.position, batch.bytes, batch.lead);
+        self.writer.recycle(spare);
         acks.extend(batch.acks);
     }
 
@@ -617,11 +618,11 @@ fn write_batch<S: Storage>(
         segments.contains_key(&batch.segment_base),
         "batch for an unknown segment"
     );
-    if !batch.bytes.is_empty() {
+    if !batch.data().is_empty() {
         let written = if batch.aligned {
-            storage.write_direct(&name, batch.position, &batch.bytes)
+            storage.write_direct(&name, batch.position, batch.data())
         } else {
-            storage.write_at(&name, batch.position, &batch.bytes)
+            storage.write_at(&name, batch.position, batch.data())
         };
         written.map_err(io_err("write", &name))?;
         if durable {

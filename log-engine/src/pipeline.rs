@@ -645,10 +645,10 @@ fn io_loop<S: Storage>(mut storage: S, ends: IoEnds<'_>, spare: &SpareSlot, mut 
         } else {
             let started = Instant::now();
             let result = run_job(&mut storage, &job, spare, &mut active);
-            stats.record(started.elapsed(), job.bytes.len());
+            stats.record(started.elapsed(), job.data().len());
             result
         };
-        spare.note_batch(job.bytes.len());
+        spare.note_batch(job.data().len());
         failed |= result.is_err();
         let completion = Completion {
             id: job.id,
@@ -715,12 +715,12 @@ fn run_job<S: Storage>(
         job.segment_base, *active,
         "batch for a segment that is not active"
     );
-    if !job.bytes.is_empty() {
+    if !job.data().is_empty() {
         let name = segment_name(job.segment_base);
         let written = if job.aligned {
-            storage.write_direct(&name, job.position, &job.bytes)
+            storage.write_direct(&name, job.position, job.data())
         } else {
-            storage.write_at(&name, job.position, &job.bytes)
+            storage.write_at(&name, job.position, job.data())
         };
         written.map_err(io_err("write", &name))?;
         storage.sync(&name).map_err(io_err("sync", &name))?;

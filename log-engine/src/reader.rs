@@ -46,14 +46,18 @@ pub struct Page {
     pub last_seq: u64,
 }
 
-/// Recent durable bytes of the active segment: the published batches' own buffers,
+/// Recent durable bytes of the active segment: the published batches' bytes,
 /// contiguous, `[start, start + len)`. Whole batches are evicted from the front, so a
-/// push never copies (an earlier version kept one `Vec` and `drain`ed half of it when
-/// full: a 4 MiB memmove on the owner thread every ~30 ms at 500k appends/s, which was
-/// most of the p99 append-to-durable latency).
+/// push never moves cached bytes (an earlier version kept one `Vec` and `drain`ed half
+/// of it when full: a 4 MiB memmove on the owner thread every ~30 ms at 500k appends/s,
+/// which was most of the p99 append-to-durable latency).
+///
+/// Memory: at most `cap` bytes of data, in buffers whose capacity is at most twice
+/// their data (see [`TailCache::push`]), so at most `2 × cap` bytes allocated.
 #[derive(Debug)]
 pub struct TailCache {
-    chunks: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// (log offset, buffer, where the data starts in the buffer).
+    chunks: std::collections::VecDeque<(u64, Vec<u8>, usize)>,
     len: usize,
     cap: usize,
 }
@@ -68,26 +72,58 @@ impl TailCache {
         }
     }
 
-    /// Adds (a copy of) the durable bytes of one batch at `offset` (a batch holds whole
-    /// records); a discontinuity (new segment) restarts the cache. The copy is exactly
-    /// as large as the batch: the batch's own buffer, sized for the largest batch, goes
-    /// back to the writer's pool instead of being held here.
-    pub fn push(&mut self, offset: u64, data: &[u8]) {
-        if self.cap == 0 || data.len() > self.cap || data.is_empty() {
-            return;
+    /// Adds the durable bytes of one batch at `offset` (a batch holds whole records),
+    /// given as the batch's own buffer, the bytes from `start` on; a discontinuity
+    /// (new segment) restarts the cache. Returns a buffer for the writer's pool
+    /// (possibly an empty `Vec`).
+    ///
+    /// A batch that fills at least half of its buffer (the large batches of a busy log)
+    /// is kept as it is, and the buffer evicted to make room goes back to the pool:
+    /// no copy and no fresh allocation per batch. (Copying each 4 MiB batch into a new
+    /// `Vec` cost the owner thread a memcpy and, with 4 KiB pages, ~1,000 page faults
+    /// per batch: most of what held 16 KiB appends back.) A smaller batch is copied
+    /// into a buffer of its own size (reusing an evicted one when it is not more than
+    /// twice as large), and its big buffer goes back to the pool.
+    pub fn push(&mut self, offset: u64, buffer: Vec<u8>, start: usize) -> Vec<u8> {
+        let data = buffer.get(start..).unwrap_or_default();
+        let data_len = data.len();
+        if self.cap == 0 || data_len > self.cap || data_len == 0 {
+            return buffer;
         }
-        let end = self.chunks.back().map(|(at, b)| at + b.len() as u64);
+        let end = self
+            .chunks
+            .back()
+            .map(|(at, b, from)| at + (b.len() - from) as u64);
         if end.is_some_and(|end| end != offset) {
             self.clear();
         }
-        while self.len + data.len() > self.cap {
+        let mut evicted = Vec::new();
+        while self.len + data_len > self.cap {
             match self.chunks.pop_front() {
-                Some((_, old)) => self.len -= old.len(),
+                Some((_, old, from)) => {
+                    self.len -= old.len() - from;
+                    if old.capacity() > evicted.capacity() {
+                        evicted = old;
+                    }
+                }
                 None => break,
             }
         }
-        self.len += data.len();
-        self.chunks.push_back((offset, data.to_vec()));
+        self.len += data_len;
+        if data_len.saturating_mul(2) >= buffer.capacity() {
+            self.chunks.push_back((offset, buffer, start));
+            return evicted;
+        }
+        let fits = evicted.capacity() >= data_len && evicted.capacity() / 2 <= data_len;
+        let copy = if fits {
+            evicted.clear();
+            evicted.extend_from_slice(data);
+            evicted
+        } else {
+            data.to_vec()
+        };
+        self.chunks.push_back((offset, copy, 0));
+        buffer
     }
 
     /// Forgets everything.
@@ -98,9 +134,9 @@ impl TailCache {
 
     /// The cached bytes from `offset` to the end of the batch holding it, if cached.
     fn from(&self, offset: u64) -> Option<&[u8]> {
-        let after = self.chunks.partition_point(|(at, _)| *at <= offset);
-        let (at, bytes) = self.chunks.get(after.checked_sub(1)?)?;
-        let at = usize::try_from(offset - at).ok()?;
+        let after = self.chunks.partition_point(|(at, _, _)| *at <= offset);
+        let (at, bytes, start) = self.chunks.get(after.checked_sub(1)?)?;
+        let at = usize::try_from(offset - at).ok()?.checked_add(*start)?;
         bytes.get(at..).filter(|rest| !rest.is_empty())
     }
 }
@@ -194,8 +230,8 @@ mod tests {
     #[test]
     fn tail_cache_keeps_recent_batches() {
         let mut cache = TailCache::new(100);
-        cache.push(64, &[1; 40]);
-        cache.push(104, &[2; 40]);
+        cache.push(64, vec![1; 40], 0);
+        cache.push(104, vec![2; 40], 0);
         // Reads run to the end of the batch holding the offset.
         assert_eq!(cache.from(64).unwrap(), &[1; 40]);
         assert_eq!(cache.from(70).unwrap().len(), 34);
@@ -204,23 +240,77 @@ mod tests {
         assert!(cache.from(144).is_none());
         assert!(cache.from(63).is_none());
         // Full: the oldest whole batch goes.
-        cache.push(144, &[3; 40]);
+        cache.push(144, vec![3; 40], 0);
         assert!(cache.from(64).is_none());
         assert_eq!(cache.from(104).unwrap(), &[2; 40]);
         assert_eq!(cache.from(144).unwrap(), &[3; 40]);
         // A discontinuity (new segment) restarts the cache.
-        cache.push(5000, &[4; 8]);
+        cache.push(5000, vec![4; 8], 0);
         assert!(cache.from(144).is_none());
         assert!(cache.from(104).is_none());
         assert_eq!(cache.from(5000).unwrap(), &[4; 8]);
         assert!(cache.from(5008).is_none());
-        // Larger than the cache, or empty: not kept.
-        cache.push(5008, &[5; 101]);
-        cache.push(5008, &[]);
+        // Larger than the cache, or empty: not kept, and handed back.
+        assert_eq!(cache.push(5008, vec![5; 101], 0), vec![5; 101]);
+        assert!(cache.push(5008, Vec::new(), 0).is_empty());
         assert_eq!(cache.from(5000).unwrap(), &[4; 8]);
         assert!(cache.from(5008).is_none());
         let mut off = TailCache::new(0);
-        off.push(64, &[1; 8]);
+        assert_eq!(off.push(64, vec![1; 8], 0), vec![1; 8]);
         assert!(off.from(64).is_none());
+    }
+
+    /// Large batches are kept without a copy and evicted buffers come back for reuse;
+    /// a small batch in a big buffer is copied and the big buffer comes back.
+    #[test]
+    fn tail_cache_keeps_full_buffers_and_copies_small_batches() {
+        let big = |fill: u8| {
+            let mut buffer = Vec::with_capacity(64);
+            buffer.resize(40, fill);
+            buffer
+        };
+        let mut cache = TailCache::new(100);
+        let first = big(1);
+        let first_at = first.as_ptr();
+        assert_eq!(
+            cache.push(64, first, 0).capacity(),
+            0,
+            "nothing to give back yet"
+        );
+        assert_eq!(
+            cache.from(64).unwrap().as_ptr(),
+            first_at,
+            "kept, not copied"
+        );
+        cache.push(104, big(2), 0);
+        // Room for the third means evicting the first: its buffer comes back.
+        let back = cache.push(144, big(3), 0);
+        assert_eq!(back.as_ptr(), first_at);
+        assert_eq!(cache.from(104).unwrap(), &[2; 40]);
+        assert_eq!(cache.from(144).unwrap(), &[3; 40]);
+        // 10 bytes in a 64-byte buffer: copied; the caller gets its buffer back.
+        let mut small = Vec::with_capacity(64);
+        small.extend_from_slice(&[4; 10]);
+        let small_at = small.as_ptr();
+        let back = cache.push(184, small, 0);
+        assert_eq!(back.as_ptr(), small_at);
+        assert_eq!(cache.from(184).unwrap(), &[4; 10]);
+        assert_ne!(cache.from(184).unwrap().as_ptr(), small_at);
+        // A buffer whose data starts after some room (a batch's `lead`): only the
+        // data counts and is served.
+        let mut led = vec![9u8; 5];
+        led.extend_from_slice(&[6; 30]);
+        let led_at = led.as_ptr();
+        cache.push(194, led, 5);
+        assert_eq!(cache.from(194).unwrap(), &[6; 30]);
+        assert_eq!(cache.from(194).unwrap().as_ptr(), led_at.wrapping_add(5));
+        assert_eq!(cache.from(200).unwrap(), &[6; 24]);
+        assert!(cache.from(224).is_none());
+        // Every kept buffer holds at least half its capacity in data.
+        assert!(cache
+            .chunks
+            .iter()
+            .all(|(_, b, from)| (b.len() - from) * 2 >= b.capacity()));
+        assert!(cache.len <= 100);
     }
 }

@@ -340,6 +340,8 @@ fn closed_loop(
         );
     }
     let recycled_before = log.recycled_rolls();
+    let io = log.batch_io_stats();
+    let io_before = io.snapshot();
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let begin = Instant::now();
     while Instant::now() < deadline {
@@ -350,6 +352,13 @@ fn closed_loop(
         })?;
     }
     let elapsed = begin.elapsed();
+    let io_after = io.snapshot();
+    print_batch_io(&io_before, &io_after);
+    let busy_us = io_after.sum_us - io_before.sum_us;
+    println!(
+        "I/O thread in write + fdatasync {:.0}% of the run",
+        busy_us as f64 / elapsed.as_micros().max(1) as f64 * 100.0
+    );
     log.drain()?;
     Ok(RunFigures {
         appends,
