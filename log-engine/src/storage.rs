@@ -368,7 +368,10 @@ mod tests {
             let at = aligned_at + usize::from(round % 2) * 8;
             memory[..at].fill(0xEE);
             let block = &memory[at..at + DIRECT_ALIGN];
-            assert_eq!(block.as_ptr() as usize % DIRECT_ALIGN == 0, round % 2 == 0);
+            assert_eq!(
+                (block.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN),
+                round % 2 == 0
+            );
             fs.write_direct("d.log", DIRECT_ALIGN as u64, block)
                 .unwrap();
             fs.sync("d.log").unwrap();
