@@ -13,6 +13,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // Before anything else: this may run the program again (see the function).
+    let huge_pages = log_engine::huge_pages::set_up_for_mimalloc();
     let mut cli = Cli::parse();
     if let Some(Command::Cluster(command)) = cli.command.take() {
         let url = cli
@@ -36,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     raise_fd_limit();
-    disable_transparent_huge_pages();
+    report_huge_pages(huge_pages);
     let flag = ShutdownFlag::default();
     watch_signals(flag.clone())?;
     gateway::server::run(config, flag, |ready| {
@@ -68,22 +70,30 @@ fn watch_signals(flag: ShutdownFlag) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Turn transparent huge pages off for this process (as Redis does at start).
+/// Transparent huge pages only for the logs' batch buffers (see
+/// `log_engine::huge_pages`), off for the rest of the process.
 ///
-/// mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), so the first write to
-/// every fresh 2 MiB of heap faults in a whole huge page, on a shard thread. On the VMs
-/// we run on that fault costs 4–6 ms: measured as half of all lone sends to an idle
-/// shard waiting that long for their ack (the idempotency table's random inserts kept
-/// landing on untouched huge pages between the fdatasync and the ack). With 4 KiB pages
-/// the same first touches cost microseconds each. Memory already mapped keeps its pages.
-fn disable_transparent_huge_pages() {
-    // SAFETY: prctl with integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "could not disable transparent huge pages; first touches of heap may stall shards"
-        );
+/// mimalloc would ask for huge pages on all its arenas (`MADV_HUGEPAGE`), so the first
+/// write to every fresh 2 MiB of heap would fault in a whole huge page, on a shard
+/// thread. On the VMs we run on that fault costs 4–6 ms: measured as half of all lone
+/// sends to an idle shard waiting that long for their ack (the idempotency table's
+/// random inserts kept landing on untouched huge pages between the fdatasync and the
+/// ack). With 4 KiB pages the same first touches cost microseconds each. The batch
+/// buffers are touched once, when a log opens, and their `O_DIRECT` writes are much
+/// faster from huge pages.
+fn report_huge_pages(policy: log_engine::huge_pages::ThpPolicy) {
+    use log_engine::huge_pages::ThpPolicy;
+    match policy {
+        ThpPolicy::AdvisedOnly => {
+            tracing::info!("transparent huge pages: log batch buffers only");
+        }
+        ThpPolicy::Off => tracing::info!(
+            "transparent huge pages: off (kernel before 6.18, or {} set)",
+            log_engine::huge_pages::MIMALLOC_THP_VAR
+        ),
+        ThpPolicy::Unchanged => tracing::warn!(
+            "could not limit transparent huge pages; first touches of heap may stall shards"
+        ),
     }
 }
 

@@ -91,6 +91,7 @@ pub mod config;
 pub mod dedupe;
 pub mod error;
 pub mod format;
+pub mod huge_pages;
 pub mod index;
 pub mod limits;
 pub mod log;

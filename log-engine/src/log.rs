@@ -276,7 +276,8 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             meta.sealed_end = Some(next - base);
             self.storage.close(&meta.name);
         }
-        self.tail.clear();
+        let writer = &mut self.writer;
+        self.tail.clear(|buffer| writer.recycle(buffer));
         self.writer.mark_synced(next);
     }
 
@@ -317,10 +318,13 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         if !batch.entries.is_empty() {
             self.last_record_end = batch.end_offset();
         }
-        let spare = self
-            .tail
-            .push(batch.segment_base + batch.position, batch.bytes, batch.lead);
-        self.writer.recycle(spare);
+        let writer = &mut self.writer;
+        self.tail.push(
+            batch.segment_base + batch.position,
+            batch.bytes,
+            batch.lead,
+            |buffer| writer.recycle(buffer),
+        );
         acks.extend(batch.acks);
     }
 

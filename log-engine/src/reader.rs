@@ -74,37 +74,38 @@ impl TailCache {
 
     /// Adds the durable bytes of one batch at `offset` (a batch holds whole records),
     /// given as the batch's own buffer, the bytes from `start` on; a discontinuity
-    /// (new segment) restarts the cache. Returns a buffer for the writer's pool
-    /// (possibly an empty `Vec`).
+    /// (new segment) restarts the cache. Every buffer it lets go of (evicted, or not
+    /// kept) goes to `give_back`, for the writer's pool.
     ///
     /// A batch that fills at least half of its buffer (the large batches of a busy log)
-    /// is kept as it is, and the buffer evicted to make room goes back to the pool:
-    /// no copy and no fresh allocation per batch. (Copying each 4 MiB batch into a new
-    /// `Vec` cost the owner thread a memcpy and, with 4 KiB pages, ~1,000 page faults
-    /// per batch: most of what held 16 KiB appends back.) A smaller batch is copied
-    /// into a buffer of its own size (reusing an evicted one when it is not more than
-    /// twice as large), and its big buffer goes back to the pool.
-    pub fn push(&mut self, offset: u64, buffer: Vec<u8>, start: usize) -> Vec<u8> {
-        let data = buffer.get(start..).unwrap_or_default();
-        let data_len = data.len();
+    /// is kept as it is: no copy and no fresh allocation per batch. (Copying each 4 MiB
+    /// batch into a new `Vec` cost the owner thread a memcpy and, with 4 KiB pages,
+    /// ~1,000 page faults per batch.) A smaller batch is copied into a buffer of its
+    /// own size, and its big buffer is given back.
+    pub fn push(
+        &mut self,
+        offset: u64,
+        buffer: Vec<u8>,
+        start: usize,
+        mut give_back: impl FnMut(Vec<u8>),
+    ) {
+        let data_len = buffer.len().saturating_sub(start);
         if self.cap == 0 || data_len > self.cap || data_len == 0 {
-            return buffer;
+            give_back(buffer);
+            return;
         }
         let end = self
             .chunks
             .back()
             .map(|(at, b, from)| at + (b.len() - from) as u64);
         if end.is_some_and(|end| end != offset) {
-            self.clear();
+            self.clear(&mut give_back);
         }
-        let mut evicted = Vec::new();
         while self.len + data_len > self.cap {
             match self.chunks.pop_front() {
                 Some((_, old, from)) => {
                     self.len -= old.len() - from;
-                    if old.capacity() > evicted.capacity() {
-                        evicted = old;
-                    }
+                    give_back(old);
                 }
                 None => break,
             }
@@ -112,24 +113,20 @@ impl TailCache {
         self.len += data_len;
         if data_len.saturating_mul(2) >= buffer.capacity() {
             self.chunks.push_back((offset, buffer, start));
-            return evicted;
-        }
-        let fits = evicted.capacity() >= data_len && evicted.capacity() / 2 <= data_len;
-        let copy = if fits {
-            evicted.clear();
-            evicted.extend_from_slice(data);
-            evicted
         } else {
-            data.to_vec()
-        };
-        self.chunks.push_back((offset, copy, 0));
-        buffer
+            let copy = buffer.get(start..).unwrap_or_default().to_vec();
+            self.chunks.push_back((offset, copy, 0));
+            give_back(buffer);
+        }
     }
 
-    /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.chunks.clear();
+    /// Forgets everything; the buffers go to `give_back`.
+    pub fn clear(&mut self, give_back: impl FnMut(Vec<u8>)) {
         self.len = 0;
+        self.chunks
+            .drain(..)
+            .map(|(_, old, _)| old)
+            .for_each(give_back);
     }
 
     /// The cached bytes from `offset` to the end of the batch holding it, if cached.
@@ -230,8 +227,9 @@ mod tests {
     #[test]
     fn tail_cache_keeps_recent_batches() {
         let mut cache = TailCache::new(100);
-        cache.push(64, vec![1; 40], 0);
-        cache.push(104, vec![2; 40], 0);
+        let mut back = Vec::new();
+        cache.push(64, vec![1; 40], 0, |b| back.push(b));
+        cache.push(104, vec![2; 40], 0, |b| back.push(b));
         // Reads run to the end of the batch holding the offset.
         assert_eq!(cache.from(64).unwrap(), &[1; 40]);
         assert_eq!(cache.from(70).unwrap().len(), 34);
@@ -239,29 +237,34 @@ mod tests {
         assert_eq!(cache.from(143).unwrap(), &[2]);
         assert!(cache.from(144).is_none());
         assert!(cache.from(63).is_none());
-        // Full: the oldest whole batch goes.
-        cache.push(144, vec![3; 40], 0);
+        assert!(back.is_empty());
+        // Full: the oldest whole batch goes, and its buffer comes back.
+        cache.push(144, vec![3; 40], 0, |b| back.push(b));
         assert!(cache.from(64).is_none());
         assert_eq!(cache.from(104).unwrap(), &[2; 40]);
         assert_eq!(cache.from(144).unwrap(), &[3; 40]);
-        // A discontinuity (new segment) restarts the cache.
-        cache.push(5000, vec![4; 8], 0);
+        assert_eq!(back, vec![vec![1; 40]]);
+        // A discontinuity (new segment) restarts the cache; every buffer comes back.
+        cache.push(5000, vec![4; 8], 0, |b| back.push(b));
         assert!(cache.from(144).is_none());
         assert!(cache.from(104).is_none());
         assert_eq!(cache.from(5000).unwrap(), &[4; 8]);
         assert!(cache.from(5008).is_none());
+        assert_eq!(back.len(), 3);
         // Larger than the cache, or empty: not kept, and handed back.
-        assert_eq!(cache.push(5008, vec![5; 101], 0), vec![5; 101]);
-        assert!(cache.push(5008, Vec::new(), 0).is_empty());
+        cache.push(5008, vec![5; 101], 0, |b| back.push(b));
+        cache.push(5008, Vec::new(), 0, |b| back.push(b));
         assert_eq!(cache.from(5000).unwrap(), &[4; 8]);
         assert!(cache.from(5008).is_none());
+        assert_eq!(back.len(), 5);
         let mut off = TailCache::new(0);
-        assert_eq!(off.push(64, vec![1; 8], 0), vec![1; 8]);
+        off.push(64, vec![1; 8], 0, |b| back.push(b));
         assert!(off.from(64).is_none());
+        assert_eq!(back.len(), 6);
     }
 
-    /// Large batches are kept without a copy and evicted buffers come back for reuse;
-    /// a small batch in a big buffer is copied and the big buffer comes back.
+    /// Large batches are kept without a copy; a small batch in a big buffer is copied
+    /// and the big buffer comes back; data may start after room in the buffer.
     #[test]
     fn tail_cache_keeps_full_buffers_and_copies_small_batches() {
         let big = |fill: u8| {
@@ -269,31 +272,29 @@ mod tests {
             buffer.resize(40, fill);
             buffer
         };
+        let mut back = Vec::new();
         let mut cache = TailCache::new(100);
         let first = big(1);
         let first_at = first.as_ptr();
-        assert_eq!(
-            cache.push(64, first, 0).capacity(),
-            0,
-            "nothing to give back yet"
-        );
+        cache.push(64, first, 0, |b| back.push(b));
         assert_eq!(
             cache.from(64).unwrap().as_ptr(),
             first_at,
             "kept, not copied"
         );
-        cache.push(104, big(2), 0);
+        cache.push(104, big(2), 0, |b| back.push(b));
         // Room for the third means evicting the first: its buffer comes back.
-        let back = cache.push(144, big(3), 0);
-        assert_eq!(back.as_ptr(), first_at);
+        cache.push(144, big(3), 0, |b| back.push(b));
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].as_ptr(), first_at);
         assert_eq!(cache.from(104).unwrap(), &[2; 40]);
         assert_eq!(cache.from(144).unwrap(), &[3; 40]);
-        // 10 bytes in a 64-byte buffer: copied; the caller gets its buffer back.
+        // 10 bytes in a 64-byte buffer: copied; the buffer comes back.
         let mut small = Vec::with_capacity(64);
         small.extend_from_slice(&[4; 10]);
         let small_at = small.as_ptr();
-        let back = cache.push(184, small, 0);
-        assert_eq!(back.as_ptr(), small_at);
+        cache.push(184, small, 0, |b| back.push(b));
+        assert_eq!(back.last().unwrap().as_ptr(), small_at);
         assert_eq!(cache.from(184).unwrap(), &[4; 10]);
         assert_ne!(cache.from(184).unwrap().as_ptr(), small_at);
         // A buffer whose data starts after some room (a batch's `lead`): only the
@@ -301,7 +302,7 @@ mod tests {
         let mut led = vec![9u8; 5];
         led.extend_from_slice(&[6; 30]);
         let led_at = led.as_ptr();
-        cache.push(194, led, 5);
+        cache.push(194, led, 5, |b| back.push(b));
         assert_eq!(cache.from(194).unwrap(), &[6; 30]);
         assert_eq!(cache.from(194).unwrap().as_ptr(), led_at.wrapping_add(5));
         assert_eq!(cache.from(200).unwrap(), &[6; 24]);

@@ -25,6 +25,7 @@ use crate::format::{
     align_up, encode_record, encode_segment_header, record_len, IdempotencyKey, RecordHeader,
     RecordKind, RecordSeed, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
+use crate::huge_pages::{self, HUGE_PAGE_BYTES};
 use crate::index::Index;
 use crate::limits::{BUFFER_POOL_MAX, RECORD_PAYLOAD_BYTES_MAX};
 
@@ -233,6 +234,12 @@ pub struct Writer {
     /// for new batches and jobs: a fresh multi-MiB allocation per batch costs page
     /// faults (and `munmap`s) on the owner thread.
     pool: Vec<Vec<u8>>,
+    /// Addresses of the pooled buffers advised `MADV_HUGEPAGE` by `warm_buffers`: a
+    /// batch in one starts its job on a 2 MiB boundary (see [`crate::huge_pages`]).
+    /// They are never freed on purpose (`recycle` keeps them first); should one be
+    /// (a record larger than a batch grew it), its address may come back as an
+    /// ordinary buffer, which only costs the 2 MiB placement (capacity is checked).
+    advised: Vec<usize>,
 }
 
 impl Writer {
@@ -262,23 +269,43 @@ impl Writer {
             tail_block: Vec::new(),
             take_capacity: start.segment_capacity,
             pool: Vec::new(),
+            advised: Vec::new(),
         }
     }
 
-    /// Gives a buffer back for reuse (at most [`BUFFER_POOL_MAX`] are kept).
+    /// Gives a buffer back for reuse. At most [`BUFFER_POOL_MAX`] are kept, huge-page
+    /// ones first; buffers too small for a batch are dropped.
     pub fn recycle(&mut self, mut buffer: Vec<u8>) {
-        if self.pool.len() < BUFFER_POOL_MAX && buffer.capacity() > 0 {
-            buffer.clear();
-            self.pool.push(buffer);
+        if buffer.capacity() < self.buffer_bytes() {
+            return;
         }
+        buffer.clear();
+        if self.pool.len() < BUFFER_POOL_MAX {
+            self.pool.push(buffer);
+        } else if self.is_advised(&buffer) {
+            let small = self.pool.iter().position(|b| !self.is_advised(b));
+            if let Some(slot) = small.and_then(|i| self.pool.get_mut(i)) {
+                *slot = buffer;
+            }
+        }
+    }
+
+    fn is_advised(&self, buffer: &[u8]) -> bool {
+        self.advised.contains(&(buffer.as_ptr() as usize))
     }
 
     /// A buffer with room for the largest batch (taken from the pool when it can be),
-    /// so that neither appends nor `take_batch` grow it.
+    /// so that neither appends nor `take_batch` grow it. One made here (the pool ran
+    /// dry) has ordinary pages: a huge page's first touch would stall the owner thread.
     fn buffer(&mut self) -> Vec<u8> {
         let mut buffer = self.pool.pop().unwrap_or_default();
         buffer.reserve(self.buffer_bytes());
         buffer
+    }
+
+    /// Bytes of the huge pages a job of the largest batch spans from a 2 MiB boundary.
+    fn huge_span(&self) -> usize {
+        self.buffer_bytes().div_ceil(HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
     }
 
     fn buffer_bytes(&self) -> usize {
@@ -291,11 +318,25 @@ impl Writer {
     /// Fills the buffer pool with buffers already touched, so the first batches after
     /// open do not pay page faults on the owner thread (at up to 4 MiB a batch, ~1,000
     /// faults each: milliseconds that every append due meanwhile waits for).
+    ///
+    /// Block-aligned mode: each buffer has room for a 2 MiB boundary plus the largest
+    /// job after it, and the huge pages in it are advised `MADV_HUGEPAGE` before this
+    /// first touch, so its batches' `O_DIRECT` writes go out from huge pages.
     pub fn warm_buffers(&mut self) {
-        let bytes = self.buffer_bytes();
+        let aligned = self.limits.write_align > 1;
         while self.pool.len() < BUFFER_POOL_MAX {
-            let mut buffer = vec![0u8; 0];
-            buffer.resize(bytes, 0);
+            let mut buffer = if aligned {
+                let span = self.huge_span();
+                let mut buffer: Vec<u8> = Vec::with_capacity(span + HUGE_PAGE_BYTES);
+                if huge_pages::advise(&buffer) {
+                    self.advised.push(buffer.as_ptr() as usize);
+                }
+                let start = buffer.as_ptr().align_offset(HUGE_PAGE_BYTES);
+                buffer.resize(start + span, 0);
+                buffer
+            } else {
+                vec![0u8; self.buffer_bytes()]
+            };
             buffer.clear();
             self.pool.push(buffer);
         }
@@ -522,7 +563,12 @@ impl Writer {
         // address, so the block's durable head fits right before them (`take_batch`).
         let lead = if align > 1 {
             let head = usize::try_from(self.seg_pos % align as u64).unwrap_or(0);
-            bytes.as_ptr().align_offset(align).min(align) + head
+            let huge = bytes.as_ptr().align_offset(HUGE_PAGE_BYTES);
+            if self.is_advised(&bytes) && huge + self.buffer_bytes() <= bytes.capacity() {
+                huge + head
+            } else {
+                bytes.as_ptr().align_offset(align).min(align) + head
+            }
         } else {
             0
         };
@@ -966,6 +1012,48 @@ mod tests {
             out.in_place,
             out.copied
         );
+    }
+
+    /// Pooled buffers are advised huge pages at open; a batch in one starts its job on
+    /// a 2 MiB boundary; the pool keeps advised buffers over ordinary ones.
+    #[test]
+    fn warm_buffers_are_huge_page_advised_and_kept_first() {
+        let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
+        let mut w = writer(1 << 20, 100);
+        w.limits.write_align = 4096;
+        w.limits.batch_bytes = 64 * 1024;
+        w.seed_tail_block(encode_segment_header(&SegmentHeader::new(0, 5, 1 << 20)).to_vec());
+        w.warm_buffers();
+        assert_eq!(w.pool.len(), BUFFER_POOL_MAX);
+        if w.advised.is_empty() {
+            // A kernel without transparent huge pages: nothing else to check.
+            assert!(!std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists());
+            return;
+        }
+        assert_eq!(w.advised.len(), BUFFER_POOL_MAX);
+        w.append(&index, &dedupe, &req(1, &[7; 100])).unwrap();
+        let job = w.take_batch().unwrap();
+        assert_eq!(job.data().as_ptr() as usize % HUGE_PAGE_BYTES, 0);
+        let batch = w.complete_batch(job.id, job.bytes, true).unwrap();
+        // Full of ordinary buffers, the pool swaps one out for an advised one.
+        let advised = batch.bytes;
+        let size = w.buffer_bytes();
+        // (The advised buffers stay alive meanwhile: a freed one's address could be
+        // handed out again and pass as advised.)
+        let warm = std::mem::take(&mut w.pool);
+        w.pool = (0..BUFFER_POOL_MAX)
+            .map(|_| Vec::with_capacity(size))
+            .collect();
+        w.recycle(Vec::with_capacity(size));
+        assert_eq!(w.pool.iter().filter(|b| w.is_advised(b)).count(), 0);
+        w.recycle(advised);
+        assert_eq!(w.pool.len(), BUFFER_POOL_MAX);
+        assert_eq!(w.pool.iter().filter(|b| w.is_advised(b)).count(), 1);
+        // Too small for a batch: not kept.
+        w.pool.clear();
+        w.recycle(vec![0; 10]);
+        assert!(w.pool.is_empty());
+        drop(warm);
     }
 
     #[test]

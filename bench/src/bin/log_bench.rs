@@ -34,21 +34,6 @@ use log_engine::{
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turn transparent huge pages off for this process, as the server does (see
-/// `disable_transparent_huge_pages` in gateway/src/main.rs): mimalloc marks its arenas
-/// `MADV_HUGEPAGE`, and on these VMs the first write to each fresh 2 MiB page costs
-/// 4–6 ms — on the owner thread, that is an append-latency stall the server would not see.
-fn disable_transparent_huge_pages() {
-    // SAFETY: prctl with integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc != 0 {
-        eprintln!(
-            "log_bench: could not disable transparent huge pages: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 #[derive(Parser, Debug)]
 #[command(about = "log-engine benchmark: durable appends, latency, reads, restart")]
 struct Args {
@@ -108,11 +93,14 @@ impl RunFigures {
 }
 
 fn main() -> Result<()> {
+    // As the server does: huge pages for the log's batch buffers only (this may run
+    // the program again; see `log_engine::huge_pages::set_up_for_mimalloc`).
+    let huge_pages = log_engine::huge_pages::set_up_for_mimalloc();
     let args = Args::parse();
-    disable_transparent_huge_pages();
     fresh_dir(&args.dir)?;
     println!("# log_bench\n");
     println!("machine: {}", machine_description());
+    println!("transparent huge pages: {huge_pages:?} (AdvisedOnly: the log's batch buffers only)");
     println!(
         "command: {}\n",
         std::env::args().collect::<Vec<_>>().join(" ")
