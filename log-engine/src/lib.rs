@@ -10,6 +10,7 @@
 //!   simulates crashes that lose or tear unsynced writes.
 //! - [`segment`]: segment creation (preallocated, zero-filled) and the segment table.
 //! - [`writer`]: sans-IO group commit (tickets, batches, watermarks).
+//! - [`huge_pages`]: transparent huge pages for the batch buffers only.
 //! - [`index`]: conversation → sequence → offset; [`dedupe`]: idempotency keys.
 //! - [`reader`]: reads by offset (tail cache, active file, mmap of sealed segments).
 //! - [`recovery`]: the decision table run on open; [`checkpoint`]: checkpoint file.

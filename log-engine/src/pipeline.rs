@@ -28,8 +28,9 @@
 //! - checkpoints are encoded straight from the live index (no clone) and written,
 //!   fdatasync'ed and renamed by a checkpoint thread; the owner records one (which
 //!   retention trusts) only once that thread reports it durable;
-//! - batch and job buffers come from a pool touched at open, so a large batch (after a
-//!   device stall) does not pay a thousand page faults on the owner thread;
+//! - batch buffers come from a pool touched at open, so a large batch (after a device
+//!   stall) does not pay a thousand page faults on the owner thread; a job is the
+//!   batch's own buffer (no copy), and the tail cache keeps it rather than a copy;
 //! - the spare and checkpoint threads run at a lower CPU priority, so on two cores the
 //!   scheduler does not preempt the owner for a 4 ms tick to zero-fill the spare.
 //!
