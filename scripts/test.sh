@@ -23,10 +23,16 @@ fi
 
 # The web client's end-to-end tests drive Debian's Chromium with playwright-core (npm).
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if [ ! -x /usr/bin/chromium ] || ! command -v node >/dev/null 2>&1; then
-  step "installing chromium and node (browser tests)"
+# Only what is missing: a machine may already have Node.js from another source (e.g.
+# NodeSource's `nodejs`, which bundles npm and conflicts with Debian's `npm` package).
+browser_packages=()
+[ -x /usr/bin/chromium ] || browser_packages+=(chromium)
+command -v node >/dev/null 2>&1 || browser_packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || browser_packages+=(npm)
+if [ "${#browser_packages[@]}" -gt 0 ]; then
+  step "installing ${browser_packages[*]} (browser tests)"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browser_packages[@]}"
 fi
 # The cluster tests (gateway/tests/cluster.rs) start their own redis-server on a free
 # loopback port per test and stop it (Debian's package; its service is not used).
