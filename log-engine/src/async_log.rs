@@ -414,20 +414,48 @@ mod tests {
     fn dropping_the_woken_waiter_does_not_strand_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let log = one_batch_in_flight(dir.path());
-        let (a, b) = (new_flag(), new_flag());
-        let mut kept = log.append(&request(1, b"kept"));
-        let mut dropped = log.append(&request(1, b"dropped"));
-        assert!(poll_with(&mut kept, &a).is_pending());
-        assert!(poll_with(&mut dropped, &b).is_pending());
-        // The first batch completes; its wake goes to the waker armed last: `dropped`'s.
-        assert!(woken_within(&b, 0, std::time::Duration::from_secs(5)));
-        drop(dropped);
+        // The scene needs both futures parked before the first batch completes. `append`
+        // hands that batch to the I/O thread at once, so on a loaded host it can be
+        // durable before the first poll: then finish that round and set it up again.
+        let mut rounds = 0u64;
+        let (a, mut kept) = loop {
+            assert!(
+                rounds < 100,
+                "the first batch always completed before a poll"
+            );
+            rounds += 1;
+            let (a, b) = (new_flag(), new_flag());
+            let mut kept = log.append(&request(1, b"kept"));
+            let mut dropped = log.append(&request(1, b"dropped"));
+            // A future that returned `Ready` must not be polled again.
+            let unfinished = match poll_with(&mut kept, &a) {
+                Poll::Ready(ack) => {
+                    assert!(ack.is_ok());
+                    dropped
+                }
+                Poll::Pending => match poll_with(&mut dropped, &b) {
+                    Poll::Ready(ack) => {
+                        assert!(ack.is_ok());
+                        kept
+                    }
+                    Poll::Pending => {
+                        // The first batch completes; its wake goes to the waker armed
+                        // last: `dropped`'s.
+                        assert!(woken_within(&b, 0, std::time::Duration::from_secs(5)));
+                        drop(dropped);
+                        break (a, kept);
+                    }
+                },
+            };
+            assert!(block_on_all(vec![unfinished]).iter().all(|ack| ack.is_ok()));
+        };
         assert!(
             woken_within(&a, 0, std::time::Duration::from_secs(5)),
             "the remaining waiter was stranded"
         );
         match poll_with(&mut kept, &a) {
-            Poll::Ready(ack) => assert_eq!(ack.unwrap().seq, 1),
+            // Each round appended two records to conversation 1; `kept` is the first.
+            Poll::Ready(ack) => assert_eq!(ack.unwrap().seq, 2 * rounds - 1),
             Poll::Pending => panic!("woken but not resolved"),
         }
     }
