@@ -72,9 +72,11 @@ pub const CHECKPOINT_KEYS_PER_STEP: usize = 16 * 1024;
 /// A checkpoint encoding step that holds the owner thread longer than this is logged (the
 /// owner is a shard's executor in the gateway: this time is a stall of every session).
 pub const CHECKPOINT_ENCODE_WARN: std::time::Duration = std::time::Duration::from_millis(10);
-/// Batch buffers a writer keeps for reuse, each `GROUP_COMMIT_BYTES_MAX` plus two
-/// blocks, touched at open by `PipelinedLog`: ~16 MiB per log, so that no batch pays
-/// page faults on the owner thread.
+/// Batch buffers a writer keeps for reuse, touched at open by `PipelinedLog` so that no
+/// batch pays page faults on the owner thread. Each holds `GROUP_COMMIT_BYTES_MAX` plus
+/// three blocks; in block-aligned mode it is advised transparent huge pages and spans
+/// whole 2 MiB pages after a 2 MiB boundary (see `huge_pages`): ~6–8 MiB touched each,
+/// ~24–32 MiB per log.
 pub const BUFFER_POOL_MAX: usize = 4;
 /// The spare segment is zero-filled and fdatasync'ed in slices of this size, so the
 /// appends' fdatasyncs never queue behind a huge writeback. Measured at 500k 200 B
