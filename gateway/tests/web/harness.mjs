@@ -80,14 +80,26 @@ export async function launchBrowser() {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Poll `probe` until it returns a value `accept` takes; fail with the last value seen. */
+/** Poll `probe` until it returns a value `accept` takes; fail with the last value seen.
+ * A probe that throws counts as "not yet" until the deadline: the page may pass through
+ * a state the probe cannot read. One seen in CI (our reading of it): in the instant
+ * between a resent message's store and its ack, a history reload shows it stored while
+ * the outbox still shows it pending, and a strict locator on its tick matched two
+ * elements. A state that persists still fails, with the probe's last error. */
 export async function eventually(what, probe, accept, timeoutMs = WAIT_MS) {
   const deadline = Date.now() + timeoutMs;
   let last;
+  let lastError;
   for (;;) {
-    last = await probe();
-    if (accept(last)) return last;
+    try {
+      last = await probe();
+      lastError = undefined;
+      if (accept(last)) return last;
+    } catch (e) {
+      lastError = e;
+    }
     if (Date.now() > deadline) {
+      if (lastError) throw lastError;
       throw new Error(`timed out waiting for ${what}; last seen: ${JSON.stringify(last)}`);
     }
     await sleep(50);
