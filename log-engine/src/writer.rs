@@ -648,7 +648,7 @@ impl Writer {
             && batch.lead >= head
             && (batch.bytes.as_ptr() as usize + data_start).is_multiple_of(align)
             && data_start + len <= batch.bytes.capacity();
-        if in_place {
+        let (bytes, data_start) = if in_place {
             let mut bytes = std::mem::take(&mut batch.bytes);
             let records_end = bytes.len();
             if let Some(room) = bytes.get_mut(data_start..batch.lead) {
@@ -659,33 +659,27 @@ impl Writer {
             self.tail_block = last.to_vec();
             bytes.resize(data_start + len, 0);
             batch.lent = Some(records_end);
-            return Some(BatchJob {
-                id: batch.id,
-                segment_base: batch.segment_base,
-                position: start,
-                new_segment: batch.new_segment,
-                bytes,
-                data_start,
-                aligned: true,
-            });
-        }
-        let mut bytes = self.pool.pop().unwrap_or_default();
-        let mut data_start = 0;
-        if records_len > 0 {
-            // Room for the padding before an aligned address too: no reallocation
-            // after `data_start` is chosen (the pool's buffers already have it).
-            bytes.reserve_exact(len + align);
-            data_start = bytes.as_ptr().align_offset(align).min(align);
-            bytes.resize(data_start, 0);
-            bytes.extend_from_slice(&self.tail_block);
-            bytes.extend_from_slice(batch.records());
-            bytes.resize(data_start + len, 0);
-            // The partial block the next batch starts in: rewritten by it.
-            let last = bytes
-                .get(data_start + cut..data_start + (end - start) as usize)
-                .unwrap_or_default();
-            self.tail_block = last.to_vec();
-        }
+            (bytes, data_start)
+        } else {
+            let mut bytes = self.pool.pop().unwrap_or_default();
+            let mut data_start = 0;
+            if records_len > 0 {
+                // Room for the padding before an aligned address too: no reallocation
+                // after `data_start` is chosen (the pool's buffers already have it).
+                bytes.reserve_exact(len + align);
+                data_start = bytes.as_ptr().align_offset(align).min(align);
+                bytes.resize(data_start, 0);
+                bytes.extend_from_slice(&self.tail_block);
+                bytes.extend_from_slice(batch.records());
+                bytes.resize(data_start + len, 0);
+                // The partial block the next batch starts in: rewritten by it.
+                let last = bytes
+                    .get(data_start + cut..data_start + (end - start) as usize)
+                    .unwrap_or_default();
+                self.tail_block = last.to_vec();
+            }
+            (bytes, data_start)
+        };
         Some(BatchJob {
             id: batch.id,
             segment_base: batch.segment_base,
