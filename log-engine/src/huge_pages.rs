@@ -57,12 +57,15 @@ pub fn limit_to_advised_regions() -> ThpPolicy {
     if rc == 0 {
         return ThpPolicy::AdvisedOnly;
     }
-    // SAFETY: as above.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc == 0 {
-        ThpPolicy::Off
-    } else {
-        ThpPolicy::Unchanged
+    turn_off()
+}
+
+/// Transparent huge pages off for the whole process.
+fn turn_off() -> ThpPolicy {
+    // SAFETY: prctl with integer arguments only.
+    match unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } {
+        0 => ThpPolicy::Off,
+        _ => ThpPolicy::Unchanged,
     }
 }
 
@@ -85,11 +88,7 @@ pub fn set_up_for_mimalloc() -> ThpPolicy {
     if allocator.as_deref() == Some(std::ffi::OsStr::new("0")) {
         return limit_to_advised_regions();
     }
-    // SAFETY: prctl with integer arguments only.
-    match unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } {
-        0 => ThpPolicy::Off,
-        _ => ThpPolicy::Unchanged,
-    }
+    turn_off()
 }
 
 /// Runs this same program again (its binary, same arguments and environment)
