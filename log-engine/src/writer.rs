@@ -279,7 +279,8 @@ impl Writer {
         if buffer.capacity() < self.buffer_bytes() {
             return;
         }
-        buffer.clear();
+        // Not cleared: the next batch truncates it to its lead instead of zero-filling
+        // the lead (up to 2 MiB before a huge-page boundary) again.
         if self.pool.len() < BUFFER_POOL_MAX {
             self.pool.push(buffer);
         } else if self.is_advised(&buffer) {
@@ -299,7 +300,10 @@ impl Writer {
     /// dry) has ordinary pages: a huge page's first touch would stall the owner thread.
     fn buffer(&mut self) -> Vec<u8> {
         let mut buffer = self.pool.pop().unwrap_or_default();
-        buffer.reserve(self.buffer_bytes());
+        if buffer.capacity() < self.buffer_bytes() {
+            buffer.clear();
+            buffer.reserve(self.buffer_bytes());
+        }
         buffer
     }
 
@@ -337,7 +341,7 @@ impl Writer {
             } else {
                 vec![0u8; self.buffer_bytes()]
             };
-            buffer.clear();
+            // Left at its touched length: `start_batch` truncates it to a batch's lead.
             self.pool.push(buffer);
         }
     }
@@ -572,7 +576,15 @@ impl Writer {
         } else {
             0
         };
-        bytes.resize(lead, 0);
+        // The lead's bytes are never written (only the block head's room at its end is,
+        // and `take_batch` fills that): a buffer that comes back long enough is cut to
+        // the lead, not zero-filled again. Zeroing up to 2 MiB per batch cost ~5% of a
+        // shard's CPU at 42K msg/s and evicted its L2 (`bench/RESULTS.md`, session 8).
+        if bytes.len() >= lead {
+            bytes.truncate(lead);
+        } else {
+            bytes.resize(lead, 0);
+        }
         self.batches.push_back(Batch {
             id: self.next_batch,
             segment_base: self.seg_base,
@@ -662,6 +674,7 @@ impl Writer {
             (bytes, data_start)
         } else {
             let mut bytes = self.pool.pop().unwrap_or_default();
+            bytes.clear(); // pooled buffers keep their length (see `recycle`)
             let mut data_start = 0;
             if records_len > 0 {
                 // Room for the padding before an aligned address too: no reallocation
@@ -1048,6 +1061,44 @@ mod tests {
         w.recycle(vec![0; 10]);
         assert!(w.pool.is_empty());
         drop(warm);
+    }
+
+    /// A pooled buffer comes back with its length: the next batch cuts it to its lead
+    /// rather than zero-filling the lead again, and its job still carries exactly the
+    /// block head and the records.
+    #[test]
+    fn a_reused_buffer_keeps_its_lead_unzeroed() {
+        let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
+        let mut w = writer(1 << 20, 100);
+        w.limits.write_align = 4096;
+        w.limits.batch_bytes = 64 * 1024;
+        let header = encode_segment_header(&SegmentHeader::new(0, 5, 1 << 20)).to_vec();
+        w.seed_tail_block(header.clone());
+        let size = w.buffer_bytes();
+        w.pool = vec![vec![0xAA; size]];
+        w.append(&index, &dedupe, &req(1, &[7; 100])).unwrap();
+        let job = w.take_batch().unwrap();
+        let data_start = job.data_start;
+        assert!(
+            data_start > 0,
+            "records start after room for the block head"
+        );
+        // Before the job's data: what the buffer held, not zeros.
+        assert!(job.bytes[..data_start].iter().all(|b| *b == 0xAA));
+        // The job: the block head (the segment header), then the record, then zeros.
+        assert_eq!(&job.data()[..header.len()], &header[..]);
+        let record_end = header.len() + crate::format::record_len(100, false);
+        assert!(job.data()[header.len()..record_end].iter().any(|b| *b == 7));
+        assert!(job.data()[record_end..].iter().all(|b| *b == 0));
+        assert_eq!(job.data().len() % 4096, 0);
+        let batch = w.complete_batch(job.id, job.bytes, true).unwrap();
+        let long = batch.bytes.len();
+        w.recycle(batch.bytes);
+        assert_eq!(
+            w.pool.last().map(Vec::len),
+            Some(long),
+            "recycle keeps the length"
+        );
     }
 
     #[test]
