@@ -275,7 +275,7 @@ impl Writer {
 
     /// Gives a buffer back for reuse. At most [`BUFFER_POOL_MAX`] are kept, huge-page
     /// ones first; buffers too small for a batch are dropped.
-    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
         if buffer.capacity() < self.buffer_bytes() {
             return;
         }
@@ -329,7 +329,7 @@ impl Writer {
     pub fn warm_buffers(&mut self) {
         let aligned = self.limits.write_align > 1;
         while self.pool.len() < BUFFER_POOL_MAX {
-            let mut buffer = if aligned {
+            let buffer = if aligned {
                 let span = self.huge_span();
                 let mut buffer: Vec<u8> = Vec::with_capacity(span + HUGE_PAGE_BYTES);
                 if huge_pages::advise(&buffer) {
