@@ -40,6 +40,10 @@ pub const RETENTION_AGE_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1000;
 pub const TAIL_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Default tail cache size.
 pub const TAIL_CACHE_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+/// The tail cache copies batches that fill less than half their buffer into reused
+/// chunks of this size (`reader::TailCache`): at chat rates (tens of KiB per batch)
+/// dozens of batches share one chunk, and no batch costs a fresh allocation.
+pub const TAIL_COPY_CHUNK_BYTES: usize = 1024 * 1024;
 /// Default distance (log bytes) between automatic index checkpoints: bounds restart scans.
 pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Largest checkpoint file we agree to load (index + keys + state snapshot).

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::error::{corruption, io_err, Result};
 use crate::format::{decode_record, IdempotencyKey, RecordKind, RECORD_HEADER_BYTES};
-use crate::limits::RECORD_BYTES_MAX;
+use crate::limits::{RECORD_BYTES_MAX, TAIL_COPY_CHUNK_BYTES};
 use crate::segment::{SegmentMeta, SegmentTable};
 use crate::storage::Storage;
 
@@ -47,19 +47,47 @@ pub struct Page {
 }
 
 /// Recent durable bytes of the active segment: the published batches' bytes,
-/// contiguous, `[start, start + len)`. Whole batches are evicted from the front, so a
+/// contiguous, `[start, start + len)`. Whole chunks are evicted from the front, so a
 /// push never moves cached bytes (an earlier version kept one `Vec` and `drain`ed half
 /// of it when full: a 4 MiB memmove on the owner thread every ~30 ms at 500k appends/s,
 /// which was most of the p99 append-to-durable latency).
 ///
-/// Memory: at most `cap` bytes of data, in buffers whose capacity is at most twice
-/// their data (see [`TailCache::push`]), so at most `2 × cap` bytes allocated.
+/// A chunk is either a batch's own buffer, kept when the batch fills at least half of
+/// it (the large batches of a busy log: no copy), or a *copy chunk* of
+/// [`TAIL_COPY_CHUNK_BYTES`] (at most a quarter of the cache) into which consecutive
+/// small batches are copied. Copy
+/// chunks are reused once evicted: a small batch costs a memcpy into memory already
+/// touched, never a fresh allocation (each fresh allocation of a few hundred KiB cost
+/// the owner thread ~100 page faults on 4 KiB pages, and once freed mimalloc handed it
+/// back to the OS: `publish` calls of 0.3–1.7 ms at 500k appends/s, `bench/RESULTS.md`,
+/// session 8). A batch larger than half a copy chunk gets a copy of its own size.
+///
+/// Memory: at most `cap` bytes of data; every chunk but the newest copy chunk holds at
+/// least half its capacity in data; evicted copy chunks are kept for reuse up to
+/// `cap / TAIL_COPY_CHUNK_BYTES` of them. So at most `2 × cap` plus one chunk allocated.
 #[derive(Debug)]
 pub struct TailCache {
-    /// (log offset, buffer, where the data starts in the buffer).
-    chunks: std::collections::VecDeque<(u64, Vec<u8>, usize)>,
+    chunks: std::collections::VecDeque<Chunk>,
+    /// Evicted copy chunks, for the next copies.
+    free: Vec<Vec<u8>>,
     len: usize,
     cap: usize,
+}
+
+/// Cached bytes: `bytes[start..]` are the log's bytes from `offset` on.
+#[derive(Debug)]
+struct Chunk {
+    offset: u64,
+    bytes: Vec<u8>,
+    start: usize,
+    /// A copy chunk (ours, reused), not a batch's buffer (which goes back to the writer).
+    copies: bool,
+}
+
+impl Chunk {
+    fn data_len(&self) -> usize {
+        self.bytes.len().saturating_sub(self.start)
+    }
 }
 
 impl TailCache {
@@ -67,21 +95,22 @@ impl TailCache {
     pub fn new(cap: usize) -> TailCache {
         TailCache {
             chunks: std::collections::VecDeque::new(),
+            free: Vec::new(),
             len: 0,
             cap,
         }
     }
 
+    /// Capacity of a copy chunk: at most a quarter of the cache, so that evicting one
+    /// never empties much of it.
+    fn copy_chunk_bytes(&self) -> usize {
+        TAIL_COPY_CHUNK_BYTES.min(self.cap / 4)
+    }
+
     /// Adds the durable bytes of one batch at `offset` (a batch holds whole records),
     /// given as the batch's own buffer, the bytes from `start` on; a discontinuity
-    /// (new segment) restarts the cache. Every buffer it lets go of (evicted, or not
-    /// kept) goes to `give_back`, for the writer's pool.
-    ///
-    /// A batch that fills at least half of its buffer (the large batches of a busy log)
-    /// is kept as it is: no copy and no fresh allocation per batch. (Copying each 4 MiB
-    /// batch into a new `Vec` cost the owner thread a memcpy and, with 4 KiB pages,
-    /// ~1,000 page faults per batch.) A smaller batch is copied into a buffer of its
-    /// own size, and its big buffer is given back.
+    /// (new segment) restarts the cache. Every batch buffer it lets go of (evicted, or
+    /// not kept) goes to `give_back`, for the writer's pool.
     pub fn push(
         &mut self,
         offset: u64,
@@ -97,44 +126,92 @@ impl TailCache {
         let end = self
             .chunks
             .back()
-            .map(|(at, b, from)| at + (b.len() - from) as u64);
+            .map(|chunk| chunk.offset + chunk.data_len() as u64);
         if end.is_some_and(|end| end != offset) {
             self.clear(&mut give_back);
         }
         while self.len + data_len > self.cap {
             match self.chunks.pop_front() {
-                Some((_, old, from)) => {
-                    self.len -= old.len() - from;
-                    give_back(old);
+                Some(old) => {
+                    self.len -= old.data_len();
+                    self.release(old, &mut give_back);
                 }
                 None => break,
             }
         }
         self.len += data_len;
         if data_len.saturating_mul(2) >= buffer.capacity() {
-            self.chunks.push_back((offset, buffer, start));
+            self.chunks.push_back(Chunk {
+                offset,
+                bytes: buffer,
+                start,
+                copies: false,
+            });
+            return;
+        }
+        let data = buffer.get(start..).unwrap_or_default();
+        let chunk_bytes = self.copy_chunk_bytes();
+        let last = self
+            .chunks
+            .back_mut()
+            .filter(|last| last.copies && last.bytes.capacity() - last.bytes.len() >= data_len);
+        if let Some(last) = last {
+            last.bytes.extend_from_slice(data);
+        } else if data_len.saturating_mul(2) <= chunk_bytes {
+            let mut bytes = self
+                .free
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(chunk_bytes));
+            bytes.clear();
+            bytes.extend_from_slice(data);
+            self.chunks.push_back(Chunk {
+                offset,
+                bytes,
+                start: 0,
+                copies: true,
+            });
         } else {
-            let copy = buffer.get(start..).unwrap_or_default().to_vec();
-            self.chunks.push_back((offset, copy, 0));
-            give_back(buffer);
+            self.chunks.push_back(Chunk {
+                offset,
+                bytes: data.to_vec(),
+                start: 0,
+                copies: false,
+            });
+        }
+        give_back(buffer);
+    }
+
+    /// Forgets everything; batch buffers go to `give_back`, copy chunks are kept for
+    /// reuse.
+    pub fn clear(&mut self, mut give_back: impl FnMut(Vec<u8>)) {
+        self.len = 0;
+        while let Some(chunk) = self.chunks.pop_front() {
+            self.release(chunk, &mut give_back);
         }
     }
 
-    /// Forgets everything; the buffers go to `give_back`.
-    pub fn clear(&mut self, give_back: impl FnMut(Vec<u8>)) {
-        self.len = 0;
-        self.chunks
-            .drain(..)
-            .map(|(_, old, _)| old)
-            .for_each(give_back);
+    /// An evicted chunk: a copy chunk is kept for reuse (up to `cap / chunk` of them),
+    /// anything else goes to `give_back`.
+    fn release(&mut self, chunk: Chunk, give_back: &mut impl FnMut(Vec<u8>)) {
+        let chunk_bytes = self.copy_chunk_bytes();
+        let keep = chunk.copies
+            && chunk.bytes.capacity() == chunk_bytes
+            && self.free.len() < self.cap / chunk_bytes.max(1);
+        if keep {
+            self.free.push(chunk.bytes);
+        } else {
+            give_back(chunk.bytes);
+        }
     }
 
-    /// The cached bytes from `offset` to the end of the batch holding it, if cached.
+    /// The cached bytes from `offset` to the end of the chunk holding it, if cached.
     fn from(&self, offset: u64) -> Option<&[u8]> {
-        let after = self.chunks.partition_point(|(at, _, _)| *at <= offset);
-        let (at, bytes, start) = self.chunks.get(after.checked_sub(1)?)?;
-        let at = usize::try_from(offset - at).ok()?.checked_add(*start)?;
-        bytes.get(at..).filter(|rest| !rest.is_empty())
+        let after = self.chunks.partition_point(|chunk| chunk.offset <= offset);
+        let chunk = self.chunks.get(after.checked_sub(1)?)?;
+        let at = usize::try_from(offset - chunk.offset)
+            .ok()?
+            .checked_add(chunk.start)?;
+        chunk.bytes.get(at..).filter(|rest| !rest.is_empty())
     }
 }
 
@@ -307,11 +384,72 @@ mod tests {
         assert_eq!(cache.from(194).unwrap().as_ptr(), led_at.wrapping_add(5));
         assert_eq!(cache.from(200).unwrap(), &[6; 24]);
         assert!(cache.from(224).is_none());
-        // Every kept buffer holds at least half its capacity in data.
+        // Every kept batch buffer holds at least half its capacity in data.
         assert!(cache
             .chunks
             .iter()
-            .all(|(_, b, from)| (b.len() - from) * 2 >= b.capacity()));
+            .filter(|chunk| !chunk.copies)
+            .all(|chunk| chunk.data_len() * 2 >= chunk.bytes.capacity()));
         assert!(cache.len <= 100);
+    }
+
+    /// Small batches are copied one after another into a shared copy chunk; an evicted
+    /// copy chunk is reused for later copies instead of a fresh allocation (and never
+    /// handed to the writer); a batch over half a chunk gets a copy of its own.
+    #[test]
+    fn tail_cache_copies_small_batches_into_reused_chunks() {
+        let small = |fill: u8, len: usize| {
+            let mut buffer = Vec::with_capacity(1000);
+            buffer.resize(len, fill);
+            buffer
+        };
+        let mut back = Vec::new();
+        // Chunks of 100 bytes (a quarter of the cache).
+        let mut cache = TailCache::new(400);
+        let mut at = 0u64;
+        for fill in 0..4u8 {
+            cache.push(at, small(fill, 25), 0, |b| back.push(b));
+            at += 25;
+        }
+        assert_eq!(back.len(), 4, "every batch buffer went back");
+        assert_eq!(cache.chunks.len(), 1, "four batches of 25 share a chunk");
+        let first_chunk = cache.chunks[0].bytes.as_ptr();
+        // Reads cross batch boundaries inside the chunk.
+        assert_eq!(cache.from(20).unwrap().len(), 80);
+        assert_eq!(&cache.from(45).unwrap()[..6], &[1, 1, 1, 1, 1, 2]);
+        // Fill the cache: three more chunks of 100.
+        for fill in 4..16u8 {
+            cache.push(at, small(fill, 25), 0, |b| back.push(b));
+            at += 25;
+        }
+        assert_eq!(cache.len, 400);
+        assert_eq!(cache.chunks.len(), 4);
+        // The next batch evicts the oldest chunk; it is kept for reuse, not handed back.
+        cache.push(at, small(16, 25), 0, |b| back.push(b));
+        at += 25;
+        assert_eq!(back.len(), 17, "only batch buffers come back");
+        assert!(cache.from(0).is_none());
+        assert_eq!(cache.from(100).unwrap()[0], 4);
+        assert_eq!(cache.free.len(), 0, "the evicted chunk was taken at once");
+        assert_eq!(cache.chunks.back().unwrap().bytes.as_ptr(), first_chunk);
+        assert_eq!(cache.from(400).unwrap(), &[16; 25]);
+        // Over half a chunk: a copy of its own size, handed back when evicted.
+        // (80 bytes do not fit in the 75 left in the open chunk.)
+        cache.push(at, small(17, 80), 0, |b| back.push(b));
+        let own = cache.chunks.back().unwrap();
+        assert!(!own.copies);
+        assert_eq!(own.bytes, vec![17; 80]);
+        assert_eq!(cache.free.len(), 1, "the chunk evicted for it is kept");
+        // A discontinuity keeps the copy chunks for reuse and hands back the rest.
+        let before = back.len();
+        cache.push(10_000, small(18, 25), 0, |b| back.push(b));
+        assert_eq!(
+            back.len(),
+            before + 2,
+            "the 80-byte copy and the batch buffer"
+        );
+        assert_eq!(cache.from(10_000).unwrap(), &[18; 25]);
+        assert!(cache.free.len() <= 4);
+        assert!(cache.len <= 400);
     }
 }

@@ -1088,7 +1088,7 @@ mod tests {
         // The job: the block head (the segment header), then the record, then zeros.
         assert_eq!(&job.data()[..header.len()], &header[..]);
         let record_end = header.len() + crate::format::record_len(100, false);
-        assert!(job.data()[header.len()..record_end].iter().any(|b| *b == 7));
+        assert!(job.data()[header.len()..record_end].contains(&7));
         assert!(job.data()[record_end..].iter().all(|b| *b == 0));
         assert_eq!(job.data().len() % 4096, 0);
         let batch = w.complete_batch(job.id, job.bytes, true).unwrap();
