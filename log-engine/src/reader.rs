@@ -63,8 +63,8 @@ pub struct Page {
 /// session 8). A batch larger than half a copy chunk gets a copy of its own size.
 ///
 /// Memory: at most `cap` bytes of data; every chunk but the newest copy chunk holds at
-/// least half its capacity in data; evicted copy chunks are kept for reuse up to
-/// `cap / TAIL_COPY_CHUNK_BYTES` of them. So at most `2 × cap` plus one chunk allocated.
+/// least half its capacity in data, so chunks in use take at most `2 × cap` plus one
+/// copy chunk; evicted copy chunks kept for reuse take at most `cap` more.
 #[derive(Debug)]
 pub struct TailCache {
     chunks: std::collections::VecDeque<Chunk>,
