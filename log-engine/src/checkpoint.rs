@@ -118,13 +118,16 @@ pub(crate) fn encode_checkpoint_from<'a>(
     draft.finish(parts.state)
 }
 
-/// A checkpoint encoded in steps: everything before the keys at once, then the keys in
-/// as many calls as the owner likes, then the state and the CRC. The bytes are the same
-/// format as [`encode_checkpoint_from`] writes.
+/// A checkpoint encoded in steps: the header and segments at once, then the
+/// conversations and then the keys in as many calls as the owner likes, then the state
+/// and the CRC. The bytes are the same format as [`encode_checkpoint_from`] writes.
 #[derive(Debug)]
 pub(crate) struct KeysDraft {
     out: Vec<u8>,
-    key_count_at: usize,
+    conv_count_at: usize,
+    conv_count: u64,
+    /// Where the key count goes, once the conversations are done.
+    key_count_at: Option<usize>,
     key_count: u64,
 }
 
@@ -137,8 +140,27 @@ impl KeysDraft {
     pub(crate) fn begin<'a>(
         parts: &CheckpointParts<'_>,
         convs: impl Iterator<Item = (u64, &'a ConvIndex)>,
-        mut out: Vec<u8>,
+        out: Vec<u8>,
     ) -> KeysDraft {
+        let mut draft = KeysDraft::start(parts, out);
+        for (id, conv) in convs {
+            draft.push_conv(
+                id,
+                [
+                    conv.first_seq,
+                    conv.last_seq,
+                    conv.last_offset,
+                    conv.anchor_seq,
+                ],
+                &conv.anchors,
+            );
+        }
+        draft.start_keys();
+        draft
+    }
+
+    /// Header and segments; conversations follow with [`KeysDraft::push_conv`].
+    pub(crate) fn start(parts: &CheckpointParts<'_>, mut out: Vec<u8>) -> KeysDraft {
         out.clear();
         out.extend_from_slice(&CHECKPOINT_MAGIC);
         out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
@@ -157,34 +179,55 @@ impl KeysDraft {
         }
         let conv_count_at = out.len();
         put(&mut out, 0);
-        let mut conv_count = 0u64;
-        for (id, conv) in convs {
-            conv_count += 1;
-            for v in [
-                id,
-                conv.first_seq,
-                conv.last_seq,
-                conv.last_offset,
-                conv.anchor_seq,
-                conv.anchors.len() as u64,
-            ] {
-                put(&mut out, v);
-            }
-            for offset in &conv.anchors {
-                put(&mut out, *offset);
-            }
-        }
-        patch(&mut out, conv_count_at, conv_count);
-        let key_count_at = out.len();
-        put(&mut out, 0);
         KeysDraft {
             out,
-            key_count_at,
+            conv_count_at,
+            conv_count: 0,
+            key_count_at: None,
             key_count: 0,
         }
     }
 
+    /// One conversation: `[first_seq, last_seq, last_offset, anchor_seq]` and its
+    /// anchors.
+    pub(crate) fn push_conv(&mut self, id: u64, tips: [u64; 4], anchors: &[u64]) {
+        assert!(
+            self.key_count_at.is_none(),
+            "conversation after the keys began"
+        );
+        self.conv_count += 1;
+        put(&mut self.out, id);
+        for v in tips {
+            put(&mut self.out, v);
+        }
+        put(&mut self.out, anchors.len() as u64);
+        for offset in anchors {
+            put(&mut self.out, *offset);
+        }
+    }
+
+    /// Ends the conversations; keys follow with [`KeysDraft::push_key`].
+    pub(crate) fn start_keys(&mut self) {
+        if self.key_count_at.is_some() {
+            return;
+        }
+        patch(&mut self.out, self.conv_count_at, self.conv_count);
+        self.key_count_at = Some(self.out.len());
+        put(&mut self.out, 0);
+    }
+
+    /// The buffer, for reuse by the next draft.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.out
+    }
+
+    /// True once the conversations are done.
+    pub(crate) fn keys_started(&self) -> bool {
+        self.key_count_at.is_some()
+    }
+
     pub(crate) fn push_key(&mut self, key: &IdempotencyKey, e: &DedupeEntry) {
+        self.start_keys();
         self.key_count += 1;
         self.out.extend_from_slice(key);
         for v in [
@@ -199,13 +242,17 @@ impl KeysDraft {
     }
 
     /// The key count, the state snapshot and the CRC: the finished file's bytes.
-    pub(crate) fn finish(self, state: &[u8]) -> Vec<u8> {
+    pub(crate) fn finish(mut self, state: &[u8]) -> Vec<u8> {
+        self.start_keys();
         let KeysDraft {
             mut out,
             key_count_at,
             key_count,
+            ..
         } = self;
-        patch(&mut out, key_count_at, key_count);
+        if let Some(at) = key_count_at {
+            patch(&mut out, at, key_count);
+        }
         put(&mut out, state.len() as u64);
         out.extend_from_slice(state);
         let crc = crc32c::crc32c(&out);

@@ -100,11 +100,54 @@ impl ConvIndex {
     }
 }
 
+/// A conversation's tips and number of anchors at one moment (see
+/// [`Index::begin_as_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTips {
+    /// [`ConvIndex::first_seq`] then.
+    pub first_seq: u64,
+    /// [`ConvIndex::last_seq`] then.
+    pub last_seq: u64,
+    /// [`ConvIndex::last_offset`] then.
+    pub last_offset: u64,
+    /// [`ConvIndex::anchor_seq`] then.
+    pub anchor_seq: u64,
+    /// How many of [`ConvIndex::anchors`] there were then.
+    pub anchors: usize,
+}
+
+impl ConvTips {
+    fn of(conv: &ConvIndex) -> ConvTips {
+        ConvTips {
+            first_seq: conv.first_seq,
+            last_seq: conv.last_seq,
+            last_offset: conv.last_offset,
+            anchor_seq: conv.anchor_seq,
+            anchors: conv.anchors.len(),
+        }
+    }
+}
+
 /// The index of all conversations of one log.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Index {
     convs: HashMap<u64, ConvIndex>,
+    /// Conversation ids in the order they were first seen: a checkpoint drafted in
+    /// steps walks this by position, which new conversations do not disturb.
+    order: Vec<u64>,
+    /// While a checkpoint is drafted: each conversation's state before its first push
+    /// since [`Index::begin_as_of`], so the draft encodes it as of that moment.
+    as_of: Option<HashMap<u64, ConvTips>>,
 }
+
+impl PartialEq for Index {
+    /// The same conversations in the same state (the walk order is not compared).
+    fn eq(&self, other: &Index) -> bool {
+        self.convs == other.convs
+    }
+}
+
+impl Eq for Index {}
 
 impl Index {
     /// An empty index.
@@ -127,20 +170,73 @@ impl Index {
     /// Adds the next record of a conversation. The caller checked the sequence; a
     /// mismatch here is a bug in our own state, so it is asserted.
     pub fn push(&mut self, conversation_id: u64, seq: u64, offset: u64) {
-        self.convs
-            .entry(conversation_id)
-            .or_insert_with(ConvIndex::new)
-            .push(seq, offset);
+        match self.convs.get_mut(&conversation_id) {
+            Some(conv) => {
+                if let Some(saved) = &mut self.as_of {
+                    saved
+                        .entry(conversation_id)
+                        .or_insert_with(|| ConvTips::of(conv));
+                }
+                conv.push(seq, offset);
+            }
+            None => {
+                let mut conv = ConvIndex::new();
+                conv.push(seq, offset);
+                self.convs.insert(conversation_id, conv);
+                self.order.push(conversation_id);
+            }
+        }
     }
 
     /// Inserts a conversation loaded from a checkpoint.
     pub fn insert(&mut self, conversation_id: u64, conv: ConvIndex) {
-        self.convs.insert(conversation_id, conv);
+        if self.convs.insert(conversation_id, conv).is_none() {
+            self.order.push(conversation_id);
+        }
+    }
+
+    /// Starts remembering each conversation as it is now, for a checkpoint drafted in
+    /// steps while records keep arriving. Returns how many conversations there are:
+    /// [`Index::as_of_entry`] serves positions below that. Pushes then cost one more
+    /// hash lookup; [`Index::end_as_of`] stops it. Retention must wait
+    /// ([`Index::trim_below`] refuses meanwhile).
+    pub fn begin_as_of(&mut self) -> usize {
+        self.as_of = Some(HashMap::new());
+        self.order.len()
+    }
+
+    /// Stops what [`Index::begin_as_of`] started.
+    pub fn end_as_of(&mut self) {
+        self.as_of = None;
+    }
+
+    /// True between [`Index::begin_as_of`] and [`Index::end_as_of`].
+    pub fn is_as_of(&self) -> bool {
+        self.as_of.is_some()
+    }
+
+    /// The conversation at `position` in first-seen order, as it was when
+    /// [`Index::begin_as_of`] was called: id, tips, and its anchors then.
+    pub fn as_of_entry(&self, position: usize) -> Option<(u64, ConvTips, &[u64])> {
+        let id = *self.order.get(position)?;
+        let conv = self.convs.get(&id)?;
+        let tips = self
+            .as_of
+            .as_ref()
+            .and_then(|saved| saved.get(&id))
+            .copied()
+            .unwrap_or_else(|| ConvTips::of(conv));
+        let anchors = conv.anchors.get(..tips.anchors)?;
+        Some((id, tips, anchors))
     }
 
     /// Forgets every record below `offset` (its segments were deleted). Last sequences
     /// and last offsets are kept so numbering continues without reuse.
     pub fn trim_below(&mut self, offset: u64) {
+        assert!(
+            self.as_of.is_none(),
+            "index: retention while a checkpoint is drafted"
+        );
         for conv in self.convs.values_mut() {
             conv.trim_below(offset);
         }

@@ -72,6 +72,10 @@ pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
 /// each batch completion while a checkpoint is being drafted): ~16K keys take a few ms,
 /// where a whole 1M-key map took 100–500 ms in one go.
 pub const CHECKPOINT_KEYS_PER_STEP: usize = 16 * 1024;
+/// Conversations a checkpoint encodes per step on the owner thread (as keys above). The
+/// whole index of 10,000 conversations (~10 anchors each) took 0.5–1.7 ms in one step
+/// at 500k appends/s (`bench/RESULTS.md`, session 8): ~2,048 take ~0.1–0.3 ms.
+pub const CHECKPOINT_CONVS_PER_STEP: usize = 2048;
 
 /// A checkpoint encoding step that holds the owner thread longer than this is logged (the
 /// owner is a shard's executor in the gateway: this time is a stall of every session).

@@ -56,8 +56,9 @@ use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
 use crate::limits::{
-    CHECKPOINT_ENCODE_WARN, CHECKPOINT_KEYS_PER_STEP, PIPELINE_QUEUED_BATCHES_MAX,
-    RETENTION_CHECK_INTERVAL, ZERO_FILL_BATCH_BYTES_MAX, ZERO_FILL_RECHECK,
+    CHECKPOINT_CONVS_PER_STEP, CHECKPOINT_ENCODE_WARN, CHECKPOINT_KEYS_PER_STEP,
+    PIPELINE_QUEUED_BATCHES_MAX, RETENTION_CHECK_INTERVAL, ZERO_FILL_BATCH_BYTES_MAX,
+    ZERO_FILL_RECHECK,
 };
 use crate::log::CheckpointDraft;
 use crate::log::{write_checkpoint_file, Log};
@@ -361,7 +362,9 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     fn retention_in_background(&mut self) -> Result<()> {
         let due = self.rolled_since_retention
             || self.retention_checked.elapsed() >= RETENTION_CHECK_INTERVAL;
-        if !due {
+        // A checkpoint being drafted encodes the index as it was when it began, which
+        // retention's trim would change under it: retention waits for the draft.
+        if !due || self.draft.is_some() {
             return Ok(());
         }
         let now_ms = std::time::SystemTime::now()
@@ -391,9 +394,11 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             }
             None => return Ok(()),
         };
-        let done = self
-            .log
-            .checkpoint_step(&mut draft, CHECKPOINT_KEYS_PER_STEP);
+        let done = self.log.checkpoint_step(
+            &mut draft,
+            CHECKPOINT_CONVS_PER_STEP,
+            CHECKPOINT_KEYS_PER_STEP,
+        );
         let took = started.elapsed();
         if took > CHECKPOINT_ENCODE_WARN {
             tracing::warn!(?took, "checkpoint encoding step held the owner thread");
@@ -550,7 +555,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// Writes a checkpoint as of the last published record (see [`Log::checkpoint`]),
     /// after any background one finished.
     pub fn checkpoint(&mut self) -> Result<u64> {
-        self.draft = None; // superseded by this complete one
+        self.abandon_draft(); // superseded by this complete one
         self.collect_checkpoint(true);
         self.log.checkpoint()
     }
@@ -558,9 +563,15 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// Deletes sealed segments past the retention limits (see `Log::apply_retention`),
     /// after any background checkpoint finished (retention may write one itself).
     pub fn apply_retention(&mut self, now_ms: u64) -> Result<RetentionReport> {
-        self.draft = None; // retention may write a complete one itself
+        self.abandon_draft(); // retention may write a complete one itself
         self.collect_checkpoint(true);
         self.log.apply_retention(now_ms)
+    }
+
+    fn abandon_draft(&mut self) {
+        if let Some(draft) = self.draft.take() {
+            self.log.checkpoint_abandon(draft);
+        }
     }
 
     /// Drains, stops the threads and hands the storage back.
