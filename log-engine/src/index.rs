@@ -135,9 +135,12 @@ pub struct Index {
     /// Conversation ids in the order they were first seen: a checkpoint drafted in
     /// steps walks this by position, which new conversations do not disturb.
     order: Vec<u64>,
-    /// While a checkpoint is drafted: each conversation's state before its first push
-    /// since [`Index::begin_as_of`], so the draft encodes it as of that moment.
-    as_of: Option<HashMap<u64, ConvTips>>,
+    /// While a checkpoint is drafted (`as_of_open`): each conversation's state before
+    /// its first push since [`Index::begin_as_of`], so the draft encodes it as of that
+    /// moment. Kept allocated between drafts: growing a fresh map to every conversation
+    /// during each draft cost the owner thread rehashes (more stalls in `log_bench`).
+    as_of: HashMap<u64, ConvTips>,
+    as_of_open: bool,
 }
 
 impl PartialEq for Index {
@@ -172,8 +175,8 @@ impl Index {
     pub fn push(&mut self, conversation_id: u64, seq: u64, offset: u64) {
         match self.convs.get_mut(&conversation_id) {
             Some(conv) => {
-                if let Some(saved) = &mut self.as_of {
-                    saved
+                if self.as_of_open {
+                    self.as_of
                         .entry(conversation_id)
                         .or_insert_with(|| ConvTips::of(conv));
                 }
@@ -201,18 +204,20 @@ impl Index {
     /// hash lookup; [`Index::end_as_of`] stops it. Retention must wait
     /// ([`Index::trim_below`] refuses meanwhile).
     pub fn begin_as_of(&mut self) -> usize {
-        self.as_of = Some(HashMap::new());
+        self.as_of.clear();
+        self.as_of_open = true;
         self.order.len()
     }
 
     /// Stops what [`Index::begin_as_of`] started.
     pub fn end_as_of(&mut self) {
-        self.as_of = None;
+        self.as_of.clear();
+        self.as_of_open = false;
     }
 
     /// True between [`Index::begin_as_of`] and [`Index::end_as_of`].
     pub fn is_as_of(&self) -> bool {
-        self.as_of.is_some()
+        self.as_of_open
     }
 
     /// The conversation at `position` in first-seen order, as it was when
@@ -220,12 +225,8 @@ impl Index {
     pub fn as_of_entry(&self, position: usize) -> Option<(u64, ConvTips, &[u64])> {
         let id = *self.order.get(position)?;
         let conv = self.convs.get(&id)?;
-        let tips = self
-            .as_of
-            .as_ref()
-            .and_then(|saved| saved.get(&id))
-            .copied()
-            .unwrap_or_else(|| ConvTips::of(conv));
+        let saved = self.as_of.get(&id).filter(|_| self.as_of_open);
+        let tips = saved.copied().unwrap_or_else(|| ConvTips::of(conv));
         let anchors = conv.anchors.get(..tips.anchors)?;
         Some((id, tips, anchors))
     }
@@ -234,7 +235,7 @@ impl Index {
     /// and last offsets are kept so numbering continues without reuse.
     pub fn trim_below(&mut self, offset: u64) {
         assert!(
-            self.as_of.is_none(),
+            !self.as_of_open,
             "index: retention while a checkpoint is drafted"
         );
         for conv in self.convs.values_mut() {

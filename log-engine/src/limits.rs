@@ -74,8 +74,9 @@ pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
 pub const CHECKPOINT_KEYS_PER_STEP: usize = 16 * 1024;
 /// Conversations a checkpoint encodes per step on the owner thread (as keys above). The
 /// whole index of 10,000 conversations (~10 anchors each) took 0.5–1.7 ms in one step
-/// at 500k appends/s (`bench/RESULTS.md`, session 8): ~2,048 take ~0.1–0.3 ms.
-pub const CHECKPOINT_CONVS_PER_STEP: usize = 2048;
+/// at 500k appends/s (`bench/RESULTS.md`, session 8); a step walks conversations by
+/// position, a hash lookup and a cache miss each: 2,048 took 0.2–0.46 ms, so 512.
+pub const CHECKPOINT_CONVS_PER_STEP: usize = 512;
 
 /// A checkpoint encoding step that holds the owner thread longer than this is logged (the
 /// owner is a shard's executor in the gateway: this time is a stall of every session).
