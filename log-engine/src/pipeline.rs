@@ -25,7 +25,8 @@
 //! `log_bench`'s open loop at 500k appends/s; figures in `bench/RESULTS.md`):
 //! - the tail cache drops whole batches from its front instead of `drain`ing half of one
 //!   8 MiB `Vec` (a 4 MiB memmove every ~30 ms);
-//! - checkpoints are encoded straight from the live index (no clone) and written,
+//! - checkpoints are encoded straight from the live index (no clone), in steps of 512
+//!   conversations and then 16K keys, each conversation as of the draft's start, and written,
 //!   fdatasync'ed and renamed by a checkpoint thread; the owner records one (which
 //!   retention trusts) only once that thread reports it durable;
 //! - batch buffers come from a pool touched at open, so a large batch (after a device
@@ -38,9 +39,8 @@
 //!
 //! What remains: an ideal serial group commit on this disk has a p99 of 1.7–2× the
 //! disk's own write + fdatasync p99; this log is at ~7× (session 8). Measured parts of
-//! the gap: the checkpoint's conversation index is encoded in one step on the owner
-//! (0.5–1.7 ms at 10,000 conversations), and the background I/O (spare zero fill,
-//! checkpoint files) lengthens the batches' own I/O tail.
+//! the gap: the VM's own CPU jitter on a CPU-bound owner, and the background I/O (spare
+//! zero fill, checkpoint files), which lengthens the batches' own I/O tail.
 //!
 //! Failure: the first failed write or sync makes the I/O thread refuse every later job
 //! (it never writes past a failure) and poisons the log on the owner thread, exactly as
