@@ -204,6 +204,8 @@ impl Index {
     /// hash lookup; [`Index::end_as_of`] stops it. Retention must wait
     /// ([`Index::trim_below`] refuses meanwhile).
     pub fn begin_as_of(&mut self) -> usize {
+        // A second draft would silently turn the first one's view live.
+        assert!(!self.as_of_open, "index: two checkpoint drafts at once");
         self.as_of.clear();
         self.as_of_open = true;
         self.order.len()

@@ -577,6 +577,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// Drains, stops the threads and hands the storage back.
     pub fn close(mut self) -> Result<S> {
         self.drain()?;
+        self.abandon_draft(); // the log may write a complete one as it closes
         self.collect_checkpoint(true);
         let PipelinedLog { log, threads, .. } = self;
         drop(threads);
