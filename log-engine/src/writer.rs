@@ -1021,15 +1021,22 @@ mod tests {
         );
     }
 
+    /// A writer in block-aligned mode (4 KiB) at the start of a fresh 1 MiB segment,
+    /// whose first block holds the segment header; 64 KiB batches.
+    fn block_aligned_writer() -> Writer {
+        let mut w = writer(1 << 20, 100);
+        w.limits.write_align = 4096;
+        w.limits.batch_bytes = 64 * 1024;
+        w.seed_tail_block(encode_segment_header(&SegmentHeader::new(0, 5, 1 << 20)).to_vec());
+        w
+    }
+
     /// Pooled buffers are advised huge pages at open; a batch in one starts its job on
     /// a 2 MiB boundary; the pool keeps advised buffers over ordinary ones.
     #[test]
     fn warm_buffers_are_huge_page_advised_and_kept_first() {
         let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
-        let mut w = writer(1 << 20, 100);
-        w.limits.write_align = 4096;
-        w.limits.batch_bytes = 64 * 1024;
-        w.seed_tail_block(encode_segment_header(&SegmentHeader::new(0, 5, 1 << 20)).to_vec());
+        let mut w = block_aligned_writer();
         w.warm_buffers();
         assert_eq!(w.pool.len(), BUFFER_POOL_MAX);
         if w.advised.is_empty() {
@@ -1069,11 +1076,8 @@ mod tests {
     #[test]
     fn a_reused_buffer_keeps_its_lead_unzeroed() {
         let (index, dedupe) = (Index::new(), Dedupe::new(1000, 10));
-        let mut w = writer(1 << 20, 100);
-        w.limits.write_align = 4096;
-        w.limits.batch_bytes = 64 * 1024;
+        let mut w = block_aligned_writer();
         let header = encode_segment_header(&SegmentHeader::new(0, 5, 1 << 20)).to_vec();
-        w.seed_tail_block(header.clone());
         let size = w.buffer_bytes();
         w.pool = vec![vec![0xAA; size]];
         w.append(&index, &dedupe, &req(1, &[7; 100])).unwrap();
