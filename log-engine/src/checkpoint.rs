@@ -62,7 +62,8 @@ pub fn encode_checkpoint(ckpt: &Checkpoint) -> Vec<u8> {
         state: &ckpt.state,
     };
     let convs = ckpt.convs.iter().map(|(id, conv)| (*id, conv));
-    let size = encoded_len(&parts, ckpt.convs.iter().map(|(_, c)| c), ckpt.keys.len());
+    let anchors = ckpt.convs.iter().map(|(_, c)| c.anchors.len()).sum();
+    let size = encoded_len(&parts, ckpt.convs.len(), anchors, ckpt.keys.len());
     encode_checkpoint_from(
         &parts,
         convs,
@@ -76,19 +77,18 @@ const KEY_ENTRY_BYTES: usize = 16 + 5 * 8;
 /// Bytes of one index entry before its anchors: six u64 fields.
 const CONV_ENTRY_BYTES: usize = 6 * 8;
 
-/// The exact encoded size of a checkpoint with these parts, conversations and `keys`
-/// key entries, so its buffer is sized once (a 60 MB checkpoint that grows by doubling
+/// The exact encoded size of a checkpoint with these parts, `convs` conversations
+/// holding `anchors` anchors in all, and `keys` key entries, so its buffer is sized once (a 60 MB checkpoint that grows by doubling
 /// copies itself on the owner thread).
-pub(crate) fn encoded_len<'a>(
+pub(crate) fn encoded_len(
     parts: &CheckpointParts<'_>,
-    convs: impl Iterator<Item = &'a ConvIndex>,
+    convs: usize,
+    anchors: usize,
     keys: usize,
 ) -> usize {
     let header = CHECKPOINT_MAGIC.len() + 4 + 4 + 4 * 8;
     let segments = 8 + parts.segments.len() * 8;
-    let convs: usize = 8 + convs
-        .map(|c| CONV_ENTRY_BYTES + c.anchors.len() * 8)
-        .sum::<usize>();
+    let convs = 8 + convs * CONV_ENTRY_BYTES + anchors * 8;
     let keys = 8 + keys * KEY_ENTRY_BYTES;
     let state = 8 + parts.state.len();
     header + segments + convs + keys + state + 4

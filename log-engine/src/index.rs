@@ -141,6 +141,9 @@ pub struct Index {
     /// during each draft cost the owner thread rehashes (more stalls in `log_bench`).
     as_of: HashMap<u64, ConvTips>,
     as_of_open: bool,
+    /// Anchors of all conversations together, so a checkpoint's size is known without
+    /// walking the index on the owner thread.
+    anchors: usize,
 }
 
 impl PartialEq for Index {
@@ -180,11 +183,14 @@ impl Index {
                         .entry(conversation_id)
                         .or_insert_with(|| ConvTips::of(conv));
                 }
+                let before = conv.anchors.len();
                 conv.push(seq, offset);
+                self.anchors += conv.anchors.len() - before;
             }
             None => {
                 let mut conv = ConvIndex::new();
                 conv.push(seq, offset);
+                self.anchors += conv.anchors.len();
                 self.convs.insert(conversation_id, conv);
                 self.order.push(conversation_id);
             }
@@ -193,9 +199,16 @@ impl Index {
 
     /// Inserts a conversation loaded from a checkpoint.
     pub fn insert(&mut self, conversation_id: u64, conv: ConvIndex) {
-        if self.convs.insert(conversation_id, conv).is_none() {
-            self.order.push(conversation_id);
+        self.anchors += conv.anchors.len();
+        match self.convs.insert(conversation_id, conv) {
+            Some(replaced) => self.anchors -= replaced.anchors.len(),
+            None => self.order.push(conversation_id),
         }
+    }
+
+    /// Anchors of all conversations together.
+    pub fn anchor_count(&self) -> usize {
+        self.anchors
     }
 
     /// Starts remembering each conversation as it is now, for a checkpoint drafted in
@@ -241,7 +254,9 @@ impl Index {
             "index: retention while a checkpoint is drafted"
         );
         for conv in self.convs.values_mut() {
+            let before = conv.anchors.len();
             conv.trim_below(offset);
+            self.anchors -= before - conv.anchors.len();
         }
     }
 
@@ -266,6 +281,30 @@ mod tests {
     use super::*;
 
     const K: u64 = INDEX_STRIDE_RECORDS;
+
+    fn walked_anchors(index: &Index) -> usize {
+        index.iter().map(|(_, c)| c.anchors.len()).sum()
+    }
+
+    /// The running anchor total (a checkpoint's size without a walk) follows pushes,
+    /// inserts (new and replacing) and trims.
+    #[test]
+    fn anchor_count_follows_every_change() {
+        let mut index = Index::new();
+        for seq in 1..=3 * K + 1 {
+            index.push(1, seq, seq * 100);
+            index.push(2, seq, seq * 100 + 1);
+            assert_eq!(index.anchor_count(), walked_anchors(&index));
+        }
+        assert_eq!(index.anchor_count(), 8);
+        let copy = index.get(1).cloned().unwrap();
+        index.insert(3, copy.clone());
+        index.insert(1, ConvIndex::new());
+        assert_eq!(index.anchor_count(), walked_anchors(&index));
+        index.trim_below((K + 5) * 100);
+        assert_eq!(index.anchor_count(), walked_anchors(&index));
+        assert!(index.anchor_count() < 8);
+    }
 
     #[test]
     fn push_and_locate() {

@@ -544,9 +544,12 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             segments: &segments,
             state: &state,
         };
+        // From running totals: walking every conversation here would be one more pass
+        // over the index on the owner thread, the one the steps exist to avoid.
         let size = crate::checkpoint::encoded_len(
             &parts,
-            self.index.iter().map(|(_, c)| c),
+            self.index.len(),
+            self.index.anchor_count(),
             self.dedupe.held_entries(),
         );
         let mut buffer = std::mem::take(&mut self.checkpoint_buffer);
