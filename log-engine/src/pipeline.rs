@@ -289,9 +289,24 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// write or sync: the error once (acks completed before it are returned by the next
     /// call), then `Error::Poisoned` from appends.
     pub fn poll_acks(&mut self) -> Result<Vec<(Ticket, Ack)>> {
+        self.collect_completions()?;
+        self.finish()
+    }
+
+    /// Takes every batch completion the I/O thread has reported and hands over the next
+    /// batch, without returning acks (the next [`PipelinedLog::poll_acks`] returns them).
+    /// Returns whether there was one. One channel check when there is none, so an owner
+    /// can call it on every append: a completion is then noticed by whichever task
+    /// appends next, not only by the task the I/O thread woke (which, on a busy
+    /// executor, may run much later while the disk sits idle).
+    pub fn collect_completions(&mut self) -> Result<bool> {
+        let mut collected = false;
         loop {
             match self.done.try_recv() {
-                Ok(done) => self.complete(done)?,
+                Ok(done) => {
+                    collected = true;
+                    self.complete(done)?;
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     if self.log.writer.in_flight() > 0 {
@@ -302,7 +317,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
                 }
             }
         }
-        self.finish()
+        Ok(collected)
     }
 
     /// Like [`PipelinedLog::poll_acks`], but first flushes and, if nothing is resolved

@@ -43,7 +43,7 @@ use crate::auth::{self, Claims, TokenKind};
 use crate::chat::{self, ApiError, AppendMsg, Handoff, ReadRange, ShardMsg};
 use crate::session::codec::{Codec, InputEnd, Sent, Transport};
 use crate::session::io::{race, race_stop, Woken};
-use crate::session::{CLOSE_LINGER, READ_BYTES, READ_BYTES_IDLE};
+use crate::session::{idle_read_bytes, CLOSE_LINGER, READ_BYTES};
 use crate::shard::{ConnGuard, Shard};
 use crate::state::{Cursor, MetaEvent};
 
@@ -922,6 +922,10 @@ async fn serve(
     // only while its close handshake lingers.
     let mut linger_until: Option<Instant> = None;
     let mut stop = Some(shard.shutdown.wait());
+    // Bytes read since the input was last empty, and the idle read they sized (a wake
+    // with no input, e.g. for an ack to send, keeps the size).
+    let mut burst = 0usize;
+    let mut idle_offer = idle_read_bytes(0);
     loop {
         // Input. Any frame is the device's heartbeat: presence's last seen moves once
         // per batch, not per frame.
@@ -997,9 +1001,13 @@ async fn serve(
             break;
         }
         // Wait. An idle connection keeps no buffers: they are freed here and the next
-        // read offers a small one (a read that fills it is followed by full-size ones).
+        // read offers a small one, sized by the last burst of input (a read that fills
+        // it is followed by full-size ones).
         let offered = if codec.release_idle_memory() {
-            READ_BYTES_IDLE
+            if burst > 0 {
+                idle_offer = idle_read_bytes(std::mem::take(&mut burst));
+            }
+            idle_offer
         } else {
             READ_BYTES
         };
@@ -1016,7 +1024,10 @@ async fn serve(
         match woken {
             Woken::Io(Ok(usize::MAX)) => codec.commit_read(0, offered),
             Woken::Io(Ok(0)) | Woken::Io(Err(_)) => break,
-            Woken::Io(Ok(n)) => codec.commit_read(n, offered),
+            Woken::Io(Ok(n)) => {
+                burst = burst.saturating_add(n);
+                codec.commit_read(n, offered);
+            }
             Woken::Deadline => break,
             Woken::Shutdown => {
                 codec.commit_read(0, offered);
