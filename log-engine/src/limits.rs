@@ -102,6 +102,12 @@ pub const SPARE_SYNC_BYTES: u64 = 512 * 1024;
 /// ~0.5 MiB: at chat rates (tens of KiB per batch) the spare is zeroed in the disk's
 /// idle time; at full disk speed (MiB batches) it would halve the bandwidth.
 pub const ZERO_FILL_BATCH_BYTES_MAX: u64 = 512 * 1024;
+/// The spare's zero fill runs at this many times the log's own write rate (measured
+/// since the fill began) ...
+pub const ZERO_FILL_PACE_FACTOR: f64 = 3.0;
+/// ... and at least this fast (bytes/s), so an idle log's spare is still ready within
+/// seconds (256 MiB in ~2 s).
+pub const ZERO_FILL_PACE_MIN_BYTES_PER_SEC: f64 = 128.0 * 1024.0 * 1024.0;
 /// How long the spare preparer waits before looking again when batches are too large
 /// for zero filling to pay (a roll's hand-off wakes it earlier).
 pub const ZERO_FILL_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);

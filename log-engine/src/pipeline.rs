@@ -58,7 +58,7 @@ use crate::format::{segment_name, RecordKind};
 use crate::limits::{
     CHECKPOINT_CONVS_PER_STEP, CHECKPOINT_ENCODE_WARN, CHECKPOINT_KEYS_PER_STEP,
     PIPELINE_QUEUED_BATCHES_MAX, RETENTION_CHECK_INTERVAL, ZERO_FILL_BATCH_BYTES_MAX,
-    ZERO_FILL_RECHECK,
+    ZERO_FILL_PACE_FACTOR, ZERO_FILL_PACE_MIN_BYTES_PER_SEC, ZERO_FILL_RECHECK,
 };
 use crate::log::CheckpointDraft;
 use crate::log::{write_checkpoint_file, Log};
@@ -795,6 +795,9 @@ struct SpareSlot {
     recycled: std::sync::atomic::AtomicBool,
     /// Rolls since open that installed a recycled spare (kept by the I/O thread).
     recycled_rolls: AtomicU64,
+    /// Bytes of every batch written since open (kept by the I/O thread): the preparer
+    /// paces its zero fill by the log's write rate.
+    batch_bytes_total: AtomicU64,
 }
 
 impl SpareSlot {
@@ -843,6 +846,8 @@ impl SpareSlot {
 
     /// Folds one written batch's size into the moving average.
     fn note_batch(&self, bytes: usize) {
+        self.batch_bytes_total
+            .fetch_add(bytes as u64, AtomicOrdering::Relaxed);
         let average = self.recent_batch_bytes.load(AtomicOrdering::Relaxed);
         let average = average - average / 8 + bytes as u64 / 8;
         self.recent_batch_bytes
@@ -926,6 +931,7 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &
             }
         }
         let mut from = 0;
+        let pace = ZeroFillPace::start(slot);
         loop {
             {
                 let mut state = slot.lock();
@@ -952,7 +958,12 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &
                 continue;
             }
             match zero_spare_slice(&mut storage, from, capacity) {
-                Ok(next) => from = next,
+                Ok(next) => {
+                    from = next;
+                    if let Some(ahead) = pace.ahead_by(slot, from) {
+                        slot.pause(ahead);
+                    }
+                }
                 Err(e) => {
                     // Still a correct spare (allocated, durable), just not zeroed further.
                     tracing::warn!(error = %e, "zero-filling the spare segment failed");
@@ -964,9 +975,71 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &
     }
 }
 
+/// Paces a spare's zero fill at `ZERO_FILL_PACE_FACTOR` times the log's write rate since
+/// the fill began, and at least `ZERO_FILL_PACE_MIN_BYTES_PER_SEC`: fast enough that
+/// the spare is ready long before the active segment fills, spread out so that the
+/// appends' fdatasyncs do not all meet it in one burst.
+struct ZeroFillPace {
+    began: Instant,
+    log_bytes_at_start: u64,
+}
+
+impl ZeroFillPace {
+    fn start(slot: &SpareSlot) -> ZeroFillPace {
+        ZeroFillPace {
+            began: Instant::now(),
+            log_bytes_at_start: slot.batch_bytes_total.load(AtomicOrdering::Relaxed),
+        }
+    }
+
+    /// How far the fill (`zeroed` bytes) is ahead of its pace, if it is.
+    fn ahead_by(&self, slot: &SpareSlot, zeroed: u64) -> Option<std::time::Duration> {
+        let elapsed = self.began.elapsed().as_secs_f64();
+        let log_bytes = slot
+            .batch_bytes_total
+            .load(AtomicOrdering::Relaxed)
+            .saturating_sub(self.log_bytes_at_start);
+        let log_rate = if elapsed > 0.0 {
+            log_bytes as f64 / elapsed
+        } else {
+            0.0
+        };
+        let rate = (log_rate * ZERO_FILL_PACE_FACTOR).max(ZERO_FILL_PACE_MIN_BYTES_PER_SEC);
+        let due = zeroed as f64 / rate;
+        (due > elapsed).then(|| std::time::Duration::from_secs_f64(due - elapsed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_filling_is_paced_by_the_logs_write_rate() {
+        let slot = SpareSlot::default();
+        let pace = ZeroFillPace::start(&slot);
+        assert_eq!(
+            pace.ahead_by(&slot, 0),
+            None,
+            "nothing zeroed, nothing to wait"
+        );
+        // An idle log: the floor rate. 64 MiB at 128 MiB/s is due ~0.5 s after the start.
+        let idle = pace
+            .ahead_by(&slot, 64 << 20)
+            .expect("ahead of the floor rate");
+        assert!(
+            idle > std::time::Duration::from_millis(400)
+                && idle <= std::time::Duration::from_millis(500),
+            "{idle:?}"
+        );
+        // The log wrote 1 GiB since (far faster than the floor): the fill may run at
+        // three times that, so the same 64 MiB is due much sooner.
+        for _ in 0..1024 {
+            slot.note_batch(1 << 20);
+        }
+        let busy = pace.ahead_by(&slot, 64 << 20).unwrap_or_default();
+        assert!(busy < idle / 10, "{busy:?} against {idle:?}");
+    }
 
     #[test]
     fn zero_filling_pauses_while_batches_are_large_and_resumes_when_they_shrink() {
