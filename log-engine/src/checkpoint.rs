@@ -216,6 +216,11 @@ impl KeysDraft {
         put(&mut self.out, 0);
     }
 
+    /// Bytes encoded so far.
+    pub(crate) fn len(&self) -> usize {
+        self.out.len()
+    }
+
     /// The buffer, for reuse by the next draft.
     pub(crate) fn into_buffer(self) -> Vec<u8> {
         self.out

@@ -69,14 +69,29 @@ pub const PIPELINE_IN_FLIGHT_DEFAULT: usize = 2;
 pub const PIPELINE_QUEUED_BATCHES_MAX: usize = 4;
 
 /// Idempotency keys a checkpoint encodes per step on the owner thread (a step runs after
-/// each batch completion while a checkpoint is being drafted): ~16K keys take a few ms,
-/// where a whole 1M-key map took 100–500 ms in one go.
-pub const CHECKPOINT_KEYS_PER_STEP: usize = 16 * 1024;
-/// Conversations a checkpoint encodes per step on the owner thread (as keys above). The
-/// whole index of 10,000 conversations (~10 anchors each) took 0.5–1.7 ms in one step
-/// at 500k appends/s (`bench/RESULTS.md`, session 8); a step walks conversations by
-/// position, a hash lookup and a cache miss each: 2,048 took 0.2–0.46 ms, so 512.
-pub const CHECKPOINT_CONVS_PER_STEP: usize = 512;
+/// each batch completion while a checkpoint is being drafted): 512 keys are ~28 KiB of
+/// checkpoint. A whole 1M-key map took 100–500 ms in one go, 16K keys a few ms.
+pub const CHECKPOINT_KEYS_PER_STEP: usize = 512;
+/// Conversations a checkpoint encodes per step on the owner thread (as keys above). A
+/// step walks conversations by position, a hash lookup and a cache miss each (~0.4 µs).
+/// 512 per step took ~200 µs per step once conversations held many anchors (a log in
+/// steady state, 245 B per conversation), and every append due meanwhile waited it out:
+/// at 500k appends/s a checkpoint's 20 steps made ~12 ms of appends over 600 µs, the
+/// largest share of the open-loop p99 (`bench/RESULTS.md`, session 10). A checkpoint
+/// has thousands of batch completions to spread over (one every ~64 MiB of log), so
+/// steps are kept short instead: at most 64 conversations or `CHECKPOINT_STEP_BYTES`.
+pub const CHECKPOINT_CONVS_PER_STEP: usize = 64;
+/// Encoded bytes after which a step stops taking more conversations (a conversation
+/// with many anchors costs its bytes; see `CHECKPOINT_CONVS_PER_STEP`).
+pub const CHECKPOINT_STEP_BYTES: usize = 16 * 1024;
+/// A checkpoint draft should be complete once the log has grown this fraction
+/// (1 / divisor) of `checkpoint_interval_bytes` past the draft's offset; a step that is
+/// behind that pace encodes what it is behind in one go. Short steps suit many small
+/// batches (500k appends/s: ~6,000 completions a second); a closed loop of 4 MiB
+/// batches has a few completions per checkpoint interval, and with short steps only, a
+/// draft trailed the log by over 2 GiB and a log with a 2 GiB size limit could never
+/// retire a segment (retention waits for a checkpoint past the cut).
+pub const CHECKPOINT_DRAFT_SPAN_DIVISOR: u64 = 4;
 
 /// A checkpoint encoding step that holds the owner thread longer than this is logged (the
 /// owner is a shard's executor in the gateway: this time is a stall of every session).
@@ -87,12 +102,28 @@ pub const CHECKPOINT_ENCODE_WARN: std::time::Duration = std::time::Duration::fro
 /// whole 2 MiB pages after a 2 MiB boundary (see `huge_pages`): ~6–8 MiB touched each,
 /// ~24–32 MiB per log.
 pub const BUFFER_POOL_MAX: usize = 4;
-/// The spare segment is zero-filled and fdatasync'ed in slices of this size, so the
-/// appends' fdatasyncs never queue behind a huge writeback. Measured at 500k 200 B
-/// appends/s (`PAYLOAD=200 pipeline_throughput 6 500000`, 3 runs each, noisy disk):
-/// append-to-durable p99 17.8–24 ms with 4 MiB slices, 11–13 ms with 1 MiB, 2.4–6.2 ms
-/// with 512 KiB, 4.8–6.3 ms with 256 KiB, 4.3–5.1 ms with 128 KiB (more syncs contend).
-pub const SPARE_SYNC_BYTES: u64 = 512 * 1024;
+/// A checkpoint file is written in `O_DIRECT` writes of this size (a multiple of
+/// `storage::DIRECT_ALIGN`), fdatasync'ed once at the end. Written in one buffered
+/// write + fdatasync, a 2.4 MB checkpoint (10,000 conversations in steady state) took
+/// ~3.3 ms and the appends' batches during it 1–2 ms instead of ~0.15 ms: ~1,600
+/// appends over 600 µs per checkpoint at 500k appends/s (session 10).
+pub const CHECKPOINT_WRITE_BYTES: usize = 128 * 1024;
+/// The spare preparer zero-fills this much between two looks at its state (a roll's
+/// hand-off, a stop) and at its pace.
+pub const ZERO_FILL_SLICE_BYTES: u64 = 512 * 1024;
+/// One `O_DIRECT` write of the spare's zero fill. The fill is written with `O_DIRECT` in
+/// writes this small and fdatasync'ed once, when the whole spare is zeroed (or by the
+/// roll's install, when a roll takes it part-zeroed). Until session 10 it was written
+/// through the page cache and fdatasync'ed per 512 KiB: every fdatasync pushed a 512 KiB
+/// writeback into the device queue, and the appends' small write + fdatasync queued
+/// behind it. Measured with `bench/scripts/group_commit_floor.py` (28 KiB write +
+/// fdatasync back to back, the log's batch at 500k appends/s) beside a paced zero fill
+/// of another file: the floor's write + fdatasync p99 was 175–236 µs alone, 750–1,000
+/// µs beside a 100–300 MB/s buffered fill synced per 512 KiB (the same with `O_DIRECT`
+/// 512 KiB or 1 MiB writes), 1.6 ms beside 4 MiB `O_DIRECT` writes, and 287–314 µs
+/// beside 64–128 KiB `O_DIRECT` writes without syncs at 450 MB/s. In `log_bench`'s open
+/// loop the fill was behind 82% of the appends over 600 µs before this change.
+pub const ZERO_FILL_WRITE_BYTES: usize = 128 * 1024;
 /// The spare is zero-filled only while the recent batches average less than this.
 /// Zeroing costs the disk a write of every byte (~0.42 ms per MiB at 2.4 GB/s); it saves
 /// each later batch written into zeroed space its unwritten-extent conversion. Measured

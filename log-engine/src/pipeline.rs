@@ -56,9 +56,10 @@ use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
 use crate::limits::{
-    CHECKPOINT_CONVS_PER_STEP, CHECKPOINT_ENCODE_WARN, CHECKPOINT_KEYS_PER_STEP,
-    PIPELINE_QUEUED_BATCHES_MAX, RETENTION_CHECK_INTERVAL, ZERO_FILL_BATCH_BYTES_MAX,
-    ZERO_FILL_PACE_FACTOR, ZERO_FILL_PACE_MIN_BYTES_PER_SEC, ZERO_FILL_RECHECK,
+    CHECKPOINT_CONVS_PER_STEP, CHECKPOINT_DRAFT_SPAN_DIVISOR, CHECKPOINT_ENCODE_WARN,
+    CHECKPOINT_KEYS_PER_STEP, CHECKPOINT_STEP_BYTES, PIPELINE_QUEUED_BATCHES_MAX,
+    RETENTION_CHECK_INTERVAL, ZERO_FILL_BATCH_BYTES_MAX, ZERO_FILL_PACE_FACTOR,
+    ZERO_FILL_PACE_MIN_BYTES_PER_SEC, ZERO_FILL_RECHECK,
 };
 use crate::log::CheckpointDraft;
 use crate::log::{write_checkpoint_file, Log};
@@ -67,8 +68,8 @@ use crate::reader::{Page, Record};
 use crate::recovery::RecoveryReport;
 use crate::retention::RetentionReport;
 use crate::segment::{
-    adopt_recycled_spare, roll_segment, start_spare, zero_spare_slice, SegmentMeta, SpareKind,
-    SPARE_NAME,
+    adopt_recycled_spare, finish_spare, roll_segment, start_spare, zero_spare_slice, AlignedZeros,
+    SegmentMeta, SpareKind, SPARE_NAME,
 };
 use crate::stats::BatchIoStats;
 use crate::storage::Storage;
@@ -393,7 +394,8 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     }
 
     /// Advances the checkpoint: when one is due and none is being written, begins a
-    /// draft; each call encodes up to `CHECKPOINT_KEYS_PER_STEP` more keys; a finished
+    /// draft; each call encodes up to `CHECKPOINT_CONVS_PER_STEP` conversations (at most
+    /// `CHECKPOINT_STEP_BYTES`) or `CHECKPOINT_KEYS_PER_STEP` keys; a finished
     /// draft goes to the checkpoint thread. A finished write is recorded. The owner never
     /// encodes a whole large key map in one call.
     fn checkpoint_in_background(&mut self) -> Result<()> {
@@ -409,11 +411,19 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             }
             None => return Ok(()),
         };
-        let done = self.log.checkpoint_step(
-            &mut draft,
-            CHECKPOINT_CONVS_PER_STEP,
-            CHECKPOINT_KEYS_PER_STEP,
-        );
+        let behind = self.checkpoint_behind(&draft);
+        let done = if behind > 0 {
+            // The log outruns the steps (large batches, few completions): catch up.
+            self.log
+                .checkpoint_step(&mut draft, behind, behind, usize::MAX)
+        } else {
+            self.log.checkpoint_step(
+                &mut draft,
+                CHECKPOINT_CONVS_PER_STEP,
+                CHECKPOINT_KEYS_PER_STEP,
+                CHECKPOINT_STEP_BYTES,
+            )
+        };
         let took = started.elapsed();
         if took > CHECKPOINT_ENCODE_WARN {
             tracing::warn!(?took, "checkpoint encoding step held the owner thread");
@@ -434,6 +444,24 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             tracing::warn!("checkpoint thread gone; checkpoints stop");
         }
         Ok(())
+    }
+
+    /// How many conversations and keys `draft` is behind its pace: a draft should be
+    /// complete once the log has grown `checkpoint_interval_bytes /
+    /// CHECKPOINT_DRAFT_SPAN_DIVISOR` past its offset. With small batches (many
+    /// completions) the short steps are ahead and this is 0; with 4 MiB batches a few
+    /// completions carry that span, and each step takes its share.
+    fn checkpoint_behind(&self, draft: &CheckpointDraft) -> usize {
+        let span =
+            (self.log.config.checkpoint_interval_bytes / CHECKPOINT_DRAFT_SPAN_DIVISOR).max(1);
+        let grown = self
+            .log
+            .writer
+            .watermarks()
+            .stable
+            .saturating_sub(Log::<S, M>::checkpoint_draft_offset(draft));
+        let (encoded, total) = Log::<S, M>::checkpoint_progress(draft);
+        items_behind_pace(encoded, total, grown, span)
     }
 
     /// Records the checkpoint being written once it is done (waiting for it if `block`).
@@ -550,6 +578,16 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// Last sequence assigned in a conversation, pending appends included.
     pub fn appended_last_seq(&self, conversation_id: u64) -> u64 {
         self.log.appended_last_seq(conversation_id)
+    }
+
+    /// True while a checkpoint is being encoded in steps (retention waits for it).
+    pub fn checkpoint_drafting(&self) -> bool {
+        self.draft.is_some()
+    }
+
+    /// Offset of the newest durable checkpoint: a restart replays the log from here.
+    pub fn checkpoint_offset(&self) -> u64 {
+        self.log.checkpoint_offset
     }
 
     /// The watermarks (appended ≥ written ≥ stable; written = stable here).
@@ -932,6 +970,7 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &
         }
         let mut from = 0;
         let pace = ZeroFillPace::start(slot);
+        let zeros = AlignedZeros::new();
         loop {
             {
                 let mut state = slot.lock();
@@ -943,6 +982,18 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &
                         break;
                     }
                     _ if from >= capacity => {
+                        drop(state);
+                        // Outside the lock: a roll that comes meanwhile waits for this
+                        // sync to finish (see `SpareSlot::take`) and installs a spare
+                        // whose zeros are durable.
+                        if let Err(e) = finish_spare(&mut storage) {
+                            // Still a correct spare; the install's fdatasync retries.
+                            tracing::warn!(error = %e, "syncing the zero-filled spare failed");
+                        }
+                        let mut state = slot.lock();
+                        if *state == Spare::Stop {
+                            return;
+                        }
                         tracing::debug!(ms = started.elapsed().as_millis() as u64, "spare ready");
                         slot.set(&mut state, Spare::Ready);
                         break;
@@ -957,7 +1008,7 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &
                 slot.pause(ZERO_FILL_RECHECK);
                 continue;
             }
-            match zero_spare_slice(&mut storage, from, capacity) {
+            match zero_spare_slice(&mut storage, from, capacity, &zeros) {
                 Ok(next) => {
                     from = next;
                     if let Some(ahead) = pace.ahead_by(slot, from) {
@@ -973,6 +1024,19 @@ fn spare_loop<S: Storage>(mut storage: S, capacity: u64, recycles: bool, slot: &
         }
         storage.close(SPARE_NAME);
     }
+}
+
+/// Items (conversations and keys) a draft that has encoded `encoded` of `total` is
+/// behind, when it should be done after `span` bytes of log and the log has grown
+/// `grown` bytes since the draft's offset.
+fn items_behind_pace(encoded: usize, total: usize, grown: u64, span: u64) -> usize {
+    let due = if grown >= span {
+        total
+    } else {
+        // grown < span, so this is at most `total`.
+        (total as u128 * u128::from(grown) / u128::from(span.max(1))) as usize
+    };
+    due.saturating_sub(encoded)
 }
 
 /// Paces a spare's zero fill at `ZERO_FILL_PACE_FACTOR` times the log's write rate since
@@ -1013,6 +1077,23 @@ impl ZeroFillPace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_draft_is_behind_by_its_share_of_the_log_grown_since_it_began() {
+        assert_eq!(items_behind_pace(0, 1000, 0, 4096), 0);
+        assert_eq!(items_behind_pace(100, 1000, 2048, 4096), 400);
+        assert_eq!(
+            items_behind_pace(600, 1000, 2048, 4096),
+            0,
+            "ahead of its pace"
+        );
+        assert_eq!(items_behind_pace(100, 1000, 4096, 4096), 900);
+        assert_eq!(items_behind_pace(100, 1000, u64::MAX, 4096), 900);
+        assert_eq!(
+            items_behind_pace(0, usize::MAX, u64::MAX - 1, u64::MAX),
+            usize::MAX - 1
+        );
+    }
 
     #[test]
     fn zero_filling_is_paced_by_the_logs_write_rate() {

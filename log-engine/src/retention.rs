@@ -107,17 +107,22 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         if count == 0 {
             return Ok(Some(report));
         }
-        if self.checkpoint_offset < cut && !may_checkpoint {
+        // The checkpoint must end *past* the cut, not at it: a checkpoint taken between a
+        // segment's last batch and the next segment's first ends exactly at the next
+        // segment's base, and its last record (which recovery verifies) is in the
+        // segment before, the one this would delete.
+        let covered = |checkpoint_offset: u64| checkpoint_offset > cut;
+        if !covered(self.checkpoint_offset) && !may_checkpoint {
             return Ok(None);
         }
         let doomed: Vec<SegmentMeta> = metas.iter().take(count).map(|m| (*m).clone()).collect();
-        if self.checkpoint_offset < cut {
+        if !covered(self.checkpoint_offset) {
             self.checkpoint()?;
         }
-        assert!(
-            self.checkpoint_offset >= cut,
-            "retention would outrun the checkpoint"
-        );
+        if !covered(self.checkpoint_offset) {
+            // Nothing written after the cut yet: the next call deletes.
+            return Ok(Some(report));
+        }
         let recycles = self.config.recycles();
         for (i, meta) in doomed.iter().enumerate() {
             self.storage.close(&meta.name);
@@ -149,6 +154,63 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::format::RecordKind;
+    use crate::sim::SimStorage;
+    use crate::writer::AppendRequest;
+
+    /// A checkpoint taken after a segment's last batch and before the next segment's
+    /// first ends exactly at the next segment's base; its last record is in the segment
+    /// before. Retention must not delete that segment on its strength: recovery would
+    /// find the checkpoint's last record in no segment (seen once as a corruption error
+    /// in the SIGKILL crash test).
+    #[test]
+    fn a_checkpoint_ending_at_a_segment_base_does_not_let_retention_delete_below_it() {
+        let config = Config {
+            segment_bytes: 4096,
+            retention_bytes: 4096,
+            ..Config::default()
+        };
+        let (mut log, _) = Log::open(SimStorage::new(), config.clone(), ()).unwrap();
+        let now_ms = 1_000;
+        let mut boundary_checkpoint = None;
+        let mut appended = 0;
+        for id in 1..=100u64 {
+            let segments = log.segments.len();
+            let req = AppendRequest {
+                conversation_id: 1,
+                message_id: id,
+                timestamp_ms: now_ms,
+                key: None,
+                kind: RecordKind::Message,
+                payload: &[7; 300],
+            };
+            log.append(&req).unwrap();
+            log.commit().unwrap();
+            appended = id;
+            if log.segments.len() > segments {
+                let base = log.segments.keys().next_back().copied().unwrap();
+                if log.checkpoint_offset == base {
+                    boundary_checkpoint = Some(base);
+                    break;
+                }
+            }
+            log.checkpoint().unwrap();
+        }
+        let base = boundary_checkpoint.expect("a checkpoint ended at a segment base");
+        // Two segments, the limit is one: the older one is due, the cut is `base`.
+        assert_eq!(log.apply_retention_if_checkpointed(now_ms).unwrap(), None);
+        assert_eq!(log.segments.len(), 2, "nothing deleted");
+        let storage = log.storage.clone();
+        let (mut reopened, _) = Log::open(storage, config.clone(), ()).unwrap();
+        // With a write-back checkpoint (the caller's thread may write): one past the cut.
+        let report = reopened.apply_retention(now_ms).unwrap();
+        assert_eq!(report.first_offset, base);
+        assert!(reopened.checkpoint_offset > base);
+        let storage = reopened.storage.clone();
+        let (reopened, _) = Log::open(storage, config, ()).unwrap();
+        assert_eq!(reopened.last_seq(1), appended);
+    }
 
     fn seg(base: u64, sealed_at_ms: u64) -> SealedSegment {
         SealedSegment {

@@ -9,7 +9,12 @@
 //! fdatasync'ed, directory fsync'ed — from then on it can be installed — and
 //! [`zero_spare_slice`] then zero-fills it slice by slice, because a 4 KiB O_DIRECT
 //! write + fdatasync into written, zeroed blocks costs ~100 µs against ~2× that into
-//! unwritten extents (the conversion is journaled). A roll [`install_spare`]s it
+//! unwritten extents (the conversion is journaled). The fill is written with small
+//! `O_DIRECT` writes and fdatasync'ed once at its end ([`finish_spare`]): the appends'
+//! fdatasyncs then never queue behind a large writeback of zeros
+//! (`limits::ZERO_FILL_WRITE_BYTES` has the measurements). Between slices nothing of the
+//! spare sits in the page cache; its extent conversions are in the file system's
+//! journal, and the install's fdatasync commits them with the header. A roll [`install_spare`]s it
 //! whatever its progress (header write, fdatasync, rename to the segment's name,
 //! directory fsync): at moderate rates it is fully zeroed by then and appends get the
 //! fast path; when appends outrun the zero filling (large records at full disk speed)
@@ -38,8 +43,9 @@ use crate::error::{io_err, Result};
 use crate::format::{
     decode_segment_header, encode_segment_header, segment_name, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
-use crate::limits::{SPARE_SYNC_BYTES, ZERO_CHUNK_BYTES};
+use crate::limits::{ZERO_CHUNK_BYTES, ZERO_FILL_SLICE_BYTES, ZERO_FILL_WRITE_BYTES};
 use crate::storage::Storage;
+use crate::storage::DIRECT_ALIGN;
 
 /// What the log knows about one segment file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,11 +137,12 @@ pub fn adopt_recycled_spare<S: Storage>(storage: &mut S, capacity: u64) -> Resul
 /// background thread with its own storage handle).
 pub fn prepare_spare<S: Storage>(storage: &mut S, capacity: u64) -> Result<()> {
     start_spare(storage, capacity)?;
+    let zeros = AlignedZeros::new();
     let mut from = 0;
     while from < capacity {
-        from = zero_spare_slice(storage, from, capacity)?;
+        from = zero_spare_slice(storage, from, capacity, &zeros)?;
     }
-    Ok(())
+    finish_spare(storage)
 }
 
 /// First step of [`prepare_spare`]: after it the spare can already be installed. Its
@@ -159,17 +166,62 @@ pub fn start_spare<S: Storage>(storage: &mut S, capacity: u64) -> Result<()> {
     Ok(())
 }
 
-/// Zero-fills `[from, from + SPARE_SYNC_BYTES)` of the spare and fdatasyncs it; returns
-/// where the next slice starts. Synced per slice because one fdatasync of 256 MiB of
-/// dirty pages would sit in the device queue in front of the appends' small fdatasyncs
-/// for most of a second — and so that, between slices, nothing of the spare is dirty and
-/// it can be handed to a roll.
-pub fn zero_spare_slice<S: Storage>(storage: &mut S, from: u64, capacity: u64) -> Result<u64> {
+/// `ZERO_FILL_WRITE_BYTES` of zeros at a `DIRECT_ALIGN`-aligned address, so that
+/// `O_DIRECT` writes of them need no bounce copy.
+pub struct AlignedZeros {
+    buffer: Vec<u8>,
+    at: usize,
+}
+
+impl AlignedZeros {
+    /// Allocates the zeros.
+    pub fn new() -> AlignedZeros {
+        let buffer = vec![0u8; ZERO_FILL_WRITE_BYTES + DIRECT_ALIGN];
+        let at = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedZeros { buffer, at }
+    }
+
+    /// The first `len` (at most `ZERO_FILL_WRITE_BYTES`) zeros.
+    fn get(&self, len: usize) -> &[u8] {
+        let end = self.at + len.min(ZERO_FILL_WRITE_BYTES);
+        self.buffer.get(self.at..end).unwrap_or_default()
+    }
+}
+
+impl Default for AlignedZeros {
+    fn default() -> Self {
+        AlignedZeros::new()
+    }
+}
+
+/// Zero-fills `[from, from + ZERO_FILL_SLICE_BYTES)` of the spare with `O_DIRECT` writes
+/// of `ZERO_FILL_WRITE_BYTES` (buffered where the file system refuses `O_DIRECT`, or
+/// for an unaligned end); returns where the next slice starts. No fdatasync: see
+/// [`finish_spare`] and the module docs.
+pub fn zero_spare_slice<S: Storage>(
+    storage: &mut S,
+    from: u64,
+    capacity: u64,
+    zeros: &AlignedZeros,
+) -> Result<u64> {
     let name = SPARE_NAME;
-    let to = (from + SPARE_SYNC_BYTES).min(capacity);
-    zero_range(storage, name, from, to)?;
-    storage.sync(name).map_err(io_err("sync", name))?;
+    let to = (from + ZERO_FILL_SLICE_BYTES).min(capacity);
+    let mut pos = from;
+    while pos < to {
+        let len = (to - pos).min(ZERO_FILL_WRITE_BYTES as u64) as usize;
+        storage
+            .write_direct(name, pos, zeros.get(len))
+            .map_err(io_err("write", name))?;
+        pos += len as u64;
+    }
     Ok(to)
+}
+
+/// Makes a completely zero-filled spare's zeros (and their extent conversions) durable:
+/// one fdatasync, so that installing it later does not commit them on the I/O thread.
+pub fn finish_spare<S: Storage>(storage: &mut S) -> Result<()> {
+    let name = SPARE_NAME;
+    storage.sync(name).map_err(io_err("sync", name))
 }
 
 /// Turns the prepared spare into the segment `header` describes: header write,
@@ -261,6 +313,34 @@ pub fn zero_range<S: Storage>(storage: &mut S, name: &str, from: u64, to: u64) -
 mod tests {
     use super::*;
     use crate::sim::SimStorage;
+    use crate::storage::FsStorage;
+
+    #[test]
+    fn the_spare_is_zero_filled_with_small_direct_writes_over_whatever_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fs = FsStorage::open(dir.path()).unwrap();
+        // Two whole slices and a part slice with an unaligned end.
+        let capacity = 2 * ZERO_FILL_SLICE_BYTES + 3 * DIRECT_ALIGN as u64 + 100;
+        start_spare(&mut fs, capacity).unwrap();
+        fs.write_at(SPARE_NAME, 0, &vec![0xEE; capacity as usize])
+            .unwrap();
+        let zeros = AlignedZeros::new();
+        let mut from = 0;
+        let mut slices = 0;
+        while from < capacity {
+            from = zero_spare_slice(&mut fs, from, capacity, &zeros).unwrap();
+            slices += 1;
+        }
+        finish_spare(&mut fs).unwrap();
+        assert_eq!((from, slices), (capacity, 3));
+        let mut bytes = vec![0xAA; capacity as usize];
+        assert_eq!(fs.read_at(SPARE_NAME, 0, &mut bytes).unwrap(), bytes.len());
+        assert!(bytes.iter().all(|b| *b == 0), "every byte zeroed");
+        // Each slice in ZERO_FILL_WRITE_BYTES writes; the unaligned end is buffered.
+        let per_slice = ZERO_FILL_SLICE_BYTES as usize / ZERO_FILL_WRITE_BYTES;
+        let direct = 2 * per_slice as u64;
+        assert!(fs.direct_writes() == direct || !fs.writes_direct());
+    }
 
     #[test]
     fn created_segment_is_zero_filled_and_durable() {
@@ -296,16 +376,16 @@ mod tests {
     #[test]
     fn a_spare_installed_before_its_zero_fill_finished_is_a_durable_segment() {
         let mut sim = SimStorage::new();
-        let capacity = 3 * SPARE_SYNC_BYTES;
+        let capacity = 3 * ZERO_FILL_SLICE_BYTES;
         start_spare(&mut sim, capacity).unwrap();
-        let zeroed = zero_spare_slice(&mut sim, 0, capacity).unwrap();
-        assert_eq!(zeroed, SPARE_SYNC_BYTES);
+        let zeroed = zero_spare_slice(&mut sim, 0, capacity, &AlignedZeros::new()).unwrap();
+        assert_eq!(zeroed, ZERO_FILL_SLICE_BYTES);
         let header = SegmentHeader::new(0, 1, capacity);
         let mut spare = Some(SpareKind::Prepared);
         let (meta, _) = roll_segment(&mut sim, &header, &mut spare).unwrap();
         // A record written past the zeroed prefix, synced, survives a crash; the
         // allocated-but-unwritten rest reads as zeros (the end of the log).
-        let at = 2 * SPARE_SYNC_BYTES;
+        let at = 2 * ZERO_FILL_SLICE_BYTES;
         sim.write_at(&meta.name, at, &[7; 100]).unwrap();
         sim.sync(&meta.name).unwrap();
         sim.crash(11);

@@ -103,6 +103,11 @@ impl FsStorage {
         })
     }
 
+    /// False once the file system refused `O_DIRECT` (`write_direct` is buffered since).
+    pub fn writes_direct(&self) -> bool {
+        self.direct_ok
+    }
+
     /// Writes that went through `O_DIRECT` so far (on this handle).
     pub fn direct_writes(&self) -> u64 {
         self.direct_writes

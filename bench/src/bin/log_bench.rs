@@ -76,6 +76,12 @@ struct Args {
     /// 500,000 appends/s). Unpinned by default.
     #[arg(long)]
     pin_log_threads: Option<usize>,
+    /// Run the open loop in steady state too: a log with this size limit (GiB), filled
+    /// (closed loop, not measured) until rolls reuse retired segments, so that no spare
+    /// is zero-filled during the measured run (see `--steady-state-gib`). 0: only the
+    /// fresh log, whose spares are zero-filled while it appends.
+    #[arg(long, default_value_t = 0)]
+    open_loop_steady_gib: u64,
 }
 
 struct RunFigures {
@@ -165,10 +171,24 @@ fn main() -> Result<()> {
          (measured max {max_rate_200:.0}/s)\n"
     );
     let dir = args.dir.join("open");
-    let figures = open_loop(&dir, &args, 200, rate)?;
+    let figures = open_loop(&dir, &args, 200, rate, None)?;
     println!("| record | appends/s | MB/s | p50 | p99 | p999 | max |");
     println!("|---|---|---|---|---|---|---|");
     print_row("200 B", &figures);
+    if args.open_loop_steady_gib > 0 {
+        let limit = args.open_loop_steady_gib << 30;
+        println!(
+            "\n## Append-to-durable latency, open loop at {rate:.0} appends/s, steady state: \
+             {} GiB size limit, segments recycled (no zero fill)\n",
+            args.open_loop_steady_gib
+        );
+        let steady_dir = args.dir.join("open-steady");
+        let figures = open_loop(&steady_dir, &args, 200, rate, Some(limit))?;
+        println!("| record | appends/s | MB/s | p50 | p99 | p999 | max | recycled rolls |");
+        println!("|---|---|---|---|---|---|---|---|");
+        print_row_with("200 B", &figures, &figures.recycled_rolls.to_string());
+        std::fs::remove_dir_all(&steady_dir).ok();
+    }
 
     println!("\n## History page reads (50 records before a random seq)\n");
     history_reads(&dir, &args)?;
@@ -194,10 +214,6 @@ fn open_log(dir: &Path) -> Result<Log<FsStorage>> {
     let storage = FsStorage::open(dir)?;
     let (log, _report) = Log::open(storage, Config::default(), ())?;
     Ok(log)
-}
-
-fn open_pipelined(dir: &Path) -> Result<PipelinedLog<FsStorage>> {
-    open_pipelined_with(dir, Config::default())
 }
 
 fn open_pipelined_with(dir: &Path, config: Config) -> Result<PipelinedLog<FsStorage>> {
@@ -288,6 +304,34 @@ impl Appenders {
     }
 }
 
+/// Fills a log that has the retention size limit `limit` (closed loop, not measured)
+/// until two rolls went into recycled segment files: the steady state of a log that has
+/// reached its limit, where every roll reuses a retired segment and no spare is
+/// zero-filled.
+fn fill_to_steady_state(
+    log: &mut PipelinedLog<FsStorage>,
+    appenders: &mut Appenders,
+    args: &Args,
+    payload: &[u8],
+    limit: u64,
+) -> Result<()> {
+    let fill_started = Instant::now();
+    while log.recycled_rolls() < 2 {
+        let written = log.watermarks().stable;
+        if written > 4 * limit + (1 << 30) {
+            bail!("filled {written} bytes into a {limit}-byte log and no roll reused a segment");
+        }
+        appenders.round(log, args.conversations, payload, |_, _| Ok(()))?;
+    }
+    println!(
+        "steady state reached ({} B records): {} s of filling, {} segments",
+        payload.len(),
+        fill_started.elapsed().as_secs(),
+        log.segment_bases().len()
+    );
+    Ok(())
+}
+
 /// Every appender keeps one append outstanding: as soon as its ack arrives it appends
 /// again. The pipelined log encodes the next batch while the previous one is written and
 /// fdatasync'ed on its I/O thread.
@@ -316,21 +360,7 @@ fn closed_loop(
         idle: args.appenders,
     };
     if let Some(limit) = size_limit {
-        let fill_started = Instant::now();
-        while log.recycled_rolls() < 2 {
-            let written = log.watermarks().stable;
-            if written > 4 * limit + (1 << 30) {
-                bail!(
-                    "filled {written} bytes into a {limit}-byte log and no roll reused a segment"
-                );
-            }
-            appenders.round(&mut log, args.conversations, &payload, |_, _| Ok(()))?;
-        }
-        println!(
-            "steady state reached ({size} B records): {} s of filling, {} segments",
-            fill_started.elapsed().as_secs(),
-            log.segment_bases().len()
-        );
+        fill_to_steady_state(&mut log, &mut appenders, args, &payload, limit)?;
     }
     let recycled_before = log.recycled_rolls();
     let io = log.batch_io_stats();
@@ -363,13 +393,26 @@ fn closed_loop(
 }
 
 /// Appends arrive on a fixed schedule; latency runs from the scheduled time to the ack.
-fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigures> {
+///
+/// With `size_limit`, the log is first filled to its steady state (see
+/// [`fill_to_steady_state`]).
+fn open_loop(
+    dir: &Path,
+    args: &Args,
+    size: usize,
+    rate: f64,
+    size_limit: Option<u64>,
+) -> Result<RunFigures> {
     let everywhere = current_cpus()?;
     if let Some(cpu) = args.pin_log_threads {
         // The log spawns its threads at open: they inherit the opener's CPU set.
         set_cpus(&[cpu])?;
     }
-    let log = open_pipelined(dir);
+    let config = Config {
+        retention_bytes: size_limit.unwrap_or(u64::MAX),
+        ..Config::default()
+    };
+    let log = open_pipelined_with(dir, config);
     if let Some(cpu) = args.pin_log_threads {
         let others: Vec<usize> = everywhere.iter().copied().filter(|c| *c != cpu).collect();
         set_cpus(if others.is_empty() {
@@ -383,10 +426,20 @@ fn open_loop(dir: &Path, args: &Args, size: usize, rate: f64) -> Result<RunFigur
     // A server takes traffic after it started: its first spare segment is ready and its
     // buffers are warm. Wait for the spare, then run a warm-up second that is not
     // recorded (fio's `ramp_time`), then the measured run.
+    let payload = vec![0x5Au8; size];
+    if let Some(limit) = size_limit {
+        let mut appenders = Appenders {
+            rng: Rng(0x9E37_79B9_7F4A_7C15),
+            message_id: 1,
+            outstanding: VecDeque::with_capacity(args.appenders),
+            idle: args.appenders,
+        };
+        fill_to_steady_state(&mut log, &mut appenders, args, &payload, limit)?;
+        log.drain()?;
+    }
     while !log.has_spare() {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let payload = vec![0x5Au8; size];
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let warm_up = paced_appends(&mut log, args, &payload, &mut rng, rate, 1.0)?;
     println!(
@@ -462,6 +515,7 @@ fn paced_appends(
     let mut stalls = OwnerStalls::default();
     let mut last_turn = begin;
     let switches_before = involuntary_switches();
+    let recycled_before = log.recycled_rolls();
     while appends < total {
         let now = Instant::now();
         stalls.note(now.duration_since(last_turn));
@@ -503,7 +557,7 @@ fn paced_appends(
         bytes: appends * payload.len() as u64,
         elapsed,
         latency,
-        recycled_rolls: 0,
+        recycled_rolls: log.recycled_rolls() - recycled_before,
     })
 }
 
