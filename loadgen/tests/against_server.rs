@@ -165,10 +165,19 @@ fn idle_over_worker_processes_and_a_chat_run_report_consistent_figures() {
         (pongs - pings).abs() <= pings * 0.02,
         "every ping answered: {idle}"
     );
-    assert!(
-        idle["server_bytes_per_conn"].as_f64().unwrap() > 0.0,
-        "{idle}"
-    );
+    // The server's memory is reported. Its growth per connection is not asserted: 2,000
+    // idle sessions (~4 MB) fit in memory the allocator still holds from the logins'
+    // argon2 hashes (19 MiB each), and a CI run once saw the server's RSS shrink by
+    // 0.5 MB while they connected (`server_bytes_per_conn` 0). The per-connection
+    // figures come from the capacity runs (100K+ connections, bench/RESULTS.md).
+    for sample in [
+        "server_rss_before",
+        "server_rss_connected",
+        "server_rss_end",
+    ] {
+        assert!(idle[sample].as_u64().unwrap() > 1 << 20, "{sample}: {idle}");
+    }
+    assert!(idle["server_bytes_per_conn"].as_f64().is_some(), "{idle}");
     assert!(idle["connect_per_sec"].as_f64().unwrap() > 0.0, "{idle}");
 
     // Workers started through a launcher command (as `ssh host` would), the plan sent
