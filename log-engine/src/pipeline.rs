@@ -37,10 +37,16 @@
 //! - the spare and checkpoint threads run at a lower CPU priority, so on two cores the
 //!   scheduler does not preempt the owner for a 4 ms tick to zero-fill the spare.
 //!
+//! - the spare's zero fill and the checkpoint file go to the disk in 128 KiB `O_DIRECT`
+//!   writes with one fdatasync at the end, so an append's write never queues behind a
+//!   large writeback (a buffered fill synced per 512 KiB was behind 82% of the slow
+//!   appends in session 10).
+//!
 //! What remains: an ideal serial group commit on this disk has a p99 of 1.7–2× the
-//! disk's own write + fdatasync p99; this log is at ~7× (session 8). Measured parts of
-//! the gap: the VM's own CPU jitter on a CPU-bound owner, and the background I/O (spare
-//! zero fill, checkpoint files), which lengthens the batches' own I/O tail.
+//! disk's own write + fdatasync p99; this log is at ~1.5–3× that ideal on a quiet host
+//! (session 10). The rest of the gap: the device's own multi-ms stalls, which an ideal
+//! writer meets too but which cost a real one a larger batch after each, and the
+//! checkpoint file's allocation, rename and directory fsync.
 //!
 //! Failure: the first failed write or sync makes the I/O thread refuse every later job
 //! (it never writes past a failure) and poisons the log on the owner thread, exactly as
