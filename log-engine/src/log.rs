@@ -41,6 +41,21 @@ pub(crate) struct CheckpointDraft {
     keys_done: usize,
 }
 
+impl CheckpointDraft {
+    /// How far the draft is, in conversations and keys: (encoded, at most to encode).
+    pub(crate) fn progress(&self) -> (usize, usize) {
+        (
+            self.next_conv.saturating_add(self.keys_done),
+            self.end_conv.saturating_add(self.keys_at_begin),
+        )
+    }
+
+    /// The log offset the draft is as of.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
 /// One shard's log: a directory of segments plus in-memory index, idempotency map and
 /// the caller's metadata state.
 pub struct Log<S: Storage, M: StateMachine = ()> {
@@ -577,19 +592,6 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             keys_at_begin: self.dedupe.held_entries(),
             keys_done: 0,
         })
-    }
-
-    /// How far `draft` is, in conversations and keys: (encoded, at most to encode).
-    pub(crate) fn checkpoint_progress(draft: &CheckpointDraft) -> (usize, usize) {
-        (
-            draft.next_conv.saturating_add(draft.keys_done),
-            draft.end_conv.saturating_add(draft.keys_at_begin),
-        )
-    }
-
-    /// The log offset `draft` is as of.
-    pub(crate) fn checkpoint_draft_offset(draft: &CheckpointDraft) -> u64 {
-        draft.offset
     }
 
     /// Encodes up to `max_convs` more conversations of `draft` (each as it was when the

@@ -458,15 +458,14 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// completions) the short steps are ahead and this is 0; with 4 MiB batches a few
     /// completions carry that span, and each step takes its share.
     fn checkpoint_behind(&self, draft: &CheckpointDraft) -> usize {
-        let span =
-            (self.log.config.checkpoint_interval_bytes / CHECKPOINT_DRAFT_SPAN_DIVISOR).max(1);
+        let span = self.log.config.checkpoint_interval_bytes / CHECKPOINT_DRAFT_SPAN_DIVISOR;
         let grown = self
             .log
             .writer
             .watermarks()
             .stable
-            .saturating_sub(Log::<S, M>::checkpoint_draft_offset(draft));
-        let (encoded, total) = Log::<S, M>::checkpoint_progress(draft);
+            .saturating_sub(draft.offset());
+        let (encoded, total) = draft.progress();
         items_behind_pace(encoded, total, grown, span)
     }
 

@@ -313,16 +313,21 @@ fn pipelined_over_real_files_with_rolls() {
     }
 }
 
-#[test]
-fn retention_runs_by_itself_and_rolls_reuse_retired_segments() {
-    let dir = tempfile::tempdir().unwrap();
+/// 256 KiB segments, a checkpoint due every 128 KiB, a 1 MiB retention limit.
+fn retention_config() -> Config {
     let segment = 256 * 1024;
-    let config = Config {
+    Config {
         segment_bytes: segment,
         checkpoint_interval_bytes: 128 * 1024,
         retention_bytes: 4 * segment,
         ..Config::default()
-    };
+    }
+}
+
+#[test]
+fn retention_runs_by_itself_and_rolls_reuse_retired_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = retention_config();
     let (mut log, _) =
         PipelinedLog::open(FsStorage::open(dir.path()).unwrap(), config.clone(), ()).unwrap();
     let mut retired_inodes = std::collections::HashSet::new();
@@ -387,13 +392,7 @@ fn checkpoint_drafts_keep_pace_with_large_batches_so_retention_keeps_up() {
     // ~60 rounds (~6.6 MB) after it began, and retention (which waits for a durable
     // checkpoint past its cut) could not hold the log near its 1 MiB limit. The same
     // happened to `log_bench`'s closed loop of 4 MiB batches with a 2 GiB limit.
-    let segment = 256 * 1024;
-    let config = Config {
-        segment_bytes: segment,
-        checkpoint_interval_bytes: 128 * 1024,
-        retention_bytes: 4 * segment,
-        ..Config::default()
-    };
+    let config = retention_config();
     let (mut log, _) = PipelinedLog::open(SimStorage::new(), config, ()).unwrap();
     let conversations = 4_000u64;
     // Stamped now: segments of records stamped in 1970 are all past the age limit,
