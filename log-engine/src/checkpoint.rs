@@ -1,7 +1,7 @@
 //! Checkpoint file: the index, the idempotency map, the metadata tip and the caller's
 //! state snapshot as of one log offset, so restart scans only the log after it.
-//! Pure encode/decode here; `Log::checkpoint` writes it (tmp file, sync, rename, dir
-//! sync) and recovery loads it.
+//! Pure encode/decode here; `checkpoint_file.rs` writes it into a slot file and finds
+//! the newest one on open.
 
 use crate::dedupe::DedupeEntry;
 use crate::format::{le_u32, le_u64, IdempotencyKey, Invalid, RECORD_KEY_BYTES};
@@ -12,9 +12,9 @@ use crate::limits::INDEX_STRIDE_RECORDS;
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"CONFABCK";
 /// Version of the checkpoint format.
 pub const CHECKPOINT_VERSION: u32 = 2;
-/// Name of the checkpoint file.
+/// Name of format v2's single checkpoint file (read on open; slots replace it).
 pub const CHECKPOINT_NAME: &str = "checkpoint";
-/// Name it is written under before the atomic rename.
+/// Name format v2 wrote a checkpoint under before its rename (removed on open).
 pub const CHECKPOINT_TMP_NAME: &str = "checkpoint.tmp";
 
 /// Everything a checkpoint holds.

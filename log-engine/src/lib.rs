@@ -88,6 +88,7 @@
 
 pub mod async_log;
 pub mod checkpoint;
+pub mod checkpoint_file;
 pub mod config;
 pub mod dedupe;
 pub mod error;

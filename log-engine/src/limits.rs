@@ -108,6 +108,12 @@ pub const BUFFER_POOL_MAX: usize = 4;
 /// ~3.3 ms and the appends' batches during it 1–2 ms instead of ~0.15 ms: ~1,600
 /// appends over 600 µs per checkpoint at 500k appends/s (session 10).
 pub const CHECKPOINT_WRITE_BYTES: usize = 128 * 1024;
+/// A checkpoint slot file's size is a multiple of this (see `checkpoint_file.rs`).
+pub const CHECKPOINT_SLOT_ALIGN: usize = 1024 * 1024;
+/// A slot too small for a checkpoint grows to hold it plus `1 / this` of it more, so
+/// a checkpoint that grows a little each time does not grow the file each time (a
+/// growth costs an allocation and extent conversions, which need a journal commit).
+pub const CHECKPOINT_SLOT_GROWTH_DIVISOR: usize = 4;
 /// The spare preparer zero-fills this much between two looks at its state (a roll's
 /// hand-off, a stop) and at its pace.
 pub const ZERO_FILL_SLICE_BYTES: u64 = 512 * 1024;

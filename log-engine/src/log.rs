@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::checkpoint::{CheckpointParts, KeysDraft, CHECKPOINT_NAME, CHECKPOINT_TMP_NAME};
+use crate::checkpoint::{CheckpointParts, KeysDraft};
+use crate::checkpoint_file::{write_checkpoint_file, CheckpointSlots, SharedSlots};
 use crate::config::{Config, Durability};
 use crate::dedupe::{Dedupe, DedupeEntry};
 use crate::error::{io_err, CapacityError, Error, Result};
 use crate::format::{RecordKind, SegmentHeader, OFFSET_NONE};
 use crate::index::Index;
-use crate::limits::{CHECKPOINT_WRITE_BYTES, READ_RECORDS_MAX};
+use crate::limits::READ_RECORDS_MAX;
 use crate::meta::{MetaRecord, StateMachine};
 use crate::reader::{Page, ReadSources, Record, TailCache};
 use crate::recovery::{recover, RecoveryReport};
@@ -74,6 +75,9 @@ pub struct Log<S: Storage, M: StateMachine = ()> {
     /// The last checkpoint's buffer, given back once written and reused, so a large
     /// checkpoint neither reallocates while it grows nor faults in fresh pages each time.
     checkpoint_buffer: Vec<u8>,
+    /// Which checkpoint slot file the next checkpoint goes to (shared with
+    /// `PipelinedLog`'s checkpoint thread; one writer at a time).
+    pub(crate) checkpoint_slots: SharedSlots,
     /// Offset of the last durable record (for checkpoints).
     pub(crate) last_record: u64,
     /// Log offset just past the last durable record.
@@ -165,6 +169,10 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             last_sync: Instant::now(),
             checkpoint_offset: rec.checkpoint_offset,
             checkpoint_buffer: Vec::new(),
+            checkpoint_slots: CheckpointSlots::after_recovery(
+                rec.checkpoint_source,
+                rec.legacy_checkpoint,
+            ),
             last_record: rec.last_record,
             last_record_end: rec.last_record_end,
             durable_meta: start.meta_tip,
@@ -519,7 +527,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     /// end: tmp file, sync, atomic rename, directory sync. Returns its offset.
     pub fn checkpoint(&mut self) -> Result<u64> {
         let (offset, bytes) = self.checkpoint_snapshot()?;
-        write_checkpoint_file(&mut self.storage, &bytes)?;
+        write_checkpoint_file(&mut self.storage, &self.checkpoint_slots, &bytes)?;
         self.checkpoint_written(offset, bytes.len());
         self.recycle_checkpoint_buffer(bytes);
         Ok(offset)
@@ -728,32 +736,6 @@ fn write_batch<S: Storage>(
     Ok(sealed)
 }
 
-/// Writes an encoded checkpoint: tmp file, sync, atomic rename, directory sync. The
-/// caller makes sure no other writer of the checkpoint runs at the same time.
-pub(crate) fn write_checkpoint_file<S: Storage>(storage: &mut S, bytes: &[u8]) -> Result<()> {
-    let (tmp, name) = (CHECKPOINT_TMP_NAME, CHECKPOINT_NAME);
-    let _ = storage.remove(tmp);
-    storage.create(tmp).map_err(io_err("create", tmp))?;
-    // Allocated, then written in `CHECKPOINT_WRITE_BYTES` pieces with `O_DIRECT` (the
-    // unaligned end buffered): one buffered write + fdatasync of a multi-MiB file put
-    // its whole writeback in the device queue at once, and the appends' batches behind
-    // it took 1–2 ms (see `CHECKPOINT_WRITE_BYTES`).
-    storage
-        .allocate(tmp, bytes.len() as u64)
-        .map_err(io_err("fallocate", tmp))?;
-    for (i, piece) in bytes.chunks(CHECKPOINT_WRITE_BYTES).enumerate() {
-        storage
-            .write_direct(tmp, (i * CHECKPOINT_WRITE_BYTES) as u64, piece)
-            .map_err(io_err("write", tmp))?;
-    }
-    storage.sync(tmp).map_err(io_err("sync", tmp))?;
-    storage.close(tmp);
-    storage.rename(tmp, name).map_err(io_err("rename", name))?;
-    storage.sync_dir().map_err(io_err("sync_dir", name))?;
-    storage.close(name);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,7 +847,7 @@ mod tests {
             assert_eq!(conv.anchors.len(), 2);
         }
         assert_eq!(log.index.get(1).map(|c| c.anchors.len()), Some(3));
-        write_checkpoint_file(&mut log.storage, &bytes).unwrap();
+        write_checkpoint_file(&mut log.storage, &log.checkpoint_slots, &bytes).unwrap();
         log.checkpoint_written(offset, bytes.len());
         let before = log.index.clone();
         drop(log);

@@ -26,9 +26,9 @@
 //! - the tail cache drops whole batches from its front instead of `drain`ing half of one
 //!   8 MiB `Vec` (a 4 MiB memmove every ~30 ms);
 //! - checkpoints are encoded straight from the live index (no clone), in steps of 512
-//!   conversations and then 16K keys, each conversation as of the draft's start, and written,
-//!   fdatasync'ed and renamed by a checkpoint thread; the owner records one (which
-//!   retention trusts) only once that thread reports it durable;
+//!   conversations and then 16K keys, each conversation as of the draft's start, and written
+//!   into a checkpoint slot and fdatasync'ed by a checkpoint thread; the owner records one
+//!   (which retention trusts) only once that thread reports it durable;
 //! - batch buffers come from a pool touched at open, so a large batch (after a device
 //!   stall) does not pay a thousand page faults on the owner thread; a job is the
 //!   batch's own buffer (no copy), and the tail cache keeps it rather than a copy;
@@ -40,13 +40,16 @@
 //! - the spare's zero fill and the checkpoint file go to the disk in 128 KiB `O_DIRECT`
 //!   writes with one fdatasync at the end, so an append's write never queues behind a
 //!   large writeback (a buffered fill synced per 512 KiB was behind 82% of the slow
-//!   appends in session 10).
+//!   appends in session 10);
+//! - a checkpoint overwrites written blocks of a slot file in place: no allocation,
+//!   extent conversion, rename or directory fsync, hence no journal commit, for the
+//!   appends' fdatasyncs to queue behind (session 11; see `checkpoint_file.rs`).
 //!
 //! What remains: an ideal serial group commit on this disk has a p99 of 1.7–2× the
 //! disk's own write + fdatasync p99; this log is at ~1.5–3× that ideal on a quiet host
 //! (session 10). The rest of the gap: the device's own multi-ms stalls, which an ideal
-//! writer meets too but which cost a real one a larger batch after each, and the
-//! checkpoint file's allocation, rename and directory fsync.
+//! writer meets too but which cost a real one a larger batch after each, and (until
+//! session 11) the checkpoint file's allocation, rename and directory fsync.
 //!
 //! Failure: the first failed write or sync makes the I/O thread refuse every later job
 //! (it never writes past a failure) and poisons the log on the owner thread, exactly as
@@ -58,6 +61,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::checkpoint_file::{write_checkpoint_file, SharedSlots};
 use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
 use crate::format::{segment_name, RecordKind};
@@ -68,7 +72,7 @@ use crate::limits::{
     ZERO_FILL_PACE_MIN_BYTES_PER_SEC, ZERO_FILL_RECHECK,
 };
 use crate::log::CheckpointDraft;
-use crate::log::{write_checkpoint_file, Log};
+use crate::log::Log;
 use crate::meta::StateMachine;
 use crate::reader::{Page, Record};
 use crate::recovery::RecoveryReport;
@@ -166,7 +170,8 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         let io_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
         let spare_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
         let checkpoint_storage = log.storage.reopen().map_err(io_err("reopen", "."))?;
-        let checkpoints = CheckpointThread::start(checkpoint_storage)?;
+        let checkpoints =
+            CheckpointThread::start(checkpoint_storage, log.checkpoint_slots.clone())?;
         let spare = Arc::new(SpareSlot::default());
         let slot = Arc::clone(&spare);
         let preparer = std::thread::Builder::new()
@@ -660,9 +665,8 @@ fn lower_priority() {
     }
 }
 
-/// Writes encoded checkpoints off the owner thread: the file write, its fdatasync, the
-/// rename and the directory fsync take milliseconds that would otherwise stall every
-/// append due meanwhile. One at a time; the owner records a checkpoint (which retention
+/// Writes encoded checkpoints off the owner thread: the slot write and its fdatasync
+/// take milliseconds that would otherwise stall every append due meanwhile. One at a time; the owner records a checkpoint (which retention
 /// trusts) only once its write is reported.
 struct CheckpointThread {
     jobs: Option<Sender<(u64, Vec<u8>)>>,
@@ -674,7 +678,10 @@ struct CheckpointThread {
 }
 
 impl CheckpointThread {
-    fn start<S: Storage + Send + 'static>(mut storage: S) -> Result<CheckpointThread> {
+    fn start<S: Storage + Send + 'static>(
+        mut storage: S,
+        slots: SharedSlots,
+    ) -> Result<CheckpointThread> {
         let (jobs, inbox) = mpsc::channel::<(u64, Vec<u8>)>();
         let (outbox, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -682,7 +689,7 @@ impl CheckpointThread {
             .spawn(move || {
                 lower_priority();
                 for (offset, bytes) in inbox {
-                    let result = write_checkpoint_file(&mut storage, &bytes);
+                    let result = write_checkpoint_file(&mut storage, &slots, &bytes);
                     if outbox.send((offset, bytes, result)).is_err() {
                         return;
                     }

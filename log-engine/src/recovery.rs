@@ -30,7 +30,8 @@
 //! checkpoint that is unreadable or disagrees with the log (warned, ignored: the log is
 //! scanned from its start — if retention already deleted that start, fail).
 
-use crate::checkpoint::{decode_checkpoint, Checkpoint, CHECKPOINT_NAME};
+use crate::checkpoint::{Checkpoint, CHECKPOINT_NAME};
+use crate::checkpoint_file::{is_checkpoint_file, load_newest, remove_all, CheckpointSource};
 use crate::config::{Config, RecoveryMode};
 use crate::dedupe::{Dedupe, DedupeEntry};
 use crate::error::{corruption, io_err, Error, Result};
@@ -39,7 +40,7 @@ use crate::format::{
     SEGMENT_HEADER_BYTES, UNSYNCED_WINDOW_BYTES,
 };
 use crate::index::Index;
-use crate::limits::{CHECKPOINT_BYTES_MAX, SEGMENT_BYTES_MAX};
+use crate::limits::SEGMENT_BYTES_MAX;
 use crate::meta::{MetaRecord, StateMachine};
 use crate::segment::{zero_range, SegmentMeta, SegmentTable, RECYCLED_NAME, SPARE_NAME};
 use crate::storage::Storage;
@@ -186,6 +187,10 @@ pub(crate) struct Recovered {
     pub start: Option<WriterStart>,
     pub fresh_base: u64,
     pub checkpoint_offset: u64,
+    /// Where the checkpoint recovery used came from (the next one goes to the other
+    /// slot), and whether a format v2 `checkpoint` file is still there.
+    pub checkpoint_source: Option<CheckpointSource>,
+    pub legacy_checkpoint: bool,
     /// Offset of the last record in the log (`OFFSET_NONE` if none).
     pub last_record: u64,
     /// Log offset just past that record.
@@ -269,7 +274,8 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
         removed: Vec::new(),
         end_offset: 0,
     };
-    let (mut segments, fresh_base, has_ckpt) = survey(storage, config, &mut report)?;
+    let (mut segments, fresh_base, names) = survey(storage, config, &mut report)?;
+    let has_ckpt = names.iter().any(|n| is_checkpoint_file(n));
     let Some(&first_base) = segments.keys().next() else {
         if has_ckpt {
             return Err(corruption(
@@ -288,14 +294,34 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
             start: None,
             fresh_base,
             checkpoint_offset: 0,
+            checkpoint_source: None,
+            legacy_checkpoint: false,
             last_record: OFFSET_NONE,
             last_record_end: 0,
             report,
         });
     };
     if has_ckpt {
-        match load_checkpoint(storage, &segments) {
-            Ok(ckpt) => {
+        let loaded = load_newest(storage, &names)?;
+        for (name, reason) in &loaded.invalid {
+            // Expected for one slot after a crash during its write: the other holds
+            // the checkpoint before it.
+            tracing::info!(file = %name, %reason, "checkpoint file not valid; ignored");
+        }
+        let checked = match loaded.newest {
+            Some((ckpt, source)) => check_checkpoint(ckpt, &segments).map(|c| (c, source)),
+            None => {
+                let reason = loaded
+                    .invalid
+                    .first()
+                    .map_or("no checkpoint".to_string(), |(name, r)| {
+                        format!("{name}: {r}")
+                    });
+                Err(corruption(CHECKPOINT_NAME, 0, reason))
+            }
+        };
+        match checked {
+            Ok((ckpt, source)) => {
                 let attempt = scan(
                     storage,
                     config,
@@ -309,7 +335,12 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
                         tracing::warn!(%reason, "checkpoint disagrees with the log; full scan");
                         report.checkpoint = CheckpointUse::Unusable(reason);
                     }
-                    other => return other,
+                    Ok(mut recovered) => {
+                        recovered.checkpoint_source = Some(source);
+                        recovered.legacy_checkpoint = loaded.legacy;
+                        return Ok(recovered);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             Err(Error::Corruption { reason, .. }) => {
@@ -323,12 +354,19 @@ pub(crate) fn recover<S: Storage, M: StateMachine>(
         let reason = "log start was deleted by retention and no usable checkpoint covers it";
         return Err(corruption(CHECKPOINT_NAME, first_base, reason));
     }
-    scan(storage, config, state, &mut segments, None, &mut report)
+    let recovered = scan(storage, config, state, &mut segments, None, &mut report)?;
+    if has_ckpt {
+        // The full scan rebuilt everything: drop the checkpoints that disagreed, or a
+        // stale slot with a higher offset could win again once a new checkpoint lands
+        // in the other slot.
+        remove_all(storage, &names)?;
+    }
+    Ok(recovered)
 }
 
 /// Lists the directory: removes temporary files, reads every segment header, removes an
 /// interrupted creation of the tail segment. Returns the segments, the base for a fresh
-/// log, and whether a checkpoint file exists.
+/// log, and the names the directory held.
 ///
 /// With recycling on (`Config::recycles`), a retired segment kept for recycling
 /// (`recycled.tmp`) stays, and a leftover `spare.tmp` becomes it if there is none: either
@@ -339,7 +377,7 @@ fn survey<S: Storage>(
     storage: &mut S,
     config: &Config,
     report: &mut RecoveryReport,
-) -> Result<(SegmentTable, u64, bool)> {
+) -> Result<(SegmentTable, u64, Vec<String>)> {
     let mode = config.recovery_mode;
     let names = storage.list().map_err(io_err("list", "."))?;
     let mut bases = Vec::new();
@@ -361,7 +399,6 @@ fn survey<S: Storage>(
         }
     }
     bases.sort();
-    let has_ckpt = names.iter().any(|n| n == CHECKPOINT_NAME);
     let mut segments = SegmentTable::new();
     let mut fresh_base = 0;
     let count = bases.len();
@@ -407,7 +444,7 @@ fn survey<S: Storage>(
             },
         );
     }
-    Ok((segments, fresh_base, has_ckpt))
+    Ok((segments, fresh_base, names))
 }
 
 /// True when nothing but zeros follows the header position.
@@ -417,22 +454,9 @@ fn body_is_zero<S: Storage>(storage: &mut S, name: &str) -> Result<bool> {
     Ok(body.iter().all(|b| *b == 0))
 }
 
-/// Reads and checks the checkpoint against the segments present.
-fn load_checkpoint<S: Storage>(storage: &mut S, segments: &SegmentTable) -> Result<Checkpoint> {
+/// Checks the newest valid checkpoint against the segments present.
+fn check_checkpoint(ckpt: Checkpoint, segments: &SegmentTable) -> Result<Checkpoint> {
     let name = CHECKPOINT_NAME;
-    let len = storage.len(name).map_err(io_err("stat", name))?;
-    if len > CHECKPOINT_BYTES_MAX {
-        return Err(corruption(
-            name,
-            0,
-            "checkpoint larger than CHECKPOINT_BYTES_MAX",
-        ));
-    }
-    // Mapped, not read: the file is replaced by rename, never changed in place.
-    let map = storage.map(name).map_err(io_err("mmap", name))?;
-    storage.close(name);
-    let ckpt = decode_checkpoint(map.as_ref()).map_err(|invalid| corruption(name, 0, invalid.0))?;
-    drop(map);
     let first = segments.keys().next().copied().unwrap_or(0);
     for base in &ckpt.segments {
         if *base >= first && *base < ckpt.offset && !segments.contains_key(base) {
@@ -532,6 +556,8 @@ fn scan<S: Storage, M: StateMachine>(
         start: Some(start),
         fresh_base: 0,
         checkpoint_offset: ckpt.map_or(0, |c| c.offset),
+        checkpoint_source: None,
+        legacy_checkpoint: false,
         last_record: match fold.last_record {
             OFFSET_NONE => ckpt.map_or(OFFSET_NONE, |c| c.last_record),
             offset => offset,

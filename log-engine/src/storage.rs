@@ -308,8 +308,9 @@ impl Storage for FsStorage {
     fn map(&mut self, name: &str) -> io::Result<memmap2::Mmap> {
         let file = self.file(name)?;
         // SAFETY: the log only maps files it no longer writes or truncates (sealed
-        // segments, or a tail segment during recovery before any write to it); files
-        // are removed by unlink, which keeps existing mappings valid. Another process
+        // segments, or a tail segment during recovery before any write to it), and
+        // checkpoint slots during recovery, which drops the map before any checkpoint
+        // is written; files are removed by unlink, which keeps existing mappings valid. Another process
         // truncating our files would break this, as it would break any mmap reader.
         unsafe { memmap2::Mmap::map(file) }
     }

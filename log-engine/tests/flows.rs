@@ -199,7 +199,8 @@ fn metadata_folds_and_snapshots_bound_replay() {
     let meta = log.state().names.clone();
     drop(log);
     // Without the checkpoint, the full replay gives the same state.
-    sim.delete("checkpoint");
+    sim.delete("checkpoint-0");
+    sim.delete("checkpoint-1");
     let (log, _) = Log::open(sim.clone(), config(), Users::default()).unwrap();
     assert_eq!(log.state().names, meta);
     assert_eq!(log.state().applied, 13);

@@ -291,13 +291,92 @@ fn corrupt_checkpoint_falls_back_to_a_full_scan() {
     log.checkpoint().unwrap();
     log.append(&req(0, 31, b"late")).unwrap();
     drop(log);
-    let mut bytes = sim.bytes("checkpoint").unwrap();
+    let mut bytes = sim.bytes("checkpoint-0").unwrap();
     bytes[30] ^= 0x10;
-    sim.set_bytes("checkpoint", bytes);
+    sim.set_bytes("checkpoint-0", bytes);
     let (mut log, report) = open(&sim).unwrap();
     assert!(matches!(report.checkpoint, CheckpointUse::Unusable(_)));
     assert_eq!(report.records_scanned, 31);
     assert_eq!(seqs(&mut log, 0).len(), 16);
+    assert!(
+        sim.bytes("checkpoint-0").is_none(),
+        "after a full scan the checkpoints that disagreed are removed"
+    );
+}
+
+/// A checkpoint write torn by a crash leaves its slot invalid; the other slot holds
+/// the checkpoint before it, which recovery uses. The next checkpoint goes to the torn
+/// slot, and the one after it to the other.
+#[test]
+fn a_torn_newest_slot_falls_back_to_the_previous_checkpoint() {
+    let sim = SimStorage::new();
+    let (mut log, _) = open(&sim).unwrap();
+    for i in 1..=30 {
+        log.append(&req(i % 3, i, &[1; 100])).unwrap();
+    }
+    let first = log.checkpoint().unwrap();
+    for i in 31..=50 {
+        log.append(&req(i % 3, i, &[2; 100])).unwrap();
+    }
+    let second = log.checkpoint().unwrap();
+    assert!(second > first);
+    drop(log);
+    // Tear the newest (slot 1): its second half never reached the disk.
+    let mut bytes = sim.bytes("checkpoint-1").unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + len / 2..8 + len].fill(0);
+    sim.set_bytes("checkpoint-1", bytes);
+    let (mut log, report) = open(&sim).unwrap();
+    assert_eq!(report.checkpoint, CheckpointUse::Used(first));
+    assert_eq!(report.records_scanned, 20);
+    for conv in 0..3 {
+        assert_eq!(seqs(&mut log, conv).len(), if conv == 0 { 16 } else { 17 });
+    }
+    log.append(&req(0, 51, b"after")).unwrap();
+    let third = log.checkpoint().unwrap();
+    drop(log);
+    let slot0 = sim.bytes("checkpoint-0").unwrap();
+    let (log, report) = open(&sim).unwrap();
+    assert_eq!(report.checkpoint, CheckpointUse::Used(third));
+    drop(log);
+    assert_eq!(
+        sim.bytes("checkpoint-0").unwrap(),
+        slot0,
+        "the third checkpoint went to the torn slot, not over the one recovery used"
+    );
+}
+
+/// A log written by format v2 has one `checkpoint` file without a slot's length word:
+/// it is used, and removed once the first slot holds a newer checkpoint.
+#[test]
+fn a_v2_checkpoint_file_is_used_then_replaced_by_a_slot() {
+    let sim = SimStorage::new();
+    let (mut log, _) = open(&sim).unwrap();
+    for i in 1..=20 {
+        log.append(&req(i % 2, i, &[4; 80])).unwrap();
+    }
+    let at = log.checkpoint().unwrap();
+    log.append(&req(0, 21, b"late")).unwrap();
+    drop(log);
+    let slot = sim.bytes("checkpoint-0").unwrap();
+    let len = u64::from_le_bytes(slot[..8].try_into().unwrap()) as usize;
+    {
+        use log_engine::Storage;
+        let mut storage = sim.clone();
+        storage.create("checkpoint").unwrap();
+        storage.sync_dir().unwrap();
+    }
+    sim.set_bytes("checkpoint", slot[8..8 + len].to_vec());
+    sim.delete("checkpoint-0");
+    let (mut log, report) = open(&sim).unwrap();
+    assert_eq!(report.checkpoint, CheckpointUse::Used(at));
+    assert_eq!(report.records_scanned, 1);
+    log.checkpoint().unwrap();
+    drop(log);
+    assert!(sim.bytes("checkpoint").is_none());
+    assert!(sim.bytes("checkpoint-0").is_some());
+    let (_, report) = open(&sim).unwrap();
+    assert!(matches!(report.checkpoint, CheckpointUse::Used(_)));
 }
 
 #[test]
@@ -315,8 +394,8 @@ fn checkpoint_ahead_of_the_log_is_not_trusted() {
     fill(&short, 5);
     use log_engine::Storage;
     let mut storage = short.clone();
-    storage.create("checkpoint").unwrap();
-    short.set_bytes("checkpoint", long.bytes("checkpoint").unwrap());
+    storage.create("checkpoint-0").unwrap();
+    short.set_bytes("checkpoint-0", long.bytes("checkpoint-0").unwrap());
     let (mut log, report) = open(&short).unwrap();
     assert!(
         matches!(report.checkpoint, CheckpointUse::Unusable(_)),

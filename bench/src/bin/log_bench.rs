@@ -82,6 +82,10 @@ struct Args {
     /// fresh log, whose spares are zero-filled while it appends.
     #[arg(long, default_value_t = 0)]
     open_loop_steady_gib: u64,
+    /// Open loop: the log's checkpoint interval in MiB (default: the log's default),
+    /// to measure what checkpoints cost the appends' tail.
+    #[arg(long)]
+    checkpoint_interval_mib: Option<u64>,
 }
 
 struct RunFigures {
@@ -408,9 +412,13 @@ fn open_loop(
         // The log spawns its threads at open: they inherit the opener's CPU set.
         set_cpus(&[cpu])?;
     }
+    let defaults = Config::default();
     let config = Config {
         retention_bytes: size_limit.unwrap_or(u64::MAX),
-        ..Config::default()
+        checkpoint_interval_bytes: args
+            .checkpoint_interval_mib
+            .map_or(defaults.checkpoint_interval_bytes, |mib| mib << 20),
+        ..defaults
     };
     let log = open_pipelined_with(dir, config);
     if let Some(cpu) = args.pin_log_threads {

@@ -1,0 +1,434 @@
+//! Where checkpoints live on disk: two slot files, `checkpoint-0` and `checkpoint-1`,
+//! overwritten in place and in turn; the valid one with the higher offset is the
+//! checkpoint (format in `FORMAT.md`, "Checkpoint slots").
+//!
+//! Why slots and not a new file renamed over the old one (format v2 did that): a new
+//! file costs a `fallocate`, the conversion of its unwritten extents at fdatasync, a
+//! rename and a directory fsync — two journal commits, each with a device cache flush,
+//! every 64 MiB of log — and the appends' fdatasyncs queue behind them (session 10 timed
+//! the allocation, rename and directory fsync at 3–13 ms). A slot is written blocks
+//! inside the file's size, so rewriting it is data writes and one fdatasync with no
+//! metadata. The slot not holding the newest durable checkpoint is the one rewritten,
+//! so a write torn by a crash (its CRC fails) leaves the other, which is the checkpoint
+//! retention trusted.
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::checkpoint::{decode_checkpoint, Checkpoint, CHECKPOINT_NAME};
+use crate::error::{io_err, Result};
+use crate::limits::{
+    CHECKPOINT_BYTES_MAX, CHECKPOINT_SLOT_ALIGN, CHECKPOINT_SLOT_GROWTH_DIVISOR,
+    CHECKPOINT_WRITE_BYTES,
+};
+use crate::storage::{Storage, DIRECT_ALIGN};
+
+/// The two slot files.
+pub const CHECKPOINT_SLOT_NAMES: [&str; 2] = ["checkpoint-0", "checkpoint-1"];
+/// Bytes before the checkpoint in a slot: its length, `u64` little-endian.
+const SLOT_HEADER_BYTES: usize = 8;
+
+/// True for a name recovery treats as a checkpoint file (a slot, or the single file of
+/// format v2).
+pub(crate) fn is_checkpoint_file(name: &str) -> bool {
+    name == CHECKPOINT_NAME || CHECKPOINT_SLOT_NAMES.contains(&name)
+}
+
+/// Where the newest valid checkpoint was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CheckpointSource {
+    /// A slot (0 or 1).
+    Slot(usize),
+    /// The single `checkpoint` file a format v2 log wrote.
+    Legacy,
+}
+
+/// Which slot the next checkpoint goes to. Shared by whoever writes checkpoints (the
+/// log itself, or `PipelinedLog`'s checkpoint thread), one write at a time.
+#[derive(Debug)]
+pub(crate) struct CheckpointSlots {
+    /// The slot not holding the newest durable checkpoint.
+    next: usize,
+    /// A v2 `checkpoint` file is still there: removed once a slot holds a newer one.
+    legacy: bool,
+}
+
+/// [`CheckpointSlots`] behind the lock its writers share.
+pub(crate) type SharedSlots = Arc<Mutex<CheckpointSlots>>;
+
+impl CheckpointSlots {
+    /// After recovery found the newest valid checkpoint at `newest` (if any), and
+    /// whether a v2 `checkpoint` file exists.
+    pub(crate) fn after_recovery(newest: Option<CheckpointSource>, legacy: bool) -> SharedSlots {
+        let next = match newest {
+            Some(CheckpointSource::Slot(slot)) => 1 - slot,
+            Some(CheckpointSource::Legacy) | None => 0,
+        };
+        Arc::new(Mutex::new(CheckpointSlots { next, legacy }))
+    }
+
+    /// The slot the next write goes to.
+    #[cfg(test)]
+    pub(crate) fn next(&self) -> usize {
+        self.next
+    }
+}
+
+/// Writes an encoded checkpoint into the slot that does not hold the newest one, and
+/// fdatasyncs it; once this returns `Ok` the checkpoint is durable and is the one
+/// recovery loads. On an error the slot may be torn; the other still holds the previous
+/// checkpoint, and the next write goes to the same slot again.
+pub(crate) fn write_checkpoint_file<S: Storage>(
+    storage: &mut S,
+    slots: &SharedSlots,
+    checkpoint: &[u8],
+) -> Result<()> {
+    // A writer that panicked mid-write leaves `next` as it was: the same slot again.
+    let mut slots = slots.lock().unwrap_or_else(PoisonError::into_inner);
+    let name = slot_name(slots.next);
+    write_slot(storage, name, checkpoint)?;
+    slots.next = 1 - slots.next;
+    if slots.legacy {
+        // Unsynced: if it comes back after a crash, it is older than this slot.
+        match storage.remove(CHECKPOINT_NAME) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", CHECKPOINT_NAME)(e)),
+        }
+        slots.legacy = false;
+    }
+    Ok(())
+}
+
+/// The file of slot `slot` (0 or 1).
+fn slot_name(slot: usize) -> &'static str {
+    let [first, second] = CHECKPOINT_SLOT_NAMES;
+    if slot == 0 {
+        first
+    } else {
+        second
+    }
+}
+
+/// One slot write: the length word and the checkpoint from the slot's start, zeros to
+/// the next 4 KiB, in `CHECKPOINT_WRITE_BYTES` `O_DIRECT` pieces; then one fdatasync.
+/// A slot too small for it grows first, and its new space is zero-written at once, so
+/// every later write into it overwrites written blocks.
+fn write_slot<S: Storage>(storage: &mut S, name: &str, checkpoint: &[u8]) -> Result<()> {
+    let image_len = (SLOT_HEADER_BYTES + checkpoint.len()).next_multiple_of(DIRECT_ALIGN);
+    let (capacity, created) = match storage.len(name) {
+        Ok(len) => (len, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            storage.create(name).map_err(io_err("create", name))?;
+            (0, true)
+        }
+        Err(e) => return Err(io_err("stat", name)(e)),
+    };
+    let grown = if (capacity as usize) < image_len {
+        let grown = slot_capacity(image_len);
+        storage
+            .allocate(name, grown as u64)
+            .map_err(io_err("fallocate", name))?;
+        Some(grown)
+    } else {
+        None
+    };
+    let header = (checkpoint.len() as u64).to_le_bytes();
+    let mut piece = vec![0u8; CHECKPOINT_WRITE_BYTES];
+    let end = grown.unwrap_or(image_len);
+    let mut at = 0;
+    while at < end {
+        let len = CHECKPOINT_WRITE_BYTES.min(end - at);
+        let out = piece
+            .get_mut(..len)
+            .ok_or_else(|| io_err("write", name)(io::Error::other("piece past its buffer")))?;
+        fill_image(out, at, &header, checkpoint);
+        storage
+            .write_direct(name, at as u64, out)
+            .map_err(io_err("write", name))?;
+        at += len;
+    }
+    storage.sync(name).map_err(io_err("sync", name))?;
+    if created {
+        storage.sync_dir().map_err(io_err("sync_dir", name))?;
+    }
+    Ok(())
+}
+
+/// Bytes `[at, at + out.len())` of a slot image: `header`, `checkpoint`, then zeros.
+fn fill_image(out: &mut [u8], at: usize, header: &[u8], checkpoint: &[u8]) {
+    out.fill(0);
+    for (part, part_at) in [(header, 0), (checkpoint, header.len())] {
+        let from = at.max(part_at);
+        let to = (at + out.len()).min(part_at + part.len());
+        let dst = out.get_mut(from.saturating_sub(at)..to.saturating_sub(at));
+        let src = part.get(from.saturating_sub(part_at)..to.saturating_sub(part_at));
+        if let (true, Some(dst), Some(src)) = (from < to, dst, src) {
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+/// The size a slot grows to when an image of `image_len` bytes does not fit: room for
+/// a quarter more (checkpoints grow a little each time), in `CHECKPOINT_SLOT_ALIGN`
+/// steps.
+fn slot_capacity(image_len: usize) -> usize {
+    let wanted = image_len + image_len / CHECKPOINT_SLOT_GROWTH_DIVISOR;
+    wanted.next_multiple_of(CHECKPOINT_SLOT_ALIGN)
+}
+
+/// What recovery found among the checkpoint files.
+pub(crate) struct LoadedCheckpoints {
+    /// The valid checkpoint with the highest offset, and where it was.
+    pub newest: Option<(Checkpoint, CheckpointSource)>,
+    /// Checkpoint files present but not valid, each with why (a torn slot write is
+    /// expected after a crash).
+    pub invalid: Vec<(String, String)>,
+    /// A v2 `checkpoint` file is present.
+    pub legacy: bool,
+}
+
+/// Reads every checkpoint file in `names` (a slot's length word, then its checkpoint
+/// with its CRC) and picks the valid one with the highest offset.
+pub(crate) fn load_newest<S: Storage>(
+    storage: &mut S,
+    names: &[String],
+) -> Result<LoadedCheckpoints> {
+    let mut loaded = LoadedCheckpoints {
+        newest: None,
+        invalid: Vec::new(),
+        legacy: false,
+    };
+    let sources = [
+        (CHECKPOINT_SLOT_NAMES[0], CheckpointSource::Slot(0)),
+        (CHECKPOINT_SLOT_NAMES[1], CheckpointSource::Slot(1)),
+        (CHECKPOINT_NAME, CheckpointSource::Legacy),
+    ];
+    for (name, source) in sources {
+        if !names.iter().any(|n| n == name) {
+            continue;
+        }
+        loaded.legacy |= source == CheckpointSource::Legacy;
+        match read_checkpoint(storage, name, source)? {
+            Ok(ckpt) => {
+                let newer = loaded
+                    .newest
+                    .as_ref()
+                    .is_none_or(|(best, _)| ckpt.offset > best.offset);
+                if newer {
+                    loaded.newest = Some((ckpt, source));
+                }
+            }
+            Err(reason) => loaded.invalid.push((name.to_owned(), reason)),
+        }
+    }
+    Ok(loaded)
+}
+
+/// One checkpoint file: `Ok(Err(reason))` when it is not a valid checkpoint.
+fn read_checkpoint<S: Storage>(
+    storage: &mut S,
+    name: &str,
+    source: CheckpointSource,
+) -> Result<std::result::Result<Checkpoint, String>> {
+    let len = storage.len(name).map_err(io_err("stat", name))?;
+    let header = SLOT_HEADER_BYTES as u64;
+    let limit = match source {
+        CheckpointSource::Slot(_) => CHECKPOINT_BYTES_MAX + header,
+        CheckpointSource::Legacy => CHECKPOINT_BYTES_MAX,
+    };
+    // A slot is larger than its checkpoint by up to a quarter and an alignment step.
+    let file_limit = slot_capacity(limit as usize) as u64;
+    if len > file_limit {
+        return Ok(Err(
+            "checkpoint file larger than CHECKPOINT_BYTES_MAX".into()
+        ));
+    }
+    // Mapped, not read. A slot is only rewritten by the checkpoint writer, which starts
+    // after recovery and never writes the slot recovery loaded until a newer one is
+    // durable; the map is dropped before this returns.
+    let map = storage.map(name).map_err(io_err("mmap", name))?;
+    storage.close(name);
+    let bytes = map.as_ref();
+    let body = match source {
+        CheckpointSource::Legacy => Some(bytes),
+        CheckpointSource::Slot(_) => slot_body(bytes),
+    };
+    let Some(body) = body else {
+        return Ok(Err("slot's length word is past its end".into()));
+    };
+    Ok(decode_checkpoint(body).map_err(|invalid| invalid.0.to_string()))
+}
+
+/// The checkpoint bytes a slot's length word names, if they are inside the slot.
+fn slot_body(slot: &[u8]) -> Option<&[u8]> {
+    let word: [u8; SLOT_HEADER_BYTES] = slot.get(..SLOT_HEADER_BYTES)?.try_into().ok()?;
+    let len = usize::try_from(u64::from_le_bytes(word)).ok()?;
+    slot.get(SLOT_HEADER_BYTES..SLOT_HEADER_BYTES.checked_add(len)?)
+}
+
+/// Removes every checkpoint file (recovery found the newest one disagreeing with the
+/// log and rebuilt from a full scan: a stale slot must not come back as "newest" once
+/// a new checkpoint lands in the other slot), then syncs the directory.
+pub(crate) fn remove_all<S: Storage>(storage: &mut S, names: &[String]) -> Result<()> {
+    for name in names.iter().filter(|n| is_checkpoint_file(n)) {
+        storage.remove(name).map_err(io_err("remove", name))?;
+    }
+    storage.sync_dir().map_err(io_err("sync_dir", "."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::encode_checkpoint;
+    use crate::sim::{FaultOp, SimStorage};
+
+    fn checkpoint(offset: u64, state_len: usize) -> Checkpoint {
+        Checkpoint {
+            offset,
+            last_record: offset.saturating_sub(64),
+            segments: vec![0],
+            state: vec![0xAB; state_len],
+            ..Checkpoint::default()
+        }
+    }
+
+    fn names(sim: &mut SimStorage) -> Vec<String> {
+        sim.list().unwrap()
+    }
+
+    fn newest(sim: &mut SimStorage) -> Option<(u64, CheckpointSource)> {
+        let names = names(sim);
+        let loaded = load_newest(sim, &names).unwrap();
+        loaded.newest.map(|(c, source)| (c.offset, source))
+    }
+
+    #[test]
+    fn image_pieces_place_the_length_word_the_checkpoint_and_zeros() {
+        let checkpoint: Vec<u8> = (0..20u8).collect();
+        let header = 20u64.to_le_bytes();
+        let mut whole = vec![0xFF; 40];
+        fill_image(&mut whole, 0, &header, &checkpoint);
+        assert_eq!(&whole[..8], &header);
+        assert_eq!(&whole[8..28], &checkpoint[..]);
+        assert!(whole[28..].iter().all(|b| *b == 0));
+        // Any split into pieces gives the same bytes.
+        for cut in 1..40 {
+            let (mut a, mut b) = (vec![0xFF; cut], vec![0xFF; 40 - cut]);
+            fill_image(&mut a, 0, &header, &checkpoint);
+            fill_image(&mut b, cut, &header, &checkpoint);
+            a.extend_from_slice(&b);
+            assert_eq!(a, whole, "cut at {cut}");
+        }
+    }
+
+    /// Writes alternate between the slots; each load finds the last one written.
+    #[test]
+    fn writes_alternate_and_the_newest_wins() {
+        let mut sim = SimStorage::new();
+        let slots = CheckpointSlots::after_recovery(None, false);
+        for (i, offset) in [100u64, 200, 300, 400].into_iter().enumerate() {
+            let bytes = encode_checkpoint(&checkpoint(offset, 10));
+            write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+            assert_eq!(
+                newest(&mut sim),
+                Some((offset, CheckpointSource::Slot(i % 2)))
+            );
+        }
+        assert!(!names(&mut sim).iter().any(|n| n == CHECKPOINT_NAME));
+    }
+
+    /// A checkpoint larger than its slot grows the slot (a quarter to spare, in
+    /// alignment steps, zero-written); a smaller one after it leaves the size alone.
+    #[test]
+    fn a_slot_grows_for_a_larger_checkpoint_and_keeps_its_size() {
+        let mut sim = SimStorage::new();
+        let slots = CheckpointSlots::after_recovery(Some(CheckpointSource::Slot(1)), false);
+        let big = encode_checkpoint(&checkpoint(100, 3 * CHECKPOINT_SLOT_ALIGN));
+        write_checkpoint_file(&mut sim, &slots, &big).unwrap();
+        let size = sim.len(CHECKPOINT_SLOT_NAMES[0]).unwrap() as usize;
+        assert!(size >= big.len() + big.len() / CHECKPOINT_SLOT_GROWTH_DIVISOR);
+        assert!(size.is_multiple_of(CHECKPOINT_SLOT_ALIGN));
+        slots.lock().unwrap().next = 0;
+        let small = encode_checkpoint(&checkpoint(200, 10));
+        write_checkpoint_file(&mut sim, &slots, &small).unwrap();
+        assert_eq!(sim.len(CHECKPOINT_SLOT_NAMES[0]).unwrap() as usize, size);
+        assert_eq!(newest(&mut sim), Some((200, CheckpointSource::Slot(0))));
+    }
+
+    /// A crash at any moment of a slot write leaves a loadable checkpoint that is the
+    /// new one or the one before it, never an older or a broken one. The sim loses or
+    /// tears unsynced writes (and directory operations) at random.
+    #[test]
+    fn a_crash_mid_write_leaves_the_new_or_the_previous_checkpoint() {
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..300u64 {
+            let mut sim = SimStorage::new();
+            let slots = CheckpointSlots::after_recovery(None, false);
+            // Slot 0: 100, slot 1: 200 (durable); then 300 goes to slot 0 and crashes.
+            for offset in [100u64, 200] {
+                let bytes = encode_checkpoint(&checkpoint(offset, 200_000));
+                write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+            }
+            let bytes = encode_checkpoint(&checkpoint(300, 150_000 + seed as usize * 500));
+            // The write reaches the file but its fdatasync fails: nothing is durable.
+            sim.fail(FaultOp::Sync, 0);
+            assert!(write_checkpoint_file(&mut sim, &slots, &bytes).is_err());
+            assert_eq!(
+                slots.lock().unwrap().next(),
+                0,
+                "a failed write is retried in place"
+            );
+            sim.crash(seed);
+            let found = newest(&mut sim);
+            assert!(
+                matches!(
+                    found,
+                    Some((200, CheckpointSource::Slot(1))) | Some((300, CheckpointSource::Slot(0)))
+                ),
+                "seed {seed}: {found:?}"
+            );
+            outcomes.insert(found.map(|(offset, _)| offset));
+        }
+        assert_eq!(outcomes.len(), 2, "both outcomes seen: {outcomes:?}");
+    }
+
+    /// A v2 `checkpoint` file is read as a candidate and removed after the first slot
+    /// write.
+    #[test]
+    fn a_legacy_checkpoint_is_loaded_and_then_replaced() {
+        let mut sim = SimStorage::new();
+        let legacy = encode_checkpoint(&checkpoint(500, 10));
+        sim.create(CHECKPOINT_NAME).unwrap();
+        sim.write_at(CHECKPOINT_NAME, 0, &legacy).unwrap();
+        let names = names(&mut sim);
+        let loaded = load_newest(&mut sim, &names).unwrap();
+        assert!(loaded.legacy);
+        let (ckpt, source) = loaded.newest.unwrap();
+        assert_eq!((ckpt.offset, source), (500, CheckpointSource::Legacy));
+        let slots = CheckpointSlots::after_recovery(Some(source), loaded.legacy);
+        assert_eq!(slots.lock().unwrap().next(), 0);
+        let bytes = encode_checkpoint(&checkpoint(600, 10));
+        write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+        assert!(!sim.list().unwrap().iter().any(|n| n == CHECKPOINT_NAME));
+        assert_eq!(newest(&mut sim), Some((600, CheckpointSource::Slot(0))));
+    }
+
+    /// A slot whose length word points past its end, or whose bytes fail the CRC, is
+    /// reported invalid, not an error.
+    #[test]
+    fn broken_slots_are_invalid_not_errors() {
+        let mut sim = SimStorage::new();
+        let slots = CheckpointSlots::after_recovery(None, false);
+        let bytes = encode_checkpoint(&checkpoint(100, 10));
+        write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+        write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+        sim.write_at(CHECKPOINT_SLOT_NAMES[0], 0, &u64::MAX.to_le_bytes())
+            .unwrap();
+        sim.write_at(CHECKPOINT_SLOT_NAMES[1], 20, &[0x55]).unwrap();
+        let names = names(&mut sim);
+        let loaded = load_newest(&mut sim, &names).unwrap();
+        assert!(loaded.newest.is_none());
+        assert_eq!(loaded.invalid.len(), 2, "{:?}", loaded.invalid);
+    }
+}
