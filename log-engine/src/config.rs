@@ -54,7 +54,9 @@ pub struct Config {
     pub retention_bytes: u64,
     /// Recent durable bytes of the active segment kept in memory for reads.
     pub tail_cache_bytes: usize,
-    /// Log bytes between automatic checkpoints (index + keys + state snapshot).
+    /// Log bytes between automatic checkpoints (index + keys + state snapshot); at
+    /// least `CHECKPOINT_INTERVAL_SIZE_FACTOR` times the last checkpoint's size (up to
+    /// `CHECKPOINT_INTERVAL_SCALED_MAX_BYTES`), so large checkpoints come less often.
     pub checkpoint_interval_bytes: u64,
     /// `PipelinedLog`: most batches handed to the I/O thread at once (1, the default =
     /// the owner hands over the next batch only when the previous one completed, so it

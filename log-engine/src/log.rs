@@ -11,7 +11,9 @@ use crate::dedupe::{Dedupe, DedupeEntry};
 use crate::error::{io_err, CapacityError, Error, Result};
 use crate::format::{RecordKind, SegmentHeader, OFFSET_NONE};
 use crate::index::Index;
-use crate::limits::READ_RECORDS_MAX;
+use crate::limits::{
+    CHECKPOINT_INTERVAL_SCALED_MAX_BYTES, CHECKPOINT_INTERVAL_SIZE_FACTOR, READ_RECORDS_MAX,
+};
 use crate::meta::{MetaRecord, StateMachine};
 use crate::reader::{Page, ReadSources, Record, TailCache};
 use crate::recovery::{recover, RecoveryReport};
@@ -71,7 +73,8 @@ pub struct Log<S: Storage, M: StateMachine = ()> {
     pub(crate) tail: TailCache,
     pub(crate) last_sync: Instant,
     pub(crate) checkpoint_offset: u64,
-    /// Size of the last checkpoint encoded (the next one reserves that much).
+    /// Size of the last checkpoint written (the interval to the next one scales with it).
+    checkpoint_bytes: u64,
     /// The last checkpoint's buffer, given back once written and reused, so a large
     /// checkpoint neither reallocates while it grows nor faults in fresh pages each time.
     checkpoint_buffer: Vec<u8>,
@@ -168,6 +171,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             maps: HashMap::new(),
             last_sync: Instant::now(),
             checkpoint_offset: rec.checkpoint_offset,
+            checkpoint_bytes: 0,
             checkpoint_buffer: Vec::new(),
             checkpoint_slots: CheckpointSlots::after_recovery(
                 rec.checkpoint_source,
@@ -517,10 +521,21 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
         Ok(())
     }
 
-    /// True when the stable end is `checkpoint_interval_bytes` past `since`.
+    /// True when the stable end is [`Log::checkpoint_interval`] past `since`.
     pub(crate) fn checkpoint_due(&self, since: u64) -> bool {
         let stable = self.writer.watermarks().stable;
-        stable.saturating_sub(since) >= self.config.checkpoint_interval_bytes
+        stable.saturating_sub(since) >= self.checkpoint_interval()
+    }
+
+    /// Log bytes between two checkpoints: `checkpoint_interval_bytes`, or
+    /// `CHECKPOINT_INTERVAL_SIZE_FACTOR` times the last checkpoint's size if that is
+    /// more (capped at `CHECKPOINT_INTERVAL_SCALED_MAX_BYTES`).
+    pub(crate) fn checkpoint_interval(&self) -> u64 {
+        let scaled = self
+            .checkpoint_bytes
+            .saturating_mul(CHECKPOINT_INTERVAL_SIZE_FACTOR)
+            .min(CHECKPOINT_INTERVAL_SCALED_MAX_BYTES);
+        self.config.checkpoint_interval_bytes.max(scaled)
     }
 
     /// Writes a checkpoint (index, keys, metadata tip, state snapshot) as of the written
@@ -673,6 +688,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     pub(crate) fn checkpoint_written(&mut self, offset: u64, bytes: usize) {
         // Never backwards: a late background write must not undo a newer inline one.
         self.checkpoint_offset = self.checkpoint_offset.max(offset);
+        self.checkpoint_bytes = bytes as u64;
         tracing::debug!(offset, bytes, "checkpoint written");
     }
 
@@ -773,6 +789,54 @@ mod tests {
             }
         }
         log.commit().unwrap();
+    }
+
+    /// The interval to the next checkpoint scales with the last checkpoint's size: a
+    /// log whose checkpoint is larger than a quarter of `checkpoint_interval_bytes`
+    /// waits for four times its size before the next one.
+    #[test]
+    fn the_checkpoint_interval_scales_with_the_checkpoint_size() {
+        let cfg = Config {
+            checkpoint_interval_bytes: 4096,
+            ..config()
+        };
+        let (mut log, _) = Log::open(SimStorage::new(), cfg, ()).unwrap();
+        assert_eq!(log.checkpoint_interval(), 4096, "no checkpoint yet");
+        append_each(&mut log, 1..=300, 1, 0);
+        let offset = log.checkpoint().unwrap();
+        let size = log.checkpoint_bytes;
+        assert!(size * CHECKPOINT_INTERVAL_SIZE_FACTOR > 4096, "{size}");
+        assert_eq!(
+            log.checkpoint_interval(),
+            size * CHECKPOINT_INTERVAL_SIZE_FACTOR
+        );
+        // Appends past the configured interval but short of the scaled one: not due.
+        let grow_to = |log: &mut Log<SimStorage>, past: u64| {
+            while log.writer.watermarks().stable - offset < past {
+                let req = AppendRequest {
+                    conversation_id: 1,
+                    message_id: 1,
+                    timestamp_ms: 1,
+                    key: None,
+                    kind: RecordKind::Message,
+                    payload: &[9; 100],
+                };
+                log.append(&req).unwrap();
+                log.commit().unwrap();
+            }
+        };
+        // (`commit` checkpoints by itself when one is due.)
+        grow_to(&mut log, 8192);
+        assert!(!log.checkpoint_due(offset));
+        assert_eq!(
+            log.checkpoint_offset, offset,
+            "no checkpoint at the configured interval"
+        );
+        grow_to(&mut log, size * CHECKPOINT_INTERVAL_SIZE_FACTOR);
+        assert!(
+            log.checkpoint_offset > offset,
+            "a checkpoint once the log grew four times the last one's size"
+        );
     }
 
     /// A step stops taking conversations once it has encoded `max_bytes` (the one that

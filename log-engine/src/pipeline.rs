@@ -463,7 +463,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     /// completions) the short steps are ahead and this is 0; with 4 MiB batches a few
     /// completions carry that span, and each step takes its share.
     fn checkpoint_behind(&self, draft: &CheckpointDraft) -> usize {
-        let span = self.log.config.checkpoint_interval_bytes / CHECKPOINT_DRAFT_SPAN_DIVISOR;
+        let span = self.log.checkpoint_interval() / CHECKPOINT_DRAFT_SPAN_DIVISOR;
         let grown = self
             .log
             .writer
