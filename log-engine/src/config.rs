@@ -50,6 +50,12 @@ pub struct Config {
     pub dedupe_entries: usize,
     /// Sealed segments whose records are all older than this are deleted.
     pub retention_age_ms: u64,
+    /// `PipelinedLog`: how often retention looks when no roll prompts it, and at most
+    /// how often retention that is held back by the checkpoint (it deletes only below a
+    /// durable one) asks for a checkpoint early. Without the early checkpoint, a quiet
+    /// log kept segments past their age until `checkpoint_interval_bytes` more were
+    /// written. 0: at every batch completion (tests).
+    pub retention_check_interval_ms: u64,
     /// Oldest sealed segments are deleted while the log is larger than this.
     pub retention_bytes: u64,
     /// Recent durable bytes of the active segment kept in memory for reads.
@@ -89,6 +95,7 @@ impl Default for Config {
             dedupe_window_ms: DEDUPE_WINDOW_MS_DEFAULT,
             dedupe_entries: DEDUPE_ENTRIES_DEFAULT,
             retention_age_ms: RETENTION_AGE_MS_DEFAULT,
+            retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS_DEFAULT,
             retention_bytes: u64::MAX,
             tail_cache_bytes: TAIL_CACHE_BYTES_DEFAULT,
             checkpoint_interval_bytes: CHECKPOINT_INTERVAL_BYTES_DEFAULT,

@@ -31,9 +31,11 @@ pub const DEDUPE_WINDOW_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 pub const DEDUPE_ENTRIES_MAX: usize = 16 * 1024 * 1024;
 /// Default for `Config::dedupe_entries`.
 pub const DEDUPE_ENTRIES_DEFAULT: usize = 1024 * 1024;
-/// How often `PipelinedLog` applies retention when no roll prompts it (for the age
-/// limit of a log that stopped growing). A roll prompts it at once.
-pub const RETENTION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Default for `Config::retention_check_interval_ms`: how often `PipelinedLog` applies
+/// retention when no roll prompts it (for the age limit of a log that stopped growing;
+/// a roll prompts it at once), and at most how often retention that waits for a
+/// checkpoint asks for one before the checkpoint interval.
+pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 60_000;
 /// Default retention age: 30 days.
 pub const RETENTION_AGE_MS_DEFAULT: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Largest in-memory tail cache (recent durable bytes of the active segment).

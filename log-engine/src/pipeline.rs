@@ -59,17 +59,17 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::checkpoint_file::{write_checkpoint_file, SharedSlots};
 use crate::config::{Config, Durability};
 use crate::error::{io_err, Error, Result};
-use crate::format::{segment_name, RecordKind};
+use crate::format::{segment_name, RecordKind, OFFSET_NONE};
 use crate::limits::{
     CHECKPOINT_CONVS_PER_STEP, CHECKPOINT_DRAFT_SPAN_DIVISOR, CHECKPOINT_ENCODE_WARN,
     CHECKPOINT_KEYS_PER_STEP, CHECKPOINT_STEP_BYTES, PIPELINE_QUEUED_BATCHES_MAX,
-    RETENTION_CHECK_INTERVAL, ZERO_FILL_BATCH_BYTES_MAX, ZERO_FILL_PACE_FACTOR,
-    ZERO_FILL_PACE_MIN_BYTES_PER_SEC, ZERO_FILL_RECHECK,
+    ZERO_FILL_BATCH_BYTES_MAX, ZERO_FILL_PACE_FACTOR, ZERO_FILL_PACE_MIN_BYTES_PER_SEC,
+    ZERO_FILL_RECHECK,
 };
 use crate::log::CheckpointDraft;
 use crate::log::Log;
@@ -127,6 +127,8 @@ pub struct PipelinedLog<S: Storage + Send + 'static, M: StateMachine = ()> {
     retention_checked: Instant,
     /// A roll happened since retention last ran.
     rolled_since_retention: bool,
+    /// Retention is held back by the checkpoint: begin one before it is due.
+    checkpoint_for_retention: bool,
 }
 
 /// The I/O, spare and checkpoint threads; dropping it stops and joins them.
@@ -220,6 +222,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             io_stats,
             retention_checked: Instant::now(),
             rolled_since_retention: false,
+            checkpoint_for_retention: false,
         };
         Ok((log, report))
     }
@@ -382,13 +385,16 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
 
     /// Applies retention on its own (the owner never has to call
     /// [`PipelinedLog::apply_retention`]): after every roll, and every
-    /// `RETENTION_CHECK_INTERVAL` for the age limit of a log that stopped rolling. It
+    /// `retention_check_interval_ms` for the age limit of a log that stopped rolling. It
     /// deletes (or retires for recycling) only what the durable checkpoint already
     /// covers, so it never writes a checkpoint or waits for one here; when the background
-    /// checkpoint is behind, it looks again at the next completion.
+    /// checkpoint is behind, it looks again at the next completion, and once per
+    /// interval it asks for a checkpoint before one is due (a quiet log would otherwise
+    /// keep its expired segments until a checkpoint interval more was written).
     fn retention_in_background(&mut self) -> Result<()> {
-        let due = self.rolled_since_retention
-            || self.retention_checked.elapsed() >= RETENTION_CHECK_INTERVAL;
+        let interval = Duration::from_millis(self.log.config.retention_check_interval_ms);
+        let by_clock = self.retention_checked.elapsed() >= interval;
+        let due = self.rolled_since_retention || by_clock;
         // A checkpoint being drafted encodes the index as it was when it began, which
         // retention's trim would change under it: retention waits for the draft.
         if !due || self.draft.is_some() {
@@ -399,6 +405,9 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             .map_or(0, |d| d.as_millis() as u64);
         if self.log.apply_retention_if_checkpointed(now_ms)?.is_some() {
             self.rolled_since_retention = false;
+            self.retention_checked = Instant::now();
+        } else if by_clock {
+            self.checkpoint_for_retention = true;
             self.retention_checked = Instant::now();
         }
         Ok(())
@@ -417,7 +426,9 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
         let started = std::time::Instant::now();
         let mut draft = match self.draft.take() {
             Some(draft) => draft,
-            None if self.log.checkpoint_due(self.log.checkpoint_offset) => {
+            None if self.log.checkpoint_due(self.log.checkpoint_offset)
+                || self.early_checkpoint_for_retention() =>
+            {
                 self.log.checkpoint_begin()?
             }
             None => return Ok(()),
@@ -455,6 +466,15 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             tracing::warn!("checkpoint thread gone; checkpoints stop");
         }
         Ok(())
+    }
+
+    /// Retention asked for a checkpoint and there are records it would cover that the
+    /// last one does not (consumes the request either way).
+    fn early_checkpoint_for_retention(&mut self) -> bool {
+        let asked = std::mem::take(&mut self.checkpoint_for_retention);
+        asked
+            && self.log.last_record != OFFSET_NONE
+            && self.log.last_record_end > self.log.checkpoint_offset
     }
 
     /// How many conversations and keys `draft` is behind its pace: a draft should be

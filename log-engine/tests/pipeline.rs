@@ -494,3 +494,55 @@ fn checkpoints_of_large_key_maps_are_encoded_in_steps_and_every_key_survives() {
         assert_eq!(ack.message_id, id);
     }
 }
+
+/// Age-based retention on a log that went quiet: every sealed segment is past the age
+/// limit, the next checkpoint is 64 MiB of writes away, and retention deletes only
+/// below a durable checkpoint past its cut. It asks for a checkpoint early (at most
+/// once per `retention_check_interval_ms`), so the expired segments go with the next
+/// few appends instead of staying until 64 MiB more were written.
+#[test]
+fn age_retention_on_a_quiet_log_asks_for_an_early_checkpoint() {
+    let config = Config {
+        segment_bytes: 256 * 1024,
+        retention_age_ms: 50,
+        retention_check_interval_ms: 0,
+        ..Config::default()
+    };
+    assert!(config.checkpoint_interval_bytes >= 64 << 20);
+    let (mut log, _) = PipelinedLog::open(SimStorage::new(), config, ()).unwrap();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let stamped = |id: u64, payload: &'static [u8], at: u64| AppendRequest {
+        timestamp_ms: at,
+        ..req(id % 5, id, payload)
+    };
+    // ~1 MiB: four rolls, no checkpoint due.
+    let at = now_ms();
+    for id in 1..=2_000u64 {
+        log.append_nowait(&stamped(id, &[7; 500], at)).unwrap();
+    }
+    log.drain().unwrap();
+    assert!(log.segment_bases().len() >= 4, "{:?}", log.segment_bases());
+    assert_eq!(log.checkpoint_offset(), 0, "no checkpoint was due");
+    std::thread::sleep(Duration::from_millis(100));
+    // Quiet, then a trickle of appends: the sealed segments are all past the age.
+    let waited = Instant::now();
+    let mut id = 2_000;
+    while log.segment_bases().len() > 1 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "expired segments kept: {:?}, checkpoint at {}",
+            log.segment_bases(),
+            log.checkpoint_offset()
+        );
+        id += 1;
+        log.append_nowait(&stamped(id, b"late", now_ms())).unwrap();
+        log.drain().unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(log.checkpoint_offset() > 0);
+}
