@@ -16,7 +16,7 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::checkpoint::{decode_checkpoint, Checkpoint, CHECKPOINT_NAME};
-use crate::error::{io_err, Result};
+use crate::error::{io_err, Error, Result};
 use crate::limits::{
     CHECKPOINT_BYTES_MAX, CHECKPOINT_SLOT_ALIGN, CHECKPOINT_SLOT_GROWTH_DIVISOR,
     CHECKPOINT_WRITE_BYTES,
@@ -43,12 +43,18 @@ pub(crate) enum CheckpointSource {
     Legacy,
 }
 
-/// Which slot the next checkpoint goes to. Shared by whoever writes checkpoints (the
-/// log itself, or `PipelinedLog`'s checkpoint thread), one write at a time.
+/// What each slot holds, so the next checkpoint goes to the one not holding the newest.
+/// Shared by whoever writes checkpoints (the log itself, or `PipelinedLog`'s checkpoint
+/// thread), one write at a time.
 #[derive(Debug)]
 pub(crate) struct CheckpointSlots {
-    /// The slot not holding the newest durable checkpoint.
-    next: usize,
+    /// Offset of the durable checkpoint each slot holds; `None` when it holds none this
+    /// process counts on (absent, torn, being rewritten, or not the one recovery used).
+    held: [Option<u64>; 2],
+    /// This process fsynced the directory after the slot's file existed, so its name
+    /// is durable. A slot's first successful write in a process syncs the directory
+    /// (a file created by a write that failed, then retried, is covered too).
+    named: [bool; 2],
     /// A v2 `checkpoint` file is still there: removed once a slot holds a newer one.
     legacy: bool,
 }
@@ -57,37 +63,74 @@ pub(crate) struct CheckpointSlots {
 pub(crate) type SharedSlots = Arc<Mutex<CheckpointSlots>>;
 
 impl CheckpointSlots {
-    /// After recovery found the newest valid checkpoint at `newest` (if any), and
-    /// whether a v2 `checkpoint` file exists.
-    pub(crate) fn after_recovery(newest: Option<CheckpointSource>, legacy: bool) -> SharedSlots {
-        let next = match newest {
-            Some(CheckpointSource::Slot(slot)) => 1 - slot,
-            Some(CheckpointSource::Legacy) | None => 0,
-        };
-        Arc::new(Mutex::new(CheckpointSlots { next, legacy }))
+    /// After recovery used the checkpoint at `offset` from `used` (if any), and whether
+    /// a v2 `checkpoint` file exists.
+    pub(crate) fn after_recovery(
+        used: Option<CheckpointSource>,
+        offset: u64,
+        legacy: bool,
+    ) -> SharedSlots {
+        let mut held = [None, None];
+        if let Some(CheckpointSource::Slot(slot)) = used {
+            if let Some(held) = held.get_mut(slot) {
+                *held = Some(offset);
+            }
+        }
+        Arc::new(Mutex::new(CheckpointSlots {
+            held,
+            named: [false, false],
+            legacy,
+        }))
     }
 
-    /// The slot the next write goes to.
-    #[cfg(test)]
-    pub(crate) fn next(&self) -> usize {
-        self.next
+    /// The slot the next write goes to: one holding nothing counted on, else the one
+    /// with the older checkpoint.
+    pub(crate) fn target(&self) -> usize {
+        match self.held {
+            [None, _] => 0,
+            [_, None] => 1,
+            [Some(a), Some(b)] => usize::from(a > b),
+        }
+    }
+
+    /// Offset of the newest checkpoint the slots hold.
+    fn newest(&self) -> Option<u64> {
+        self.held.iter().flatten().max().copied()
     }
 }
 
-/// Writes an encoded checkpoint into the slot that does not hold the newest one, and
-/// fdatasyncs it; once this returns `Ok` the checkpoint is durable and is the one
-/// recovery loads. On an error the slot may be torn; the other still holds the previous
-/// checkpoint, and the next write goes to the same slot again.
+/// Writes the encoded checkpoint as of `offset` into the slot that does not hold the
+/// newest one, and fdatasyncs it; once this returns `Ok` the checkpoint is durable and
+/// is the one recovery loads. On an error the slot may be torn; the other still holds
+/// the previous checkpoint, and the next write goes to the same slot again. A
+/// checkpoint older than the newest one written is refused: written, it would put the
+/// next write over the newest.
 pub(crate) fn write_checkpoint_file<S: Storage>(
     storage: &mut S,
     slots: &SharedSlots,
+    offset: u64,
     checkpoint: &[u8],
 ) -> Result<()> {
-    // A writer that panicked mid-write leaves `next` as it was: the same slot again.
+    // A writer that panicked mid-write left its slot's `held` at `None`: the same slot
+    // again.
     let mut slots = slots.lock().unwrap_or_else(PoisonError::into_inner);
-    let name = slot_name(slots.next);
-    write_slot(storage, name, checkpoint)?;
-    slots.next = 1 - slots.next;
+    if slots.newest().is_some_and(|newest| offset < newest) {
+        return Err(Error::InvalidRequest(
+            "checkpoint older than the newest one written",
+        ));
+    }
+    let slot = slots.target();
+    let name = slot_name(slot);
+    let named = slots.named.get(slot).copied().unwrap_or(false);
+    if let Some(held) = slots.held.get_mut(slot) {
+        *held = None; // being rewritten: it holds nothing counted on until durable
+    }
+    write_slot(storage, name, checkpoint, !named)?;
+    let slots = &mut *slots;
+    if let (Some(held), Some(named)) = (slots.held.get_mut(slot), slots.named.get_mut(slot)) {
+        *held = Some(offset);
+        *named = true;
+    }
     if slots.legacy {
         // Unsynced: if it comes back after a crash, it is older than this slot.
         match storage.remove(CHECKPOINT_NAME) {
@@ -111,16 +154,22 @@ fn slot_name(slot: usize) -> &'static str {
 }
 
 /// One slot write: the length word and the checkpoint from the slot's start, zeros to
-/// the next 4 KiB, in `CHECKPOINT_WRITE_BYTES` `O_DIRECT` pieces; then one fdatasync.
+/// the next 4 KiB, in `CHECKPOINT_WRITE_BYTES` `O_DIRECT` pieces; then one fdatasync,
+/// and a directory fsync if `sync_dir` (the slot's name is not known durable yet).
 /// A slot too small for it grows first, and its new space is zero-written at once, so
 /// every later write into it overwrites written blocks.
-fn write_slot<S: Storage>(storage: &mut S, name: &str, checkpoint: &[u8]) -> Result<()> {
+fn write_slot<S: Storage>(
+    storage: &mut S,
+    name: &str,
+    checkpoint: &[u8],
+    sync_dir: bool,
+) -> Result<()> {
     let image_len = (SLOT_HEADER_BYTES + checkpoint.len()).next_multiple_of(DIRECT_ALIGN);
-    let (capacity, created) = match storage.len(name) {
-        Ok(len) => (len, false),
+    let capacity = match storage.len(name) {
+        Ok(len) => len,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             storage.create(name).map_err(io_err("create", name))?;
-            (0, true)
+            0
         }
         Err(e) => return Err(io_err("stat", name)(e)),
     };
@@ -149,7 +198,7 @@ fn write_slot<S: Storage>(storage: &mut S, name: &str, checkpoint: &[u8]) -> Res
         at += len;
     }
     storage.sync(name).map_err(io_err("sync", name))?;
-    if created {
+    if sync_dir {
         storage.sync_dir().map_err(io_err("sync_dir", name))?;
     }
     Ok(())
@@ -322,14 +371,17 @@ mod tests {
         }
     }
 
+    fn write(sim: &mut SimStorage, slots: &SharedSlots, ckpt: &Checkpoint) -> Result<()> {
+        write_checkpoint_file(sim, slots, ckpt.offset, &encode_checkpoint(ckpt))
+    }
+
     /// Writes alternate between the slots; each load finds the last one written.
     #[test]
     fn writes_alternate_and_the_newest_wins() {
         let mut sim = SimStorage::new();
-        let slots = CheckpointSlots::after_recovery(None, false);
+        let slots = CheckpointSlots::after_recovery(None, 0, false);
         for (i, offset) in [100u64, 200, 300, 400].into_iter().enumerate() {
-            let bytes = encode_checkpoint(&checkpoint(offset, 10));
-            write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+            write(&mut sim, &slots, &checkpoint(offset, 10)).unwrap();
             assert_eq!(
                 newest(&mut sim),
                 Some((offset, CheckpointSource::Slot(i % 2)))
@@ -338,22 +390,51 @@ mod tests {
         assert!(!names(&mut sim).iter().any(|n| n == CHECKPOINT_NAME));
     }
 
+    /// After recovery the next write goes to the slot recovery did not use.
+    #[test]
+    fn after_recovery_the_other_slot_is_written() {
+        for used in [0, 1] {
+            let slots =
+                CheckpointSlots::after_recovery(Some(CheckpointSource::Slot(used)), 7, false);
+            assert_eq!(slots.lock().unwrap().target(), 1 - used);
+        }
+        let slots = CheckpointSlots::after_recovery(Some(CheckpointSource::Legacy), 7, true);
+        assert_eq!(slots.lock().unwrap().target(), 0);
+    }
+
+    /// A checkpoint older than the newest one written is refused and changes nothing:
+    /// written, it would send the next write over the newest.
+    #[test]
+    fn an_older_checkpoint_than_the_newest_is_refused() {
+        let mut sim = SimStorage::new();
+        let slots = CheckpointSlots::after_recovery(None, 0, false);
+        write(&mut sim, &slots, &checkpoint(100, 10)).unwrap();
+        write(&mut sim, &slots, &checkpoint(300, 10)).unwrap();
+        assert!(matches!(
+            write(&mut sim, &slots, &checkpoint(200, 10)),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert_eq!(newest(&mut sim), Some((300, CheckpointSource::Slot(1))));
+        write(&mut sim, &slots, &checkpoint(400, 10)).unwrap();
+        assert_eq!(newest(&mut sim), Some((400, CheckpointSource::Slot(0))));
+    }
+
     /// A checkpoint larger than its slot grows the slot (a quarter to spare, in
     /// alignment steps, zero-written); a smaller one after it leaves the size alone.
     #[test]
     fn a_slot_grows_for_a_larger_checkpoint_and_keeps_its_size() {
         let mut sim = SimStorage::new();
-        let slots = CheckpointSlots::after_recovery(Some(CheckpointSource::Slot(1)), false);
-        let big = encode_checkpoint(&checkpoint(100, 3 * CHECKPOINT_SLOT_ALIGN));
-        write_checkpoint_file(&mut sim, &slots, &big).unwrap();
+        let slots = CheckpointSlots::after_recovery(None, 0, false);
+        let big = checkpoint(100, 3 * CHECKPOINT_SLOT_ALIGN);
+        write(&mut sim, &slots, &big).unwrap();
+        let big_len = encode_checkpoint(&big).len();
         let size = sim.len(CHECKPOINT_SLOT_NAMES[0]).unwrap() as usize;
-        assert!(size >= big.len() + big.len() / CHECKPOINT_SLOT_GROWTH_DIVISOR);
+        assert!(size >= big_len + big_len / CHECKPOINT_SLOT_GROWTH_DIVISOR);
         assert!(size.is_multiple_of(CHECKPOINT_SLOT_ALIGN));
-        slots.lock().unwrap().next = 0;
-        let small = encode_checkpoint(&checkpoint(200, 10));
-        write_checkpoint_file(&mut sim, &slots, &small).unwrap();
+        write(&mut sim, &slots, &checkpoint(200, 10)).unwrap(); // slot 1
+        write(&mut sim, &slots, &checkpoint(300, 10)).unwrap(); // slot 0 again
         assert_eq!(sim.len(CHECKPOINT_SLOT_NAMES[0]).unwrap() as usize, size);
-        assert_eq!(newest(&mut sim), Some((200, CheckpointSource::Slot(0))));
+        assert_eq!(newest(&mut sim), Some((300, CheckpointSource::Slot(0))));
     }
 
     /// A crash at any moment of a slot write leaves a loadable checkpoint that is the
@@ -364,18 +445,17 @@ mod tests {
         let mut outcomes = std::collections::BTreeSet::new();
         for seed in 0..300u64 {
             let mut sim = SimStorage::new();
-            let slots = CheckpointSlots::after_recovery(None, false);
+            let slots = CheckpointSlots::after_recovery(None, 0, false);
             // Slot 0: 100, slot 1: 200 (durable); then 300 goes to slot 0 and crashes.
             for offset in [100u64, 200] {
-                let bytes = encode_checkpoint(&checkpoint(offset, 200_000));
-                write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+                write(&mut sim, &slots, &checkpoint(offset, 200_000)).unwrap();
             }
-            let bytes = encode_checkpoint(&checkpoint(300, 150_000 + seed as usize * 500));
+            let third = checkpoint(300, 150_000 + seed as usize * 500);
             // The write reaches the file but its fdatasync fails: nothing is durable.
             sim.fail(FaultOp::Sync, 0);
-            assert!(write_checkpoint_file(&mut sim, &slots, &bytes).is_err());
+            assert!(write(&mut sim, &slots, &third).is_err());
             assert_eq!(
-                slots.lock().unwrap().next(),
+                slots.lock().unwrap().target(),
                 0,
                 "a failed write is retried in place"
             );
@@ -393,6 +473,26 @@ mod tests {
         assert_eq!(outcomes.len(), 2, "both outcomes seen: {outcomes:?}");
     }
 
+    /// A slot's first write whose fdatasync failed left a file created by this
+    /// process; the retry that succeeds still syncs the directory, so the slot's name
+    /// survives a crash (the sim drops unsynced directory entries).
+    #[test]
+    fn a_retried_first_write_still_syncs_the_directory() {
+        for seed in 0..50u64 {
+            let mut sim = SimStorage::new();
+            let slots = CheckpointSlots::after_recovery(None, 0, false);
+            sim.fail(FaultOp::Sync, 0);
+            assert!(write(&mut sim, &slots, &checkpoint(100, 10)).is_err());
+            write(&mut sim, &slots, &checkpoint(100, 10)).unwrap();
+            sim.crash(seed);
+            assert_eq!(
+                newest(&mut sim),
+                Some((100, CheckpointSource::Slot(0))),
+                "seed {seed}"
+            );
+        }
+    }
+
     /// A v2 `checkpoint` file is read as a candidate and removed after the first slot
     /// write.
     #[test]
@@ -406,10 +506,9 @@ mod tests {
         assert!(loaded.legacy);
         let (ckpt, source) = loaded.newest.unwrap();
         assert_eq!((ckpt.offset, source), (500, CheckpointSource::Legacy));
-        let slots = CheckpointSlots::after_recovery(Some(source), loaded.legacy);
-        assert_eq!(slots.lock().unwrap().next(), 0);
-        let bytes = encode_checkpoint(&checkpoint(600, 10));
-        write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+        let slots = CheckpointSlots::after_recovery(Some(source), ckpt.offset, loaded.legacy);
+        assert_eq!(slots.lock().unwrap().target(), 0);
+        write(&mut sim, &slots, &checkpoint(600, 10)).unwrap();
         assert!(!sim.list().unwrap().iter().any(|n| n == CHECKPOINT_NAME));
         assert_eq!(newest(&mut sim), Some((600, CheckpointSource::Slot(0))));
     }
@@ -419,10 +518,9 @@ mod tests {
     #[test]
     fn broken_slots_are_invalid_not_errors() {
         let mut sim = SimStorage::new();
-        let slots = CheckpointSlots::after_recovery(None, false);
-        let bytes = encode_checkpoint(&checkpoint(100, 10));
-        write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
-        write_checkpoint_file(&mut sim, &slots, &bytes).unwrap();
+        let slots = CheckpointSlots::after_recovery(None, 0, false);
+        write(&mut sim, &slots, &checkpoint(100, 10)).unwrap();
+        write(&mut sim, &slots, &checkpoint(100, 10)).unwrap();
         sim.write_at(CHECKPOINT_SLOT_NAMES[0], 0, &u64::MAX.to_le_bytes())
             .unwrap();
         sim.write_at(CHECKPOINT_SLOT_NAMES[1], 20, &[0x55]).unwrap();

@@ -175,6 +175,7 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
             checkpoint_buffer: Vec::new(),
             checkpoint_slots: CheckpointSlots::after_recovery(
                 rec.checkpoint_source,
+                rec.checkpoint_offset,
                 rec.legacy_checkpoint,
             ),
             last_record: rec.last_record,
@@ -539,10 +540,10 @@ impl<S: Storage, M: StateMachine> Log<S, M> {
     }
 
     /// Writes a checkpoint (index, keys, metadata tip, state snapshot) as of the written
-    /// end: tmp file, sync, atomic rename, directory sync. Returns its offset.
+    /// end into a checkpoint slot (see `checkpoint_file.rs`). Returns its offset.
     pub fn checkpoint(&mut self) -> Result<u64> {
         let (offset, bytes) = self.checkpoint_snapshot()?;
-        write_checkpoint_file(&mut self.storage, &self.checkpoint_slots, &bytes)?;
+        write_checkpoint_file(&mut self.storage, &self.checkpoint_slots, offset, &bytes)?;
         self.checkpoint_written(offset, bytes.len());
         self.recycle_checkpoint_buffer(bytes);
         Ok(offset)
@@ -911,7 +912,7 @@ mod tests {
             assert_eq!(conv.anchors.len(), 2);
         }
         assert_eq!(log.index.get(1).map(|c| c.anchors.len()), Some(3));
-        write_checkpoint_file(&mut log.storage, &log.checkpoint_slots, &bytes).unwrap();
+        write_checkpoint_file(&mut log.storage, &log.checkpoint_slots, offset, &bytes).unwrap();
         log.checkpoint_written(offset, bytes.len());
         let before = log.index.clone();
         drop(log);

@@ -125,9 +125,12 @@ pub struct PipelinedLog<S: Storage + Send + 'static, M: StateMachine = ()> {
     io_stats: Arc<BatchIoStats>,
     /// When retention last looked (a roll makes it look at once; see `retention_due`).
     retention_checked: Instant,
-    /// A roll happened since retention last ran.
-    rolled_since_retention: bool,
-    /// Retention is held back by the checkpoint: begin one before it is due.
+    /// Retention should look at the next completion: a roll happened, or a checkpoint
+    /// it waited for was written.
+    retention_due: bool,
+    /// Retention is held back by the checkpoint (cleared when it runs).
+    retention_waits: bool,
+    /// Retention asked for a checkpoint before one is due (cleared when a draft begins).
     checkpoint_for_retention: bool,
 }
 
@@ -221,7 +224,8 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             notify,
             io_stats,
             retention_checked: Instant::now(),
-            rolled_since_retention: false,
+            retention_due: false,
+            retention_waits: false,
             checkpoint_for_retention: false,
         };
         Ok((log, report))
@@ -394,7 +398,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
     fn retention_in_background(&mut self) -> Result<()> {
         let interval = Duration::from_millis(self.log.config.retention_check_interval_ms);
         let by_clock = self.retention_checked.elapsed() >= interval;
-        let due = self.rolled_since_retention || by_clock;
+        let due = self.retention_due || by_clock;
         // A checkpoint being drafted encodes the index as it was when it began, which
         // retention's trim would change under it: retention waits for the draft.
         if !due || self.draft.is_some() {
@@ -404,11 +408,16 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         if self.log.apply_retention_if_checkpointed(now_ms)?.is_some() {
-            self.rolled_since_retention = false;
+            self.retention_due = false;
+            self.retention_waits = false;
+            self.checkpoint_for_retention = false;
             self.retention_checked = Instant::now();
-        } else if by_clock {
-            self.checkpoint_for_retention = true;
-            self.retention_checked = Instant::now();
+        } else {
+            self.retention_waits = true;
+            if by_clock {
+                self.checkpoint_for_retention = true;
+                self.retention_checked = Instant::now();
+            }
         }
         Ok(())
     }
@@ -429,6 +438,8 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             None if self.log.checkpoint_due(self.log.checkpoint_offset)
                 || self.early_checkpoint_for_retention() =>
             {
+                // A draft begun for any reason answers retention's request.
+                self.checkpoint_for_retention = false;
                 self.log.checkpoint_begin()?
             }
             None => return Ok(()),
@@ -515,6 +526,9 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             Some((offset, bytes, Ok(()))) => {
                 self.log.checkpoint_written(offset, bytes.len());
                 self.log.recycle_checkpoint_buffer(bytes);
+                // Retention waiting for a checkpoint looks again now, not at the next
+                // roll or interval.
+                self.retention_due |= self.retention_waits;
             }
             Some((offset, bytes, Err(e))) => {
                 tracing::warn!(offset, error = %e, "background checkpoint failed");
@@ -538,7 +552,7 @@ impl<S: Storage + Send + 'static, M: StateMachine> PipelinedLog<S, M> {
             }
         };
         if let Some(meta) = rolled {
-            self.rolled_since_retention = true;
+            self.retention_due = true;
             let base = meta.header.base_offset;
             let old = self.log.segments.keys().next_back().copied();
             self.log.segments.insert(base, meta);
@@ -709,7 +723,7 @@ impl CheckpointThread {
             .spawn(move || {
                 lower_priority();
                 for (offset, bytes) in inbox {
-                    let result = write_checkpoint_file(&mut storage, &slots, &bytes);
+                    let result = write_checkpoint_file(&mut storage, &slots, offset, &bytes);
                     if outbox.send((offset, bytes, result)).is_err() {
                         return;
                     }

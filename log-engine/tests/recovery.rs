@@ -333,17 +333,23 @@ fn a_torn_newest_slot_falls_back_to_the_previous_checkpoint() {
         assert_eq!(seqs(&mut log, conv).len(), if conv == 0 { 16 } else { 17 });
     }
     log.append(&req(0, 51, b"after")).unwrap();
-    let third = log.checkpoint().unwrap();
-    drop(log);
     let slot0 = sim.bytes("checkpoint-0").unwrap();
-    let (log, report) = open(&sim).unwrap();
-    assert_eq!(report.checkpoint, CheckpointUse::Used(third));
+    let third = log.checkpoint().unwrap();
     drop(log);
     assert_eq!(
         sim.bytes("checkpoint-0").unwrap(),
         slot0,
         "the third checkpoint went to the torn slot, not over the one recovery used"
     );
+    let (log, report) = open(&sim).unwrap();
+    assert_eq!(report.checkpoint, CheckpointUse::Used(third));
+    drop(log);
+    // Tear the third as well: the first, still in slot 0, is what recovery falls back on.
+    let mut bytes = sim.bytes("checkpoint-1").unwrap();
+    bytes[8..16].fill(0xFF);
+    sim.set_bytes("checkpoint-1", bytes);
+    let (_, report) = open(&sim).unwrap();
+    assert_eq!(report.checkpoint, CheckpointUse::Used(first));
 }
 
 /// A log written by format v2 has one `checkpoint` file without a slot's length word:
