@@ -183,7 +183,12 @@ fn write_slot<S: Storage>(
         None
     };
     let header = (checkpoint.len() as u64).to_le_bytes();
-    let mut piece = vec![0u8; CHECKPOINT_WRITE_BYTES];
+    // Staged at an aligned address, so `O_DIRECT` writes it as is (no bounce copy).
+    let mut staging = vec![0u8; CHECKPOINT_WRITE_BYTES + DIRECT_ALIGN];
+    let aligned = staging.as_ptr().align_offset(DIRECT_ALIGN);
+    let piece = staging
+        .get_mut(aligned..aligned + CHECKPOINT_WRITE_BYTES)
+        .ok_or_else(|| io_err("write", name)(io::Error::other("staging buffer too short")))?;
     let end = grown.unwrap_or(image_len);
     let mut at = 0;
     while at < end {
@@ -281,13 +286,14 @@ fn read_checkpoint<S: Storage>(
     source: CheckpointSource,
 ) -> Result<std::result::Result<Checkpoint, String>> {
     let len = storage.len(name).map_err(io_err("stat", name))?;
-    let header = SLOT_HEADER_BYTES as u64;
-    let limit = match source {
-        CheckpointSource::Slot(_) => CHECKPOINT_BYTES_MAX + header,
+    // A slot is larger than its checkpoint by its length word, up to a quarter and an
+    // alignment step; a v2 file is exactly its checkpoint.
+    let file_limit = match source {
+        CheckpointSource::Slot(_) => {
+            slot_capacity(CHECKPOINT_BYTES_MAX as usize + SLOT_HEADER_BYTES) as u64
+        }
         CheckpointSource::Legacy => CHECKPOINT_BYTES_MAX,
     };
-    // A slot is larger than its checkpoint by up to a quarter and an alignment step.
-    let file_limit = slot_capacity(limit as usize) as u64;
     if len > file_limit {
         return Ok(Err(
             "checkpoint file larger than CHECKPOINT_BYTES_MAX".into()
